@@ -1,0 +1,3 @@
+"""extract: streaming video metadata extraction from tar shards of clips."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,75 @@
+"""The registry of heads and the contract every head follows.
+
+A head says what it needs decoded (`media_spec`), loads its model once (`load`), and turns a batch
+of decoded clips into one `Result` per clip (`infer`). It never reads the environment or touches
+ranks: the runner owns distribution and the writer owns output. Every module in this package is
+imported on first use, so a new head is one file here plus one YAML in `conf/model/`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from extract.decode import Media, MediaSpec
+
+_HEADS: dict[str, type["Head"]] = {}
+
+
+@dataclass
+class Clip:
+    key: str
+    video_id: str
+    start: float
+    end: float
+    media: Media
+
+
+@dataclass
+class Result:
+    """A head's answer for one clip: JSON fields, optional arrays (`{key}.{name}.npy`), a status."""
+
+    fields: dict = field(default_factory=dict)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    status: str = "ok"  # ok | skipped | error
+    error_type: str | None = None
+    error: str | None = None
+
+
+class Head:
+    name: ClassVar[str]
+    model_id: str | None = None  # the checkpoint, recorded in every record
+    media_spec: MediaSpec
+
+    def load(self, device: torch.device) -> None:
+        """Load weights onto `device`; heads without a model do nothing."""
+
+    def infer(self, clips: list[Clip]) -> list[Result]:
+        raise NotImplementedError
+
+
+def register(cls: type[Head]) -> type[Head]:
+    _HEADS[cls.name] = cls
+    return cls
+
+
+def _import_all() -> None:
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
+
+
+def available() -> list[str]:
+    _import_all()
+    return sorted(_HEADS)
+
+
+def build(name: str, options: dict) -> Head:
+    _import_all()
+    if name not in _HEADS:
+        raise KeyError(name)
+    return _HEADS[name](**options)

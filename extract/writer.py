@@ -1,0 +1,211 @@
+"""The output side: one tar of `{key}.json` (+ `{key}.{name}.npy`) per input shard.
+
+Each output tar is written as `<stem>.tar.partial`, flushed after every batch, and renamed to
+`<stem>.tar` only when its input shard has been read to the end, so a kill never leaves a
+truncated `.tar`. A rerun skips shards whose `.tar` exists and salvages a `.partial`: records
+whose JSON and arrays are complete are kept, the file is cut after the last of them, and only the
+missing clips are redone. `<stem>.stats.json` beside each tar keeps its counts for run summaries.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import tarfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from extract.data import shard_stem
+from extract.errors import ConfigError
+
+BASE_FIELDS = ("key", "video_id", "start", "end", "duration", "in_csv", "shard", "member", "head", "model",
+               "status", "error_type", "error", "arrays")
+
+
+def jsonable(value):
+    """Plain JSON values: numpy scalars and arrays unpacked, NaN/inf as null, strings valid UTF-8."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, str):
+        return value.encode("utf-8", "replace").decode("utf-8")
+    if value is None or isinstance(value, (bool, int)):
+        return value
+    return str(value)
+
+
+def encode_record(record: dict) -> bytes:
+    return json.dumps(jsonable(record), ensure_ascii=False, allow_nan=False).encode("utf-8")
+
+
+def encode_array(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    return buffer.getvalue()
+
+
+class ShardTally:
+    """Counts for one output shard, kept in its `.stats.json`."""
+
+    def __init__(self):
+        self.by_status: Counter = Counter()
+        self.by_error_type: Counter = Counter()
+        self.clips: list[list] = []  # [video_id, start, end] of every record, for the CSV check
+
+    def add(self, record: dict) -> None:
+        self.by_status[record.get("status")] += 1
+        if record.get("error_type"):
+            self.by_error_type[record["error_type"]] += 1
+        if record.get("video_id") is not None:
+            self.clips.append([record["video_id"], record["start"], record["end"]])
+
+
+class _OpenShard:
+    def __init__(self, partial: Path, keep_bytes: int, tally: ShardTally):
+        self.file = open(partial, "r+b" if partial.exists() else "wb")
+        self.file.seek(keep_bytes)
+        self.file.truncate()
+        self.tar = tarfile.open(fileobj=self.file, mode="w", format=tarfile.PAX_FORMAT)
+        self.tally = tally
+        self.written_this_run = 0
+
+
+def salvage(partial: Path) -> tuple[int, ShardTally, set[str]]:
+    """Read what a killed run left: (bytes to keep, tally of complete records, their keys)."""
+    tally, keys, keep, arrays_seen = ShardTally(), set(), 0, set()
+    try:
+        with tarfile.open(partial, "r:") as tar:
+            for info in tar:
+                data = tar.extractfile(info).read() if info.isreg() else b""
+                if len(data) != info.size:
+                    break
+                key, _, suffix = info.name.partition(".")
+                if suffix != "json":
+                    arrays_seen.add(info.name)
+                    continue
+                record = json.loads(data)
+                if all(f"{key}.{name}.npy" in arrays_seen for name in record.get("arrays", [])):
+                    keys.add(key)
+                    tally.add(record)
+                    keep = info.offset_data + -(-info.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+                arrays_seen = set()
+    except (tarfile.TarError, EOFError, OSError, ValueError):
+        pass  # the tail after the last complete record is dropped
+    return keep, tally, keys
+
+
+class OutputWriter:
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            probe = self.folder / f".write-test-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise ConfigError(f"output folder {self.folder} is not writable: {exc.strerror or exc}") from None
+        self._resume: dict[str, tuple[int, ShardTally]] = {}
+        self._open: dict[str, _OpenShard] = {}
+
+    def paths(self, url: str) -> tuple[Path, Path, Path]:
+        stem = shard_stem(url)
+        return self.folder / f"{stem}.tar", self.folder / f"{stem}.tar.partial", self.folder / f"{stem}.stats.json"
+
+    def plan(self, urls: list[str]) -> tuple[list[str], dict[str, set], int]:
+        """Shards still to do, the clips already written for each, and how many shards are complete."""
+        todo, done_keys, complete = [], {}, 0
+        for url in urls:
+            final, partial, _ = self.paths(url)
+            if final.exists():
+                complete += 1
+                continue
+            todo.append(url)
+            if partial.exists():
+                keep, tally, keys = salvage(partial)
+                self._resume[url] = (keep, tally)
+                done_keys[url] = keys
+        return todo, done_keys, complete
+
+    def _shard(self, url: str) -> _OpenShard:
+        if url not in self._open:
+            _, partial, _ = self.paths(url)
+            keep, tally = self._resume.pop(url, (0, ShardTally()))
+            self._open[url] = _OpenShard(partial, keep, tally)
+        return self._open[url]
+
+    def write(self, url: str, record: dict, arrays: dict[str, np.ndarray]) -> None:
+        shard = self._shard(url)
+        key = record["key"]
+        members = [(f"{key}.{name}.npy", encode_array(array)) for name, array in arrays.items()]
+        members.append((f"{key}.json", encode_record(record)))  # last: its presence means the clip is complete
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode = len(data), int(time.time()), 0o644
+            shard.tar.addfile(info, io.BytesIO(data))
+        shard.tally.add(record)
+        shard.written_this_run += 1
+
+    def flush(self) -> None:
+        for shard in self._open.values():
+            shard.file.flush()
+
+    def finish(self, url: str, fault: str | None, duplicates: list[str], head: str) -> dict:
+        """Close the shard's tar, write its stats, then rename it complete."""
+        shard = self._shard(url)
+        final, partial, stats_path = self.paths(url)
+        shard.tar.close()
+        shard.file.flush()
+        os.fsync(shard.file.fileno())
+        shard.file.close()
+        del self._open[url]
+        stats = {
+            "shard": url, "output": final.name, "head": head, "records": sum(shard.tally.by_status.values()),
+            "by_status": dict(shard.tally.by_status), "by_error_type": dict(shard.tally.by_error_type),
+            "fault": fault, "duplicates": duplicates, "clips": shard.tally.clips,
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        tmp = stats_path.with_name(stats_path.name + ".tmp")
+        tmp.write_bytes(encode_record(stats))
+        os.replace(tmp, stats_path)
+        os.replace(partial, final)
+        return stats
+
+    def close(self) -> None:
+        """Leave unfinished shards as flushed `.partial` files for the next run to resume."""
+        for shard in self._open.values():
+            try:
+                shard.file.flush()
+                shard.file.close()
+            except OSError:
+                pass
+        self._open.clear()
+
+
+def output_totals(folder: Path) -> dict:
+    """Counts over every complete output shard in `folder` (this run's and earlier runs')."""
+    by_status, by_error_type, faults, duplicates, clips = Counter(), Counter(), {}, {}, []
+    shards = 0
+    for path in sorted(Path(folder).glob("*.stats.json")):
+        stats = json.loads(path.read_text(encoding="utf-8"))
+        shards += 1
+        by_status.update(stats["by_status"])
+        by_error_type.update(stats["by_error_type"])
+        clips.extend(stats["clips"])
+        if stats["fault"]:
+            faults[stats["shard"]] = stats["fault"]
+        if stats["duplicates"]:
+            duplicates[stats["shard"]] = stats["duplicates"]
+    return {"shards": shards, "records": sum(by_status.values()), "by_status": dict(by_status),
+            "by_error_type": dict(by_error_type), "shard_faults": faults, "duplicates": duplicates, "clips": clips}
