@@ -97,7 +97,7 @@ def _stream_info(stream) -> dict:
         info.update(
             width=stream.width,
             height=stream.height,
-            fps=_finite(stream.average_fps),
+            fps=_finite(stream.average_fps_from_header or stream.average_fps),
             num_frames=stream.num_frames,
             duration_s=_finite(stream.duration_seconds),
         )
@@ -112,7 +112,8 @@ def _stream_info(stream) -> dict:
 
 def _reason(exc: Exception, limit: int = 200) -> str:
     """ffmpeg's own words from a torchcodec error, without its source-file location."""
-    text = re.sub(r"^\w+, \S+\.cpp:\d+, ", "", str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__)
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = re.sub(r"^\w+, \S+\.cpp:\d+, ", "", lines[0]) if lines else type(exc).__name__
     return text[:limit]
 
 
@@ -139,7 +140,8 @@ def decode_media(data: bytes, spec: MediaSpec, max_decoded_bytes: int = 4 << 30)
     if not data:
         raise DecodeFailure("empty_file", "the file is empty (0 bytes)")
     try:
-        probe = VideoDecoder(data, seek_mode="approximate") if spec.wants_video else None
+        # exact mode scans the packets once: it works without a duration in the header (piped mkv)
+        probe = VideoDecoder(data, seek_mode="exact", dimension_order="NHWC") if spec.wants_video else None
         container = get_container_metadata(probe._decoder) if probe else None
     except Exception as exc:  # torchcodec raises RuntimeError/ValueError for unreadable input
         if spec.wants_video and "no valid stream" in str(exc).lower():
@@ -201,9 +203,10 @@ def _decode_frames(data, probe, spec, max_decoded_bytes, VideoDecoder, Resize):
             f"{len(times)} frames of {width}x{height} would take {decoded_bytes / 2**30:.1f} GiB "
             f"(limit {max_decoded_bytes / 2**30:.1f} GiB, max_decoded_gb)",
         )
-    transforms = [Resize((height, width))] if (height, width) != (meta.height, meta.width) else None
     try:
-        decoder = VideoDecoder(data, seek_mode="exact", dimension_order="NHWC", transforms=transforms)
+        decoder = probe
+        if (height, width) != (meta.height, meta.width):
+            decoder = VideoDecoder(data, seek_mode="exact", dimension_order="NHWC", transforms=[Resize((height, width))])
         end = decoder.metadata.end_stream_seconds or end
         times = [min(t, end - 1e-6) for t in times]
         batch = decoder.get_frames_played_at(seconds=times)

@@ -1,0 +1,67 @@
+"""Shared helpers: clips made with ffmpeg at test time, shards built from them, runs of the CLI."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+
+
+def make_clip(seconds: float = 1.0, pattern: str = "testsrc", size: str = "96x64", rate: int = 12,
+              tone: int | None = 440, fmt: str = "mp4", extra_video: str = "") -> bytes:
+    """A short synthetic clip; `tone=None` makes one without an audio stream."""
+    source = f"{pattern}{':' if '=' in pattern else '='}size={size}:rate={rate}:duration={seconds}{extra_video}"
+    inputs = ["-f", "lavfi", "-i", source]
+    if tone is not None:
+        inputs += ["-f", "lavfi", "-i", f"sine=frequency={tone}:duration={seconds}", "-shortest", "-c:a", "aac"]
+    muxer = ["-movflags", "+frag_keyframe+empty_moov", "-f", "mp4"] if fmt == "mp4" else ["-f", fmt]
+    codec = ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"] if fmt == "mp4" else []
+    command = ["ffmpeg", "-loglevel", "error", *inputs, *codec, *muxer, "pipe:1"]
+    return subprocess.run(command, check=True, capture_output=True).stdout
+
+
+def write_shard(path: Path, members: list[tuple[str, bytes]], gz: bool = True) -> Path:
+    with tarfile.open(path, "w:gz" if gz else "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime = len(data), 0
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def read_records(folder: Path) -> list[dict]:
+    """Every JSON record in the complete output tars of `folder`."""
+    records = []
+    for path in sorted(folder.glob("*.tar")):
+        with tarfile.open(path) as tar:
+            for info in tar:
+                if info.name.endswith(".json"):
+                    records.append(json.loads(tar.extractfile(info).read()))
+    return records
+
+
+def compose_cfg(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def run_cli(*args: str, torchrun: int = 0, timeout: float = 300, **popen) -> subprocess.CompletedProcess:
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={torchrun}"] if torchrun else [sys.executable]
+    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([*launcher, "-m", "extract", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout, env=env, **popen)
+
+
+@pytest.fixture(scope="session")
+def clip_bytes() -> bytes:
+    return make_clip()

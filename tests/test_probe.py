@@ -1,0 +1,42 @@
+import subprocess
+
+import pytest
+
+from conftest import make_clip
+from extract.decode import decode_media
+from extract.heads import Clip, build
+
+
+def _probe(data: bytes) -> dict:
+    head = build("probe", {})
+    media = decode_media(data, head.media_spec)
+    [result] = head.infer([Clip("k", "v", 0.0, 1.0, media)])
+    assert result.status == "ok"
+    return result.fields
+
+
+def _two_colours() -> bytes:
+    command = ["ffmpeg", "-loglevel", "error", "-f", "lavfi", "-i", "color=c=black:s=96x64:d=1:r=12",
+               "-f", "lavfi", "-i", "color=c=white:s=96x64:d=1:r=12", "-filter_complex", "[0:v][1:v]concat=n=2:v=1",
+               "-c:v", "libx264", "-pix_fmt", "yuv420p", "-f", "matroska", "pipe:1"]
+    return subprocess.run(command, check=True, capture_output=True).stdout
+
+
+def test_metadata_of_a_known_clip():
+    fields = _probe(make_clip(seconds=2, size="96x64", rate=12, tone=440))
+    [video] = fields["video_streams"]
+    assert (video["codec"], video["width"], video["height"], video["fps"], video["num_frames"]) == ("h264", 96, 64, 12.0, 24)
+    [audio] = fields["audio_streams"]
+    assert audio["codec"] == "aac" and audio["channels"] == 1 and fields["has_audio"]
+    assert fields["container"].startswith("mp4") and fields["duration_s"] == pytest.approx(2.0, abs=0.1)
+    # ffmpeg's sine source has amplitude 1/8: RMS = 1/(8*sqrt(2)) = -21.07 dBFS
+    assert fields["stats"]["audio_rms_dbfs"] == pytest.approx(-21.07, abs=0.5)
+    assert fields["stats"]["frames_sampled"] == 8  # 4 fps over 2 s
+
+
+def test_a_hard_cut_is_counted_and_a_still_picture_has_none():
+    cut = _probe(_two_colours())["stats"]
+    assert cut["scene_cuts"] == 1 and cut["motion_energy"] > 10
+    still = _probe(make_clip(seconds=2, pattern="color=c=gray", tone=None))["stats"]
+    assert still["scene_cuts"] == 0 and still["motion_energy"] < 0.5
+    assert 120 < still["mean_luma"] < 136 and still["audio_rms_dbfs"] is None
