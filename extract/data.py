@@ -159,7 +159,9 @@ def as_list(batch: list) -> list:
     return batch
 
 
-def make_loader(urls, done_keys, spec: MediaSpec, limits, batch_size: int, num_workers: int) -> torch.utils.data.DataLoader:
+def make_loader(urls, done_keys, spec: MediaSpec, limits, batch_size: int, num_workers: int):
+    if not urls:  # a rank with no shard left (or none at all) has nothing to load
+        return []
     workers = min(num_workers, len(urls))  # a worker without a shard would only idle
     return torch.utils.data.DataLoader(
         clip_pipeline(urls, done_keys, spec, limits),

@@ -13,11 +13,16 @@ import pickle
 import re
 import resource
 import signal
+import sys
 from dataclasses import dataclass, field
 from multiprocessing.connection import Pipe
 from typing import Callable
 
 import numpy as np
+# imported here, not lazily in the decode child: an import there would run hooks (W&B's) forked from the parent
+from torchcodec._core import get_container_metadata
+from torchcodec.decoders import AudioDecoder, VideoDecoder
+from torchcodec.transforms import Resize
 
 
 @dataclass(frozen=True)
@@ -133,10 +138,6 @@ def sample_times(begin: float, duration: float, spec: MediaSpec) -> list[float]:
 
 def decode_media(data: bytes, spec: MediaSpec, max_decoded_bytes: int = 4 << 30) -> Media:
     """Decode one clip's bytes; raises DecodeFailure with a readable message."""
-    from torchcodec._core import get_container_metadata
-    from torchcodec.decoders import AudioDecoder, VideoDecoder
-    from torchcodec.transforms import Resize
-
     if not data:
         raise DecodeFailure("empty_file", "the file is empty (0 bytes)")
     try:
@@ -162,7 +163,7 @@ def decode_media(data: bytes, spec: MediaSpec, max_decoded_bytes: int = 4 << 30)
         }
 
     if spec.wants_video:
-        media.frames, media.frame_times, exact_count = _decode_frames(data, probe, spec, max_decoded_bytes, VideoDecoder, Resize)
+        media.frames, media.frame_times, exact_count = _decode_frames(data, probe, spec, max_decoded_bytes)
         media.info["video_stream_index"] = probe.stream_index
         for stream in media.info["video_streams"]:
             if stream["index"] == probe.stream_index:  # the exact decoder's scan counted its frames
@@ -183,7 +184,7 @@ def decode_media(data: bytes, spec: MediaSpec, max_decoded_bytes: int = 4 << 30)
     return media
 
 
-def _decode_frames(data, probe, spec, max_decoded_bytes, VideoDecoder, Resize):
+def _decode_frames(data, probe, spec, max_decoded_bytes):
     meta = probe.metadata
     height, width = meta.height, meta.width
     if spec.size:
@@ -295,6 +296,7 @@ def _serve_decodes(conn, decode, memory_limit_bytes: int) -> None:
     import torch
 
     torch.set_num_threads(1)  # the parent's thread pools did not survive the fork
+    sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__  # drop wrappers (loggers) installed in the parent
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     if memory_limit_bytes > 0:
         _, hard = resource.getrlimit(resource.RLIMIT_AS)

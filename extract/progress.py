@@ -31,7 +31,8 @@ class Progress:
 
             os.makedirs(output_dir, exist_ok=True)
             # a missing login must not block: offline needs none, and online falls back to offline
-            settings = wandb.Settings(init_timeout=60, silent=True)
+            # console capture wraps stdout/stderr, which breaks in the processes forked for decoding
+            settings = wandb.Settings(init_timeout=60, silent=True, console="off")
             return wandb.init(project=cfg.get("project", "extract"), entity=cfg.get("entity"), mode=mode,
                               dir=output_dir, config=run_config, settings=settings)
         except Exception as exc:

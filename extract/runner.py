@@ -137,13 +137,14 @@ def run(cfg: DictConfig) -> dict:
         mine = shards[ranks.rank :: ranks.world]
         todo, done_keys, complete = writer.plan(mine)
         head.load(ranks.device)
-        progress = Progress(ranks.rank == 0, OmegaConf.to_container(cfg.wandb), OmegaConf.to_container(cfg, resolve=True),
-                            str(cfg.output_dir), cfg.log_every_s)
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if ranks.device.type == "cuda" else nullcontext()
         loader = make_loader(todo, done_keys, head.media_spec, Limits.from_cfg(cfg), cfg.batch_size, cfg.num_workers)
+        batches = iter(loader)  # workers fork here, before W&B starts: its hooks must not run in them
+        progress = Progress(ranks.rank == 0, OmegaConf.to_container(cfg.wandb), OmegaConf.to_container(cfg, resolve=True),
+                            str(cfg.output_dir), cfg.log_every_s)
         counts, shard_faults = Counter(), {}
         with torch.inference_mode(), autocast:
-            for batch in loader:
+            for batch in batches:
                 clips = [item for item in batch if item["kind"] == "clip"]
                 decoded = [item for item in clips if item["status"] == "ok"]
                 results = infer_isolated(head, [Clip(i["key"], i["video_id"], i["start"], i["end"], i.pop("media")) for i in decoded]) if decoded else []
