@@ -1,6 +1,5 @@
 """`python -m extract +model=<head> ...` (and the same under torchrun)."""
 
-import logging
 import sys
 
 import hydra
@@ -16,7 +15,6 @@ def main(cfg: DictConfig) -> None:
     try:
         run(cfg)
     except ConfigError as exc:
-        logging.getLogger("extract").error("%s", exc)
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
 

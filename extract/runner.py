@@ -205,7 +205,7 @@ def write_summary(folder: Path, head: heads.Head, catalog: Catalog, reports: lis
         "ranks": reports,
     }
     text = json.dumps(summary, indent=2, ensure_ascii=False)
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + f"-{time.time_ns() // 1000 % 1_000_000:06d}"
     (folder / f"summary-{stamp}.json").write_text(text, encoding="utf-8")
     (folder / "summary.json").write_text(text, encoding="utf-8")
     return summary

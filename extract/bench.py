@@ -1,0 +1,140 @@
+"""Side-by-side measurements, printed as ratios from one run on the same inputs.
+
+    python -m extract.bench data [--clips 48] [--shards 4] [--workers 0,1,2]
+
+`data`: the streaming path (tar.gz -> clip member -> N decoded frames + 16 kHz audio, in DataLoader
+workers behind the decode watchdog) against the same decode from bytes already in memory (the
+floor for this decoder) and against the naive way (extract the archives to disk, then open each
+file), with each worker count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import platform
+import subprocess
+import tarfile
+import tempfile
+import time
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from extract.data import as_list, make_loader
+from extract.decode import MediaSpec, decode_media
+from extract.runner import Limits
+
+SPEC = MediaSpec(num_frames=16, size=(224, 224), audio=True)
+LIMITS = Limits(decode_timeout=60, decode_memory_bytes=8 << 30, max_member_bytes=4 << 30, max_decoded_bytes=4 << 30)
+
+
+def _clip(seconds: float, index: int) -> bytes:
+    pattern = ("testsrc2", "smptebars", "rgbtestsrc", "testsrc")[index % 4]
+    command = ["ffmpeg", "-loglevel", "error", "-f", "lavfi", "-i", f"{pattern}=size=640x360:rate=30:duration={seconds}",
+               "-f", "lavfi", "-i", f"sine=frequency={200 + 40 * index}:duration={seconds}", "-shortest",
+               "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p", "-c:a", "aac",
+               "-movflags", "+frag_keyframe+empty_moov", "-f", "mp4", "pipe:1"]
+    return subprocess.run(command, check=True, capture_output=True).stdout
+
+
+def make_shards(folder: Path, clips: int, shards: int, seconds: float) -> list[str]:
+    distinct = [_clip(seconds, i) for i in range(4)]
+    urls = []
+    for s in range(shards):
+        path = folder / f"bench-{s:03d}.tar.gz"
+        with tarfile.open(path, "w:gz") as tar:
+            for c in range(s, clips, shards):
+                data = distinct[c % 4]
+                info = tarfile.TarInfo(f"bench.video.{c} ({c}.0-{c + seconds}).mp4")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        urls.append(str(path))
+    return urls
+
+
+class _Decode(torch.utils.data.Dataset):
+    """Map-style dataset of clips that are already bytes (or files on disk)."""
+
+    def __init__(self, sources: list):
+        self.sources = sources
+
+    def __len__(self):
+        return len(self.sources)
+
+    def __getitem__(self, index):
+        source = self.sources[index]
+        data = Path(source).read_bytes() if isinstance(source, Path) else source
+        return decode_media(data, SPEC)
+
+
+def _count(loader) -> int:
+    return sum(1 for batch in loader for item in batch if item.__class__.__name__ == "Media" or item.get("kind") == "clip")
+
+
+def time_streaming(urls, workers: int) -> tuple[int, float]:
+    started = time.perf_counter()
+    count = _count(make_loader(urls, {}, SPEC, LIMITS, batch_size=4, num_workers=workers))
+    return count, time.perf_counter() - started
+
+
+def time_in_memory(blobs: list[bytes], workers: int) -> tuple[int, float]:
+    started = time.perf_counter()
+    loader = torch.utils.data.DataLoader(_Decode(blobs), batch_size=4, num_workers=workers, collate_fn=as_list)
+    return _count(loader), time.perf_counter() - started
+
+
+def time_extract_then_open(urls, workers: int, scratch: Path) -> tuple[int, float]:
+    started = time.perf_counter()
+    target = Path(tempfile.mkdtemp(dir=scratch))
+    files = []
+    for url in urls:
+        with tarfile.open(url) as tar:
+            tar.extractall(target, filter="data")
+            files += [target / m.name for m in tar.getmembers()]
+    loader = torch.utils.data.DataLoader(_Decode(files), batch_size=4, num_workers=workers, collate_fn=as_list)
+    return _count(loader), time.perf_counter() - started
+
+
+def bench_data(args) -> None:
+    workers = [int(w) for w in args.workers.split(",")]
+    with tempfile.TemporaryDirectory() as tmp:
+        scratch = Path(tmp)
+        urls = make_shards(scratch, args.clips, args.shards, args.seconds)
+        blobs = []
+        for url in urls:
+            with tarfile.open(url) as tar:
+                blobs += [tar.extractfile(m).read() for m in tar.getmembers()]
+        decode_media(blobs[0], SPEC)  # load ffmpeg's libraries before timing
+        print(f"# extract.bench data: {args.clips} clips of {args.seconds:g}s 640x360 h264+aac in {args.shards} tar.gz shards; "
+              f"{SPEC.num_frames} frames at 224x224 + 16 kHz audio per clip")
+        print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}")
+        print(f"{'workers':>7}  {'in-memory floor':>16}  {'streaming':>10}  {'extract+open':>12}  {'stream/floor':>12}  {'stream/extract':>14}")
+        for w in workers:
+            results = {}
+            for name, fn in (("floor", partial(time_in_memory, blobs)), ("stream", partial(time_streaming, urls)),
+                             ("extract", partial(time_extract_then_open, urls, scratch=scratch))):
+                count, seconds = fn(w)
+                assert count == args.clips, (name, count)
+                results[name] = count / seconds
+            print(f"{w:>7}  {results['floor']:>12.1f} c/s  {results['stream']:>6.1f} c/s  {results['extract']:>8.1f} c/s  "
+                  f"{results['stream'] / results['floor']:>12.2f}  {results['stream'] / results['extract']:>14.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m extract.bench", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="what", required=True)
+    data = sub.add_parser("data", help="streaming decode vs in-memory floor vs extract-to-disk")
+    data.add_argument("--clips", type=int, default=48)
+    data.add_argument("--shards", type=int, default=4)
+    data.add_argument("--seconds", type=float, default=4.0)
+    data.add_argument("--workers", default="0,1,2")
+    args = parser.parse_args()
+    if args.what == "data":
+        bench_data(args)
+
+
+if __name__ == "__main__":
+    main()

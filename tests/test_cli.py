@@ -1,0 +1,44 @@
+"""The command line: clear one-line errors before any work, Hydra sweeps, in-process run(cfg)."""
+
+import json
+
+from conftest import compose_cfg, read_records, run_cli, write_shard
+from extract.runner import run
+
+
+def test_without_a_head_it_lists_the_heads():
+    result = run_cli("tar_folder=shards")
+    assert result.returncode == 2
+    assert "+model=<head>" in result.stderr and "probe" in result.stderr
+
+
+def test_missing_folder_and_unreadable_csv_are_one_line_errors(tmp_path):
+    result = run_cli("+model=probe", f"tar_folder={tmp_path / 'nope'}")
+    assert result.returncode == 2 and "is not a folder" in result.stderr
+    result = run_cli("+model=probe", "tar_folder=shards", f"dataset_csv={tmp_path / 'nope.csv'}")
+    assert result.returncode == 2 and "nope.csv cannot be read" in result.stderr
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_unknown_key_is_refused():
+    result = run_cli("+model=probe", "tar_folder=shards", "batchsize=3")
+    assert result.returncode != 0 and "batchsize" in result.stderr
+
+
+def test_multirun_sweeps(tmp_path, clip_bytes):
+    write_shard(tmp_path / "x.tar.gz", [("v (0-1).mp4", clip_bytes)])
+    result = run_cli("--multirun", "+model=probe", f"tar_folder={tmp_path}", "num_workers=0",
+                     f"output_dir={tmp_path / 'out'}", "model.fps=2,8")
+    assert result.returncode == 0, result.stderr[-2000:]
+    # the second job found the shard complete and wrote nothing twice
+    assert len(list((tmp_path / "out" / "probe").glob("summary-*.json"))) == 2
+    assert len(read_records(tmp_path / "out" / "probe")) == 1
+
+
+def test_run_is_callable_in_process_with_composed_config(tmp_path, clip_bytes):
+    write_shard(tmp_path / "x.tar", [("a.b (0-1).mp4", clip_bytes), ("a.b (1-2).mp4", clip_bytes)], gz=False)
+    cfg = compose_cfg("+model=probe", f"tar_folder={tmp_path}", f"output_dir={tmp_path / 'out'}", "num_workers=0",
+                      "wandb.mode=disabled")
+    summary = run(cfg)
+    assert summary["this_run"]["by_status"] == {"ok": 2}
+    assert json.loads((tmp_path / "out" / "probe" / "summary.json").read_text())["output_totals"]["records"] == 2
