@@ -42,3 +42,16 @@ def test_run_is_callable_in_process_with_composed_config(tmp_path, clip_bytes):
     summary = run(cfg)
     assert summary["this_run"]["by_status"] == {"ok": 2}
     assert json.loads((tmp_path / "out" / "probe" / "summary.json").read_text())["output_totals"]["records"] == 2
+
+
+def test_pipe_shards_and_brace_patterns(tmp_path, clip_bytes):
+    for i in range(2):
+        write_shard(tmp_path / f"p-{i}.tar", [(f"v{i} (0-1).mp4", clip_bytes)], gz=False)
+    out = tmp_path / "out"
+    cfg = compose_cfg("+model=probe", f'shards="pipe:cat {tmp_path}/p-0.tar"', f"output_dir={out}", "num_workers=0",
+                      "wandb.mode=disabled")
+    assert run(cfg)["this_run"]["by_status"] == {"ok": 1}
+    cfg = compose_cfg("+model=probe", f'shards="{tmp_path}/p-{{0..1}}.tar"', f"output_dir={out}", "num_workers=0",
+                      "wandb.mode=disabled")
+    summary = run(cfg)
+    assert summary["this_run"]["records"] == 1 and summary["output_totals"]["records"] == 2  # p-0 was already done
