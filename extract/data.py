@@ -21,7 +21,7 @@ import torch
 import webdataset as wds
 
 from extract.clips import BadMemberName, member_key, parse_member_name, printable
-from extract.decode import DecodeFailure, DecodeWatchdog, MediaSpec, decode_media
+from extract.decode import DecodeFailure, DecodeWatchdog, MediaSpec, decode_media, die_with_parent
 from extract.errors import ConfigError
 
 SHARD_SUFFIXES = (".tar.gz", ".tgz", ".tar")
@@ -69,11 +69,32 @@ _KIND_NAMES = {tarfile.SYMTYPE: "a symbolic link", tarfile.LNKTYPE: "a hard link
                tarfile.BLKTYPE: "a block device", tarfile.FIFOTYPE: "a FIFO"}
 
 
+def _drain(tar: tarfile.TarFile, info: tarfile.TarInfo) -> None:
+    """Read past a member's data in large chunks. tarfile's own skip in stream mode reads 10 KiB at a
+    time and keeps looping after the end of the data, so a header declaring a terabyte would stall."""
+    member, remaining = tar.extractfile(info), info.size
+    while remaining:
+        chunk = member.read(min(remaining, 1 << 20))  # raises ReadError if the shard ends first
+        remaining -= len(chunk)
+
+
+def _member_item(url: str, name: str, info: tarfile.TarInfo):
+    """The item for one tar member (before its bytes are read), and its parsed clip name if any."""
+    if not info.isreg():
+        kind = _KIND_NAMES.get(info.type, f"a tar entry of type {info.type!r}")
+        return _rejected(url, name, "not_a_file", f"member is {kind}; only regular files are read"), None
+    try:
+        clip = parse_member_name(name)
+    except BadMemberName as exc:
+        return _rejected(url, name, "bad_name", f"not a clip: {exc}"), None
+    return _item(url, name, clip.key, video_id=clip.video_id, start=clip.start, end=clip.end, ext=clip.ext), clip
+
+
 def read_clip_members(shards, done_keys: dict[str, set], max_member_bytes: int):
     """Stage: {url} -> one item per tar member, then a `shard_end` item per shard.
 
-    Clips already in a partial output (`done_keys`) are skipped without reading their bytes.
-    A shard that cannot be opened or breaks mid-way keeps what was read before the fault.
+    Clips already in a partial output (`done_keys`) are skipped without decoding. A shard that
+    cannot be opened or breaks mid-way keeps what was read before the fault.
     """
     for shard in shards:
         url = shard["url"]
@@ -91,32 +112,30 @@ def read_clip_members(shards, done_keys: dict[str, set], max_member_bytes: int):
                         name = name[2:]
                     if info.isdir() or not name:
                         continue  # folders carry no data; their files are reported one by one
-                    if not info.isreg():
-                        kind = _KIND_NAMES.get(info.type, f"a tar entry of type {info.type!r}")
-                        item = _rejected(url, name, "not_a_file", f"member is {kind}; only regular files are read")
-                        clip = None
-                    else:
-                        try:
-                            clip = parse_member_name(name)
-                            item = _item(url, name, clip.key, video_id=clip.video_id, start=clip.start, end=clip.end, ext=clip.ext)
-                        except BadMemberName as exc:
-                            clip, item = None, _rejected(url, name, "bad_name", f"not a clip: {exc}")
+                    item, clip = _member_item(url, name, info)
+                    emit = item["key"] not in seen and item["key"] not in done
                     if item["key"] in seen:
                         duplicates.append(item["member"])
-                        continue
                     seen.add(item["key"])
-                    if item["key"] in done:
-                        continue
-                    if clip is not None and info.size > max_member_bytes:
+                    too_large = emit and clip is not None and info.size > max_member_bytes
+                    if too_large:
                         item = _rejected(url, name, "too_large", f"member is {info.size / 2**20:.0f} MiB, over max_member_mb", clip)
-                    elif clip is not None:
+                    read = emit and clip is not None and not too_large
+                    if read:
                         try:
                             item["data"] = tar.extractfile(info).read()
                         except Exception as exc:
                             fault = f"shard ends inside member {printable(name, 80)!r}: {type(exc).__name__}: {exc}"
                             yield _rejected(url, name, "truncated", "the shard's data ends inside this member", clip)
                             break
-                    yield item
+                    if emit:
+                        yield item
+                    if info.isreg() and not read:
+                        try:
+                            _drain(tar, info)
+                        except Exception as exc:
+                            fault = f"shard ends inside member {printable(name, 80)!r}: {type(exc).__name__}: {exc}"
+                            break
         except Exception as exc:  # gzip/tar corruption, a missing file, a failing pipe: the shard's fault
             fault = fault or f"{type(exc).__name__}: {exc}"
         finally:
@@ -169,4 +188,5 @@ def make_loader(urls, done_keys, spec: MediaSpec, limits, batch_size: int, num_w
         num_workers=workers,
         collate_fn=as_list,
         prefetch_factor=4 if workers else None,
+        worker_init_fn=die_with_parent,
     )

@@ -7,6 +7,7 @@ blows up in memory, can be killed and reported as one clip's error while the wor
 
 from __future__ import annotations
 
+import ctypes
 import math
 import os
 import pickle
@@ -145,7 +146,7 @@ def decode_media(data: bytes, spec: MediaSpec, max_decoded_bytes: int = 4 << 30)
         probe = VideoDecoder(data, seek_mode="exact", dimension_order="NHWC") if spec.wants_video else None
         container = get_container_metadata(probe._decoder) if probe else None
     except Exception as exc:  # torchcodec raises RuntimeError/ValueError for unreadable input
-        if spec.wants_video and "no valid stream" in str(exc).lower():
+        if spec.wants_video and any(words in str(exc).lower() for words in ("no valid stream", "best video stream is unknown")):
             raise DecodeFailure("no_video_stream", "the file has no video stream") from exc
         reason = _looks_like_text(data) or f"ffmpeg cannot read it as media ({_reason(exc)})"
         raise DecodeFailure("not_media", reason) from exc
@@ -292,9 +293,23 @@ class DecodeWatchdog:
             pass
 
 
+def die_with_parent(_worker_id: int | None = None) -> None:
+    """Have the kernel kill this process when its parent dies (Linux). A DataLoader worker or a
+    decode child left behind by a killed rank holds that rank's sockets, and a restarted job can
+    connect to them and wait for ever."""
+    parent = os.getppid()
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the call
+        os._exit(1)
+
+
 def _serve_decodes(conn, decode, memory_limit_bytes: int) -> None:
     import torch
 
+    die_with_parent()
     torch.set_num_threads(1)  # the parent's thread pools did not survive the fork
     sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__  # drop wrappers (loggers) installed in the parent
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle

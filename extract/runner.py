@@ -22,7 +22,7 @@ from extract.data import make_loader, resolve_shards, shard_stem
 from extract.errors import ConfigError
 from extract.heads import Clip, Result
 from extract.progress import Progress
-from extract.writer import OutputWriter, output_totals
+from extract.writer import OutputWriter, drop_cross_shard_duplicates, output_totals
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,19 @@ class Limits:
     def from_cfg(cls, cfg) -> "Limits":
         return cls(float(cfg.decode_timeout), int(cfg.decode_memory_gb * 2**30), int(cfg.max_member_mb * 2**20),
                    int(cfg.max_decoded_gb * 2**30))
+
+
+def _attempt_store(rank: int, world: int) -> dist.Store:
+    """The rendezvous store, with keys scoped to this torchrun attempt.
+
+    After `torchrun --max-restarts` restarts the ranks, the agent's store still holds the previous
+    attempt's keys, and the new ranks would read the dead ranks' addresses from it and fail.
+    """
+    agent_hosts_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
+                          is_master=rank == 0 and not agent_hosts_store, timeout=datetime.timedelta(minutes=10),
+                          multi_tenant=True)
+    return dist.PrefixStore(f"extract/attempt-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
 @dataclass
@@ -58,7 +71,8 @@ class Distributed:
             torch.cuda.set_device(device)
         if world > 1 and not dist.is_initialized():
             # ranks meet only at the end (the summary): the timeout must outlast the slowest rank's work
-            dist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(seconds=timeout_s))
+            dist.init_process_group("nccl" if use_cuda else "gloo", store=_attempt_store(rank, world), rank=rank,
+                                    world_size=world, timeout=datetime.timedelta(seconds=timeout_s))
         return cls(rank, world, local_rank, device)
 
     def gather(self, obj) -> list:
@@ -191,6 +205,8 @@ def run(cfg: DictConfig) -> dict:
 
 
 def write_summary(folder: Path, head: heads.Head, catalog: Catalog, reports: list[dict], wall: float) -> dict:
+    for shard, notes in drop_cross_shard_duplicates(folder).items():
+        log.warning("shard %s: %d clip(s) already written from an earlier shard were dropped", shard, len(notes))
     totals = output_totals(folder)
     clips = totals.pop("clips")
     missing = catalog.rows_without_clips([tuple(c) for c in clips])

@@ -16,6 +16,7 @@ import os
 import tarfile
 import time
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -63,8 +64,17 @@ class ShardTally:
         self.by_status: Counter = Counter()
         self.by_error_type: Counter = Counter()
         self.clips: list[list] = []  # [video_id, start, end] of every record, for the CSV check
+        self.keys: list[str] = []
+
+    @classmethod
+    def of(cls, records: list[dict]) -> "ShardTally":
+        tally = cls()
+        for record in records:
+            tally.add(record)
+        return tally
 
     def add(self, record: dict) -> None:
+        self.keys.append(record["key"])
         self.by_status[record.get("status")] += 1
         if record.get("error_type"):
             self.by_error_type[record["error_type"]] += 1
@@ -106,16 +116,34 @@ def salvage(partial: Path) -> tuple[int, ShardTally, set[str]]:
     return keep, tally, keys
 
 
+class OutputError(Exception):
+    """The output cannot be written (disk full, permissions); unfinished shards stay `.partial`."""
+
+
+@contextmanager
+def _writing(what):
+    """Turn an OSError while writing into an OutputError that says what to do."""
+    try:
+        yield
+    except OSError as exc:
+        raise OutputError(f"cannot write {what}: {exc.strerror or exc}; unfinished shards stay .partial "
+                          "and rerunning the same command resumes them") from exc
+
+
+def ensure_writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"output folder {folder} is not writable: {exc.strerror or exc}") from None
+
+
 class OutputWriter:
     def __init__(self, folder: Path):
         self.folder = Path(folder)
-        try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            probe = self.folder / f".write-test-{os.getpid()}"
-            probe.write_bytes(b"")
-            probe.unlink()
-        except OSError as exc:
-            raise ConfigError(f"output folder {self.folder} is not writable: {exc.strerror or exc}") from None
+        ensure_writable(self.folder)
         self._resume: dict[str, tuple[int, ShardTally]] = {}
         self._open: dict[str, _OpenShard] = {}
 
@@ -146,6 +174,10 @@ class OutputWriter:
         return self._open[url]
 
     def write(self, url: str, record: dict, arrays: dict[str, np.ndarray]) -> None:
+        with _writing(self.paths(url)[1]):
+            self._write(url, record, arrays)
+
+    def _write(self, url: str, record: dict, arrays: dict[str, np.ndarray]) -> None:
         shard = self._shard(url)
         key = record["key"]
         members = [(f"{key}.{name}.npy", encode_array(array)) for name, array in arrays.items()]
@@ -158,10 +190,15 @@ class OutputWriter:
         shard.written_this_run += 1
 
     def flush(self) -> None:
-        for shard in self._open.values():
-            shard.file.flush()
+        with _writing(self.folder):
+            for shard in self._open.values():
+                shard.file.flush()
 
     def finish(self, url: str, fault: str | None, duplicates: list[str], head: str) -> dict:
+        with _writing(self.paths(url)[0]):
+            return self._finish(url, fault, duplicates, head)
+
+    def _finish(self, url: str, fault: str | None, duplicates: list[str], head: str) -> dict:
         """Close the shard's tar, write its stats, then rename it complete."""
         shard = self._shard(url)
         final, partial, stats_path = self.paths(url)
@@ -173,12 +210,10 @@ class OutputWriter:
         stats = {
             "shard": url, "output": final.name, "head": head, "records": sum(shard.tally.by_status.values()),
             "by_status": dict(shard.tally.by_status), "by_error_type": dict(shard.tally.by_error_type),
-            "fault": fault, "duplicates": duplicates, "clips": shard.tally.clips,
+            "fault": fault, "duplicates": duplicates, "clips": shard.tally.clips, "keys": shard.tally.keys,
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        tmp = stats_path.with_name(stats_path.name + ".tmp")
-        tmp.write_bytes(encode_record(stats))
-        os.replace(tmp, stats_path)
+        _replace_bytes(stats_path, encode_record(stats))
         os.replace(partial, final)
         return stats
 
@@ -191,6 +226,57 @@ class OutputWriter:
             except OSError:
                 pass
         self._open.clear()
+
+
+def _replace_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def drop_cross_shard_duplicates(folder: Path) -> dict[str, list[str]]:
+    """Keep each key in the first complete shard (by input order) that has it; rewrite later ones.
+
+    Ranks cannot see each other's shards while they work, so this runs once on rank 0 after all
+    ranks finish. The tar is replaced before its stats, so a crash in between is redone next run.
+    """
+    seen: dict[str, str] = {}
+    dropped: dict[str, list[str]] = {}
+    for stats_path in sorted(Path(folder).glob("*.stats.json"), key=lambda p: json.loads(p.read_text())["shard"]):
+        stats = json.loads(stats_path.read_text(encoding="utf-8"))
+        repeated = [key for key in stats.get("keys", []) if key in seen]
+        for key in stats.get("keys", []):
+            seen.setdefault(key, stats["shard"])
+        if not repeated:
+            continue
+        tar_path = folder / stats["output"]
+        drop = set(repeated)
+        kept_members, kept_records = [], []
+        with tarfile.open(tar_path) as tar:
+            for info in tar:
+                if info.name.partition(".")[0] in drop:
+                    continue
+                data = tar.extractfile(info).read()
+                kept_members.append((info, data))
+                if info.name.endswith(".json"):
+                    kept_records.append(json.loads(data))
+        tmp = tar_path.with_name(tar_path.name + ".dedup")
+        with open(tmp, "wb") as f, tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as out:
+            for info, data in kept_members:
+                out.addfile(info, io.BytesIO(data))
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, tar_path)
+        tally = ShardTally.of(kept_records)
+        notes = [f"{key} (already in {seen[key]})" for key in repeated]
+        stats.update(records=len(kept_records), by_status=dict(tally.by_status), by_error_type=dict(tally.by_error_type),
+                     clips=tally.clips, keys=tally.keys, duplicates=stats["duplicates"] + notes)
+        _replace_bytes(stats_path, encode_record(stats))
+        dropped[stats["shard"]] = notes
+    return dropped
 
 
 def output_totals(folder: Path) -> dict:

@@ -1,0 +1,220 @@
+"""Faults a long run meets: hostile members, hangs, limits, full disks, kills and restarts."""
+
+from __future__ import annotations
+
+import errno
+import io
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+
+import pytest
+
+from conftest import REPO, compose_cfg, make_clip, read_records, run_cli, write_shard
+from extract import data as data_module
+from extract.decode import decode_media
+from extract.runner import run
+from extract.writer import OutputError, encode_record
+
+
+def _cfg(tmp_path, *extra):
+    return compose_cfg("+model=probe", f"tar_folder={tmp_path / 'in'}", f"output_dir={tmp_path / 'out'}",
+                       "num_workers=1", "batch_size=2", "wandb.mode=disabled", *extra)
+
+
+def _entry(name, kind=tarfile.REGTYPE, data=b"", **fields) -> tuple[tarfile.TarInfo, bytes]:
+    info = tarfile.TarInfo(name)
+    info.type, info.size = kind, len(data)
+    for key, value in fields.items():
+        setattr(info, key, value)
+    return info, data
+
+
+def _wav() -> bytes:
+    command = ["ffmpeg", "-loglevel", "error", "-f", "lavfi", "-i", "sine=duration=1", "-f", "wav", "pipe:1"]
+    return subprocess.run(command, check=True, capture_output=True).stdout
+
+
+def test_hostile_members_are_reported_and_never_escape(tmp_path, clip_bytes):
+    (tmp_path / "in").mkdir()
+    long_name = "x" * 4000 + " (0-1).mp4"
+    entries = [
+        _entry("good (0-1).mp4", data=clip_bytes),
+        _entry("../escape (0-1).mp4", data=clip_bytes),
+        _entry("/abs/path (0-1).mp4", data=clip_bytes),
+        _entry("symlink (0-1).mp4", tarfile.SYMTYPE, linkname="/etc/passwd"),
+        _entry("hardlink (0-1).mp4", tarfile.LNKTYPE, linkname="good (0-1).mp4"),
+        _entry("device (0-1).mp4", tarfile.CHRTYPE, devmajor=1, devminor=3),
+        _entry("fifo (0-1).mp4", tarfile.FIFOTYPE),
+        _entry(long_name, data=clip_bytes),
+        _entry("dup (0-1).mp4", data=clip_bytes),
+        _entry("dup (0-1).mp4", data=clip_bytes),  # inside one shard
+        _entry("audio only (0-1).mp4", data=_wav()),  # the extension lies: a WAV
+        _entry("mkv inside (0-1).mp4", data=make_clip(fmt="matroska", tone=None)),  # a Matroska
+    ]
+    with tarfile.open(tmp_path / "in" / "a.tar", "w", format=tarfile.PAX_FORMAT) as tar:
+        for info, data in entries:
+            tar.addfile(info, io.BytesIO(data) if data else None)
+    write_shard(tmp_path / "in" / "b.tar", [("dup (0-1).mp4", clip_bytes), ("other (0-1).mp4", clip_bytes)], gz=False)
+    # a member that declares a terabyte, in a shard that ends right after its header
+    header = tarfile.TarInfo("huge (0-1).mp4")
+    header.size = 10**12
+    (tmp_path / "in" / "c.tar").write_bytes(header.tobuf(format=tarfile.PAX_FORMAT) + b"\0" * 4096)
+
+    summary = run(_cfg(tmp_path))
+    records = read_records(tmp_path / "out" / "probe")
+    by_member = {r["member"][:60]: r for r in records}
+    assert len({r["key"] for r in records}) == len(records)
+    assert by_member["good (0-1).mp4"]["status"] == "ok"
+    for name in ["../escape (0-1).mp4", "/abs/path (0-1).mp4"]:
+        assert by_member[name]["status"] == "rejected" and by_member[name]["error_type"] == "bad_name"
+    for name, words in [("symlink", "symbolic link"), ("hardlink", "hard link"), ("device", "character device"), ("fifo", "FIFO")]:
+        record = by_member[f"{name} (0-1).mp4"]
+        assert record["status"] == "rejected" and record["error_type"] == "not_a_file" and words in record["error"]
+    long_record = by_member["x" * 60]
+    assert long_record["error_type"] == "bad_name" and "longer than" in long_record["error"] and len(long_record["member"]) < 400
+    assert by_member["audio only (0-1).mp4"]["error_type"] == "no_video_stream"
+    assert by_member["mkv inside (0-1).mp4"]["status"] == "ok" and by_member["mkv inside (0-1).mp4"]["container"] == "matroska"
+    assert by_member["huge (0-1).mp4"]["error_type"] == "too_large"
+    # duplicates: written once, the second reported (inside a shard and across shards)
+    assert sum(1 for r in records if r["member"] == "dup (0-1).mp4") == 1
+    duplicates = summary["output_totals"]["duplicates"]
+    assert duplicates[str(tmp_path / "in" / "a.tar")] == ["dup (0-1).mp4"]
+    assert any("already in" in note for note in duplicates[str(tmp_path / "in" / "b.tar")])
+    assert any(s.endswith("c.tar") for s in summary["output_totals"]["shard_faults"])
+    # nothing was written anywhere but the output folder
+    written = {p.relative_to(tmp_path).parts[0] for p in tmp_path.rglob("*")}
+    assert written == {"in", "out"} and not (REPO / "escape (0-1).mp4").exists()
+
+
+def _hangs_on_marker(data, spec, **kwargs):
+    if data == b"HANG":
+        time.sleep(3600)
+    return decode_media(data, spec, **kwargs)
+
+
+def test_a_hung_decode_is_abandoned_and_the_run_goes_on(tmp_path, clip_bytes, monkeypatch):
+    monkeypatch.setattr(data_module, "decode_media", _hangs_on_marker)  # the forked workers inherit it
+    (tmp_path / "in").mkdir()
+    write_shard(tmp_path / "in" / "a.tar", [("before (0-1).mp4", clip_bytes), ("hangs (0-1).mp4", b"HANG"),
+                                             ("after (0-1).mp4", clip_bytes)])
+    started = time.monotonic()
+    run(_cfg(tmp_path, "decode_timeout=2"))
+    statuses = {r["member"]: (r["status"], r["error_type"]) for r in read_records(tmp_path / "out" / "probe")}
+    assert statuses == {"before (0-1).mp4": ("ok", None), "hangs (0-1).mp4": ("error", "decode_timeout"),
+                        "after (0-1).mp4": ("ok", None)}
+    assert time.monotonic() - started < 60
+
+
+def test_member_and_decoded_size_limits(tmp_path, clip_bytes):
+    (tmp_path / "in").mkdir()
+    write_shard(tmp_path / "in" / "a.tar", [("big (0-1).mp4", clip_bytes + b"\0" * 2_000_000), ("small (0-1).mp4", clip_bytes)])
+    run(_cfg(tmp_path, "max_member_mb=1", "max_decoded_gb=0.00001"))
+    records = {r["member"]: r for r in read_records(tmp_path / "out" / "probe")}
+    assert records["big (0-1).mp4"]["error_type"] == "too_large" and "max_member_mb" in records["big (0-1).mp4"]["error"]
+    assert records["small (0-1).mp4"]["error_type"] == "too_large" and "max_decoded_gb" in records["small (0-1).mp4"]["error"]
+
+
+def test_records_are_valid_json_whatever_the_error_says():
+    nasty = 'quote " backslash \\ newline \n nul \x00 surrogate \udcff emoji 🎬 </script>'
+    record = {"key": "k", "video_id": "v", "start": 0.0, "end": float("nan"), "status": "error", "error": nasty}
+    decoded = json.loads(encode_record(record).decode("utf-8"))
+    assert decoded["error"].startswith('quote " backslash \\ newline \n nul \x00 surrogate ') and "🎬" in decoded["error"]
+    assert decoded["end"] is None and set(decoded) == set(record)
+
+
+def test_full_disk_is_a_clear_error_and_the_rerun_finishes(tmp_path, clip_bytes, monkeypatch):
+    (tmp_path / "in").mkdir()
+    names = [f"clip {i} (0-1).mp4" for i in range(6)]
+    write_shard(tmp_path / "in" / "a.tar", [(n, clip_bytes) for n in names])
+    real_addfile, calls = tarfile.TarFile.addfile, []
+
+    def addfile_until_full(self, info, fileobj=None):
+        calls.append(info.name)
+        if len(calls) > 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_addfile(self, info, fileobj)
+
+    monkeypatch.setattr(tarfile.TarFile, "addfile", addfile_until_full)
+    with pytest.raises(OutputError, match="No space left on device.*rerunning"):
+        run(_cfg(tmp_path, "batch_size=1"))
+    folder = tmp_path / "out" / "probe"
+    assert not list(folder.glob("*.tar")) and list(folder.glob("*.partial"))
+    monkeypatch.setattr(tarfile.TarFile, "addfile", real_addfile)
+    run(_cfg(tmp_path))
+    assert sorted(r["member"] for r in read_records(folder)) == sorted(names)
+
+
+def test_unwritable_output_dir_is_a_one_line_error(tmp_path):
+    (tmp_path / "file").write_text("")
+    result = run_cli("+model=probe", "tar_folder=shards", f"output_dir={tmp_path / 'file' / 'out'}")
+    assert result.returncode == 2 and "is not writable" in result.stderr
+
+
+# ---------------------------------------------------------------- kills and restarts under torchrun
+
+def _kill_dataset(tmp_path) -> tuple[list[str], list[str]]:
+    shards = tmp_path / "in"
+    shards.mkdir()
+    clip = make_clip(seconds=3, size="320x240", rate=24)
+    names = []
+    for s in range(4):
+        members = [f"vid.{s}.{j} ({j}-{j + 1}).mp4" for j in range(8)]
+        write_shard(shards / f"s-{s:03d}.tar.gz", [(n, clip) for n in members])
+        names += members
+    args = ["+model=probe", f"tar_folder={shards}", f"output_dir={tmp_path / 'out'}", "batch_size=1", "num_workers=1",
+            "model.fps=24", "wandb.mode=disabled"]
+    return names, args
+
+
+def _launch(args, *torchrun_args) -> subprocess.Popen:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *torchrun_args,
+               "-m", "extract", *args]
+    return subprocess.Popen(command, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _check_complete_tars_read_to_the_end(folder) -> None:
+    for path in folder.glob("*.tar"):
+        with tarfile.open(path) as tar:
+            for info in tar:
+                assert len(tar.extractfile(info).read()) == info.size
+
+
+def test_kills_at_random_points_then_rerun_gives_every_clip_once(tmp_path):
+    names, args = _kill_dataset(tmp_path)
+    folder = tmp_path / "out" / "probe"
+    rng = random.Random(int(os.environ.get("EXTRACT_KILL_SEED", "0")))
+    for _ in range(int(os.environ.get("EXTRACT_KILLS", "3"))):
+        job = _launch(args)
+        time.sleep(rng.uniform(2.0, 9.0))
+        os.killpg(job.pid, signal.SIGKILL)  # every rank and worker at once, no cleanup
+        job.wait()
+        _check_complete_tars_read_to_the_end(folder)
+    job = _launch(args)
+    _, stderr = job.communicate(timeout=300)
+    assert job.returncode == 0, stderr.decode()[-3000:]
+    _check_complete_tars_read_to_the_end(folder)
+    records = read_records(folder)
+    assert sorted(r["member"] for r in records) == sorted(names)
+    assert all(r["status"] == "ok" for r in records) and not list(folder.glob("*.partial"))
+
+
+def test_a_crashed_rank_is_restarted_by_torchrun_and_the_job_completes(tmp_path):
+    names, args = _kill_dataset(tmp_path)
+    folder = tmp_path / "out" / "probe"
+    job = _launch(args, "--max-restarts=2")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not any(p.stat().st_size > 2048 for p in folder.glob("*.partial")):
+        time.sleep(0.05)
+    ranks = subprocess.run(["pgrep", "-P", str(job.pid)], capture_output=True, text=True).stdout.split()
+    assert ranks and not list(folder.glob("*.tar")), "the crash must come mid-run"
+    os.kill(int(ranks[-1]), signal.SIGKILL)
+    _, stderr = job.communicate(timeout=300)
+    assert job.returncode == 0, stderr.decode()[-3000:]
+    records = read_records(folder)
+    assert sorted(r["member"] for r in records) == sorted(names)
