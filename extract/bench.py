@@ -1,6 +1,7 @@
 """Side-by-side measurements, printed as ratios from one run on the same inputs.
 
     python -m extract.bench data [--clips 48] [--shards 4] [--workers 0,1,2]
+    python -m extract.bench av_sync
 
 `data`: the streaming path (tar.gz -> clip member -> N decoded frames + 16 kHz audio, in DataLoader
 workers behind the decode watchdog) against the same decode from bytes already in memory (the
@@ -14,7 +15,6 @@ import argparse
 import io
 import os
 import platform
-import subprocess
 import tarfile
 import tempfile
 import time
@@ -26,22 +26,15 @@ import torch
 from extract.data import as_list, make_loader
 from extract.decode import MediaSpec, decode_media
 from extract.runner import Limits
+from extract.synthetic import lavfi_clip
 
 SPEC = MediaSpec(num_frames=16, size=(224, 224), audio=True)
 LIMITS = Limits(decode_timeout=60, decode_memory_bytes=8 << 30, max_member_bytes=4 << 30, max_decoded_bytes=4 << 30)
 
 
-def _clip(seconds: float, index: int) -> bytes:
-    pattern = ("testsrc2", "smptebars", "rgbtestsrc", "testsrc")[index % 4]
-    command = ["ffmpeg", "-loglevel", "error", "-f", "lavfi", "-i", f"{pattern}=size=640x360:rate=30:duration={seconds}",
-               "-f", "lavfi", "-i", f"sine=frequency={200 + 40 * index}:duration={seconds}", "-shortest",
-               "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p", "-c:a", "aac",
-               "-movflags", "+frag_keyframe+empty_moov", "-f", "mp4", "pipe:1"]
-    return subprocess.run(command, check=True, capture_output=True).stdout
-
-
 def make_shards(folder: Path, clips: int, shards: int, seconds: float) -> list[str]:
-    distinct = [_clip(seconds, i) for i in range(4)]
+    patterns = ("testsrc2", "smptebars", "rgbtestsrc", "testsrc")
+    distinct = [lavfi_clip(seconds, patterns[i], size="640x360", rate=30, tone=200 + 40 * i, preset="veryfast") for i in range(4)]
     urls = []
     for s in range(shards):
         path = folder / f"bench-{s:03d}.tar.gz"
@@ -123,6 +116,30 @@ def bench_data(args) -> None:
                   f"{results['stream'] / results['floor']:>12.2f}  {results['stream'] / results['extract']:>14.2f}")
 
 
+def bench_av_sync(args) -> None:
+    """Accuracy of the av_sync head over generated flash/click clips, and its speed on this machine."""
+    from extract.heads import Clip, build
+    from extract.synthetic import flash_click_clip
+
+    head = build("av_sync", {})
+    offsets = (-0.5, -0.25, -0.1, -0.03, 0.0, 0.03, 0.1, 0.25, 0.5)
+    noise_levels = (-40.0, -20.0)
+    print(f"# extract.bench av_sync: 6 s clips, 4 flashes with clicks at each offset in {offsets} s, "
+          f"background noise {noise_levels} dBFS; method {head.method}")
+    print(f"{'fps':>4}  {'clips':>5}  {'mean |err| ms':>13}  {'max |err| ms':>12}  {'max |err| frames':>16}  {'within 1 frame':>14}  {'clips/s':>7}")
+    for fps in (24, 25, 30, 50, 60):
+        clips = [flash_click_clip(fps, offset, noise_db=noise, seed=i) for i, (offset, noise) in
+                 enumerate((o, n) for o in offsets for n in noise_levels)]
+        truths = [offset for offset in offsets for _ in noise_levels]
+        started = time.perf_counter()
+        estimates = [head.infer([Clip("k", "v", 0.0, 6.0, decode_media(c, head.media_spec))])[0] for c in clips]
+        elapsed = time.perf_counter() - started
+        errors = [abs((e.fields["offset_s"] if e.status == "ok" else float("inf")) - t) for e, t in zip(estimates, truths)]
+        within = sum(err <= 1 / fps for err in errors) / len(errors)
+        print(f"{fps:>4}  {len(clips):>5}  {1000 * sum(errors) / len(errors):>13.1f}  {1000 * max(errors):>12.1f}  "
+              f"{max(errors) * fps:>16.2f}  {100 * within:>13.0f}%  {len(clips) / elapsed:>7.1f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m extract.bench", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -131,9 +148,9 @@ def main() -> None:
     data.add_argument("--shards", type=int, default=4)
     data.add_argument("--seconds", type=float, default=4.0)
     data.add_argument("--workers", default="0,1,2")
+    sub.add_parser("av_sync", help="av_sync accuracy over generated flash/click clips, and clips/s")
     args = parser.parse_args()
-    if args.what == "data":
-        bench_data(args)
+    {"data": bench_data, "av_sync": bench_av_sync}[args.what](args)
 
 
 if __name__ == "__main__":

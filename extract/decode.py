@@ -33,6 +33,7 @@ class MediaSpec:
     num_frames: int = 0  # N frames sampled uniformly over the clip...
     fps: float = 0.0  # ...or frames at this rate (capped at max_frames, then uniform)
     max_frames: int = 256
+    every_frame: bool = False  # or every frame at the native rate (the first max_frames of the clip)
     size: tuple[int, int] | None = None  # (height, width) resize done in the decoder
     short_side: int | None = None  # or resize so the short side is this, keeping the aspect
     audio: bool = False  # 16 kHz mono float32 (sample_rate)
@@ -40,7 +41,7 @@ class MediaSpec:
 
     @property
     def wants_video(self) -> bool:
-        return self.num_frames > 0 or self.fps > 0
+        return self.num_frames > 0 or self.fps > 0 or self.every_frame
 
 
 @dataclass
@@ -197,21 +198,27 @@ def _decode_frames(data, probe, spec, max_decoded_bytes):
     end = meta.end_stream_seconds_from_content or meta.end_stream_seconds or 0.0
     if not end or end <= begin:
         raise DecodeFailure("decode_error", "the video stream has no duration (no decodable frames)")
-    times = sample_times(begin, end - begin, spec)
-    decoded_bytes = len(times) * height * width * 3
+    if spec.every_frame:
+        count = min(spec.max_frames, probe.metadata.num_frames or 0)
+    else:
+        times = sample_times(begin, end - begin, spec)
+        count = len(times)
+    decoded_bytes = count * height * width * 3
     if decoded_bytes > max_decoded_bytes:
         raise DecodeFailure(
             "too_large",
-            f"{len(times)} frames of {width}x{height} would take {decoded_bytes / 2**30:.1f} GiB "
+            f"{count} frames of {width}x{height} would take {decoded_bytes / 2**30:.1f} GiB "
             f"(limit {max_decoded_bytes / 2**30:.1f} GiB, max_decoded_gb)",
         )
     try:
         decoder = probe
         if (height, width) != (meta.height, meta.width):
             decoder = VideoDecoder(data, seek_mode="exact", dimension_order="NHWC", transforms=[Resize((height, width))])
-        end = decoder.metadata.end_stream_seconds or end
-        times = [min(t, end - 1e-6) for t in times]
-        batch = decoder.get_frames_played_at(seconds=times)
+        if spec.every_frame:
+            batch = decoder.get_frames_in_range(start=0, stop=count)
+        else:
+            end = decoder.metadata.end_stream_seconds or end
+            batch = decoder.get_frames_played_at(seconds=[min(t, end - 1e-6) for t in times])
     except Exception as exc:
         raise DecodeFailure("decode_error", f"frames could not be decoded: {_reason(exc)}") from exc
     return batch.data.numpy(), [round(float(t), 4) for t in batch.pts_seconds], decoder.metadata.num_frames

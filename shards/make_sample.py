@@ -7,9 +7,10 @@ The clips are synthetic (ffmpeg test patterns and tones), so anyone can regenera
 
 import csv
 import io
-import subprocess
 import tarfile
 from pathlib import Path
+
+from extract.synthetic import lavfi_clip
 
 HERE = Path(__file__).resolve().parent
 # (video_id, start, end, pattern, tone Hz): ids with dots, spaces and a leading dash, as real data has
@@ -21,20 +22,10 @@ CLIPS = [
 ]
 
 
-def make_clip(pattern: str, tone: int, seconds: float) -> bytes:
-    command = [
-        "ffmpeg", "-loglevel", "error", "-f", "lavfi", "-i", f"{pattern}=size=320x240:rate=24:duration={seconds}",
-        "-f", "lavfi", "-i", f"sine=frequency={tone}:duration={seconds}", "-shortest",
-        "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p", "-c:a", "aac",
-        "-movflags", "+frag_keyframe+empty_moov", "-f", "mp4", "pipe:1",
-    ]
-    return subprocess.run(command, check=True, capture_output=True).stdout
-
-
 def main() -> None:
     with tarfile.open(HERE / "sample-000.tar.gz", "w:gz") as tar:
         for video_id, start, end, pattern, tone in CLIPS:
-            data = make_clip(pattern, tone, end - start)
+            data = lavfi_clip(end - start, pattern, size="320x240", rate=24, tone=tone, preset="veryfast")
             info = tarfile.TarInfo(f"{video_id} ({start}-{end}).mp4")
             info.size, info.mtime = len(data), 0
             tar.addfile(info, io.BytesIO(data))

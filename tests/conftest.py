@@ -13,21 +13,10 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
+from extract.synthetic import lavfi_clip as make_clip  # noqa: F401 (used by the tests)
+
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
-
-
-def make_clip(seconds: float = 1.0, pattern: str = "testsrc", size: str = "96x64", rate: int = 12,
-              tone: int | None = 440, fmt: str = "mp4", extra_video: str = "") -> bytes:
-    """A short synthetic clip; `tone=None` makes one without an audio stream."""
-    source = f"{pattern}{':' if '=' in pattern else '='}size={size}:rate={rate}:duration={seconds}{extra_video}"
-    inputs = ["-f", "lavfi", "-i", source]
-    if tone is not None:
-        inputs += ["-f", "lavfi", "-i", f"sine=frequency={tone}:duration={seconds}", "-shortest", "-c:a", "aac"]
-    muxer = ["-movflags", "+frag_keyframe+empty_moov", "-f", "mp4"] if fmt == "mp4" else ["-f", fmt]
-    codec = ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"] if fmt == "mp4" else []
-    command = ["ffmpeg", "-loglevel", "error", *inputs, *codec, *muxer, "pipe:1"]
-    return subprocess.run(command, check=True, capture_output=True).stdout
 
 
 def write_shard(path: Path, members: list[tuple[str, bytes]], gz: bool = True) -> Path:

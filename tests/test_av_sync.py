@@ -1,0 +1,48 @@
+import pytest
+
+from conftest import read_records, write_shard
+from extract.decode import decode_media
+from extract.heads import Clip, build
+from extract.runner import run
+from extract.synthetic import flash_click_clip
+from conftest import compose_cfg
+
+
+def _estimate(data: bytes):
+    head = build("av_sync", {})
+    [result] = head.infer([Clip("k", "v", 0.0, 6.0, decode_media(data, head.media_spec))])
+    return result
+
+
+@pytest.mark.parametrize("fps", [24, 25, 30, 50])
+@pytest.mark.parametrize("offset", [-0.5, -0.2, -0.04, 0.0, 0.12, 0.5])
+def test_offset_within_one_frame(fps, offset):
+    result = _estimate(flash_click_clip(fps, offset, seed=int(fps * 100 + offset * 1000)))
+    assert result.status == "ok"
+    assert result.fields["offset_s"] == pytest.approx(offset, abs=1 / fps)
+    assert result.fields["confidence"] > 0.3 and result.fields["fps"] == pytest.approx(fps, rel=0.01)
+
+
+@pytest.mark.parametrize("kind, words", [("silence", "too little sound"), ("still", "still picture"), ("no_audio", "no audio")])
+def test_undecidable_clips_are_skipped_not_guessed(kind, words):
+    if kind == "no_audio":
+        import subprocess
+
+        data = flash_click_clip(25, 0.0)
+        command = ["ffmpeg", "-loglevel", "error", "-i", "pipe:0", "-an", "-c", "copy", "-f", "matroska", "pipe:1"]
+        data = subprocess.run(command, input=data, check=True, capture_output=True).stdout
+    else:
+        data = flash_click_clip(25, 0.1, clicks=kind != "silence", flashes=kind != "still", noise_db=-90 if kind == "silence" else -40)
+    result = _estimate(data)
+    assert result.status == "skipped" and words in result.error and result.fields["offset_s"] is None
+
+
+def test_end_to_end_records(tmp_path):
+    (tmp_path / "in").mkdir()
+    write_shard(tmp_path / "in" / "a.tar", [("sync.test (0-6).mkv", flash_click_clip(30, 0.2))], gz=False)
+    cfg = compose_cfg("+model=av_sync", f"tar_folder={tmp_path / 'in'}", f"output_dir={tmp_path / 'out'}",
+                      "num_workers=0", "wandb.mode=disabled")
+    run(cfg)
+    [record] = read_records(tmp_path / "out" / "av_sync")
+    assert record["status"] == "ok" and record["method"] == "onset_xcorr" and record["head"] == "av_sync"
+    assert record["offset_s"] == pytest.approx(0.2, abs=1 / 30)
