@@ -1,0 +1,81 @@
+"""Tiny randomly initialised checkpoints, saved in the same format as the real ones.
+
+No weights can be downloaded in tests or CI, so each model head is exercised end to end with a
+tiny model of the real architecture, written with `save_pretrained` and read back by the head
+through the same `from_pretrained` path a real checkpoint takes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# Qwen's chat format, the one LLaVA-Video's `qwen_1_5` conversation template produces
+QWEN_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'video' %}<video>\n{% elif part['type'] == 'image' %}<image>\n"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>"]
+
+
+def tiny_tokenizer():
+    """A small byte-level BPE with Qwen's special tokens, trained offline on a few sentences."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    corpus = ["The video lasts for 2.00 seconds, and 8 frames are uniformly sampled from it.",
+              "These frames are located at 0.12s,0.38s. Please answer the following questions related to this video.",
+              "Please describe this video in detail. A person walks a dog in the park on a sunny day.",
+              "system user assistant You are a helpful assistant."]
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=SPECIAL_TOKENS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator(corpus, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                   padding_side="left", chat_template=QWEN_CHAT_TEMPLATE,
+                                   extra_special_tokens={"image_token": "<image>", "video_token": "<video>"})
+
+
+def save_tiny_llava_video(folder: str | Path, seed: int = 0) -> Path:
+    """LLaVA-OneVision (Qwen2 text + SigLIP vision) at toy size, with its processor, in `folder`."""
+    import torch
+    from transformers import (LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, LlavaOnevisionImageProcessor,
+                              LlavaOnevisionProcessor, LlavaOnevisionVideoProcessor)
+
+    folder = Path(folder)
+    tokenizer = tiny_tokenizer()
+    vocab = len(tokenizer)
+    config = LlavaOnevisionConfig(
+        text_config={"model_type": "qwen2", "vocab_size": vocab, "hidden_size": 64, "intermediate_size": 128,
+                     "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+                     "max_position_embeddings": 4096, "eos_token_id": tokenizer.eos_token_id,
+                     "pad_token_id": tokenizer.pad_token_id},
+        vision_config={"model_type": "siglip_vision_model", "hidden_size": 32, "intermediate_size": 64,
+                       "num_hidden_layers": 2, "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        video_token_index=tokenizer.convert_tokens_to_ids("<video>"),
+        vision_feature_select_strategy="full", vision_feature_layer=-1,
+        image_grid_pinpoints=[[32, 32], [32, 64], [64, 32], [64, 64]],
+    )
+    torch.manual_seed(seed)
+    model = LlavaOnevisionForConditionalGeneration(config).eval()
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(folder)
+    size = {"height": 32, "width": 32}
+    processor = LlavaOnevisionProcessor(
+        image_processor=LlavaOnevisionImageProcessor(size=size, crop_size=size, image_grid_pinpoints=config.image_grid_pinpoints),
+        video_processor=LlavaOnevisionVideoProcessor(size=size, crop_size=size),
+        tokenizer=tokenizer, num_image_tokens=16, vision_feature_select_strategy="full",
+        chat_template=QWEN_CHAT_TEMPLATE,
+    )
+    processor.save_pretrained(folder)
+    return folder
