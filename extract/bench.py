@@ -2,6 +2,7 @@
 
     python -m extract.bench data [--clips 48] [--shards 4] [--workers 0,1,2]
     python -m extract.bench av_sync
+    python -m extract.bench llava_video [--checkpoint DIR] [--frames 64] [--new-tokens 32] [--batches 1,2,4]
 
 `data`: the streaming path (tar.gz -> clip member -> N decoded frames + 16 kHz audio, in DataLoader
 workers behind the decode watchdog) against the same decode from bytes already in memory (the
@@ -140,6 +141,52 @@ def bench_av_sync(args) -> None:
               f"{max(errors) * fps:>16.2f}  {100 * within:>13.0f}%  {len(clips) / elapsed:>7.1f}")
 
 
+def bench_llava_video(args) -> None:
+    """Generation speed of the llava_video head at a fixed output length, per batch size."""
+    import resource
+
+    from extract.heads import Clip, build
+    from extract.synthetic import lavfi_clip
+    from extract.tiny import save_tiny_llava_video
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = args.checkpoint or str(save_tiny_llava_video(tmp))
+        head = build("llava_video", {"checkpoint": checkpoint, "num_frames": args.frames, "max_new_tokens": args.new_tokens})
+        head.load(device)
+        print(f"# extract.bench llava_video: {'TINY random model (not the 7B: timings only show the pipeline works)' if not args.checkpoint else checkpoint} "
+              f"on {device.type}, {args.frames} frames, {args.new_tokens} new tokens per clip, {head.model.dtype}, "
+              f"attention {head.model.config._attn_implementation}")
+        media = decode_media(lavfi_clip(4, "testsrc2", size="640x360", rate=30), head.media_spec)
+        print(f"{'batch':>5}  {'clips/hour':>10}  {'prefill tok/s':>13}  {'decode tok/s':>12}  {'peak memory':>11}")
+        for batch in [int(b) for b in args.batches.split(",")]:
+            clips = [Clip(f"k{i}", "v", 0.0, 4.0, media) for i in range(batch)]
+            inputs = head.processor(text=[head.prompt_for(c) for c in clips], videos=[torch.from_numpy(media.frames)] * batch,
+                                    return_tensors="pt", padding=True, do_sample_frames=False).to(device)
+            inputs["pixel_values_videos"] = inputs["pixel_values_videos"].to(head.model.dtype)
+            prompt_tokens = inputs["input_ids"].numel()
+            with torch.inference_mode():
+                head.model(**inputs)  # warm-up
+                _sync(device)
+                started = time.perf_counter()
+                head.model(**inputs)
+                _sync(device)
+                prefill = time.perf_counter() - started
+                started = time.perf_counter()
+                head.model.generate(**inputs, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False)
+                _sync(device)
+                total = time.perf_counter() - started
+            peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
+                    else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+            print(f"{batch:>5}  {3600 * batch / total:>10.0f}  {prompt_tokens / prefill:>13.0f}  "
+                  f"{batch * args.new_tokens / max(total - prefill, 1e-9):>12.1f}  {peak / 2**30:>9.2f} GiB")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m extract.bench", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -149,8 +196,13 @@ def main() -> None:
     data.add_argument("--seconds", type=float, default=4.0)
     data.add_argument("--workers", default="0,1,2")
     sub.add_parser("av_sync", help="av_sync accuracy over generated flash/click clips, and clips/s")
+    llava = sub.add_parser("llava_video", help="llava_video generation speed per batch size (tiny model unless --checkpoint)")
+    llava.add_argument("--checkpoint", help="a transformers-format checkpoint; default: a tiny random one")
+    llava.add_argument("--frames", type=int, default=64)
+    llava.add_argument("--new-tokens", type=int, default=32)
+    llava.add_argument("--batches", default="1,2,4")
     args = parser.parse_args()
-    {"data": bench_data, "av_sync": bench_av_sync}[args.what](args)
+    {"data": bench_data, "av_sync": bench_av_sync, "llava_video": bench_llava_video}[args.what](args)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ stamp=.venv/.installed-setup.cfg
 if ! cmp -s setup.cfg "$stamp" 2>/dev/null; then
   echo "[setup] installing extract and its dependencies into .venv (torch is large: first time takes minutes)"
   .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -e ".[test]"
+  .venv/bin/python -m pip install --quiet -e ".[models,test]"
   cp setup.cfg "$stamp"
 fi
 
