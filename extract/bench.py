@@ -3,6 +3,7 @@
     python -m extract.bench data [--clips 48] [--shards 4] [--workers 0,1,2]
     python -m extract.bench av_sync
     python -m extract.bench llava_video [--checkpoint DIR] [--frames 64] [--new-tokens 32] [--batches 1,2,4]
+    python -m extract.bench grounding_sam [--detector DIR --segmenter DIR] [--batches 1,2,4]
 
 `data`: the streaming path (tar.gz -> clip member -> N decoded frames + 16 kHz audio, in DataLoader
 workers behind the decode watchdog) against the same decode from bytes already in memory (the
@@ -182,6 +183,40 @@ def bench_llava_video(args) -> None:
                   f"{batch * args.new_tokens / max(total - prefill, 1e-9):>12.1f}  {peak / 2**30:>9.2f} GiB")
 
 
+def bench_grounding_sam(args) -> None:
+    """Keyframes/s of the grounding_sam head per batch of clips (tiny models unless given checkpoints)."""
+    import resource
+
+    from extract.heads import Clip, build
+    from extract.synthetic import lavfi_clip
+    from extract.tiny import save_tiny_grounding_dino, save_tiny_sam
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    with tempfile.TemporaryDirectory() as tmp:
+        detector = args.detector or str(save_tiny_grounding_dino(Path(tmp) / "gd"))
+        segmenter = args.segmenter or str(save_tiny_sam(Path(tmp) / "sam"))
+        head = build("grounding_sam", {"detector": detector, "segmenter": segmenter, "box_threshold": 0.0,
+                                       "text_threshold": 0.0, "max_detections": args.detections})
+        head.load(device)
+        tiny = not (args.detector and args.segmenter)
+        print(f"# extract.bench grounding_sam: {'TINY random models (timings only show the path works)' if tiny else head.model_id} "
+              f"on {device.type}, {head.media_spec.num_frames} keyframes of 640x360 per clip, {args.detections} boxes each, {head.dtype}")
+        media = decode_media(lavfi_clip(4, "testsrc2", size="640x360", rate=30), head.media_spec)
+        print(f"{'clips':>5}  {'keyframes/s':>11}  {'peak memory':>11}")
+        for batch in [int(b) for b in args.batches.split(",")]:
+            clips = [Clip(f"k{i}", "v", 0.0, 4.0, media) for i in range(batch)]
+            with torch.inference_mode():
+                head.infer(clips)  # warm-up
+                _sync(device)
+                started = time.perf_counter()
+                head.infer(clips)
+                _sync(device)
+                elapsed = time.perf_counter() - started
+            peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
+                    else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+            print(f"{batch:>5}  {batch * head.media_spec.num_frames / elapsed:>11.1f}  {peak / 2**30:>9.2f} GiB")
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -201,8 +236,14 @@ def main() -> None:
     llava.add_argument("--frames", type=int, default=64)
     llava.add_argument("--new-tokens", type=int, default=32)
     llava.add_argument("--batches", default="1,2,4")
+    grounding = sub.add_parser("grounding_sam", help="grounding_sam keyframes/s per batch (tiny models unless given)")
+    grounding.add_argument("--detector")
+    grounding.add_argument("--segmenter")
+    grounding.add_argument("--detections", type=int, default=8)
+    grounding.add_argument("--batches", default="1,2,4")
     args = parser.parse_args()
-    {"data": bench_data, "av_sync": bench_av_sync, "llava_video": bench_llava_video}[args.what](args)
+    {"data": bench_data, "av_sync": bench_av_sync, "llava_video": bench_llava_video,
+     "grounding_sam": bench_grounding_sam}[args.what](args)
 
 
 if __name__ == "__main__":

@@ -79,3 +79,71 @@ def save_tiny_llava_video(folder: str | Path, seed: int = 0) -> Path:
     )
     processor.save_pretrained(folder)
     return folder
+
+
+LABEL_WORDS = ["person", "face", "hand", "car", "animal", "dog", "cat", "bird", "building", "tree", "sky", "text",
+               "screen", "food", "vehicle", "ball", "table", "chair", "water", "road", "a", "the"]
+
+
+def tiny_bert_tokenizer():
+    """A BERT WordPiece tokenizer whose special tokens sit at BERT's own ids (Grounding DINO relies on
+    [CLS]=101, [SEP]=102, '.'=1012 and '?'=1029)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from transformers import BertTokenizerFast
+
+    vocab = [f"[unused{i}]" for i in range(1100)]
+    for index, token in {0: "[PAD]", 100: "[UNK]", 101: "[CLS]", 102: "[SEP]", 103: "[MASK]", 1012: ".", 1029: "?"}.items():
+        vocab[index] = token
+    for index, word in enumerate(LABEL_WORDS, start=1030):
+        vocab[index] = word
+    tokenizer = Tokenizer(models.WordPiece({token: i for i, token in enumerate(vocab)}, unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", 101), ("[SEP]", 102)])
+    tokenizer.decoder = decoders.WordPiece()
+    return BertTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]",
+                             cls_token="[CLS]", mask_token="[MASK]")
+
+
+def save_tiny_grounding_dino(folder: str | Path, seed: int = 0) -> Path:
+    import torch
+    from transformers import GroundingDinoConfig, GroundingDinoForObjectDetection, GroundingDinoImageProcessor, GroundingDinoProcessor
+
+    folder = Path(folder)
+    tokenizer = tiny_bert_tokenizer()
+    config = GroundingDinoConfig(
+        backbone_config={"model_type": "swin", "embed_dim": 16, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 2, 2],
+                         "window_size": 4, "image_size": 64, "out_features": ["stage2", "stage3", "stage4"]},
+        text_config={"model_type": "bert", "vocab_size": 1100, "hidden_size": 32, "num_hidden_layers": 1,
+                     "num_attention_heads": 2, "intermediate_size": 64, "max_position_embeddings": 64},
+        d_model=32, encoder_layers=1, decoder_layers=2, encoder_attention_heads=2, decoder_attention_heads=2,
+        encoder_ffn_dim=64, decoder_ffn_dim=64, num_queries=30, max_text_len=64, num_feature_levels=4,
+        encoder_n_points=2, decoder_n_points=2,
+    )
+    torch.manual_seed(seed)
+    GroundingDinoForObjectDetection(config).eval().save_pretrained(folder)
+    processor = GroundingDinoProcessor(
+        image_processor=GroundingDinoImageProcessor(size={"shortest_edge": 64, "longest_edge": 96}), tokenizer=tokenizer)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def save_tiny_sam(folder: str | Path, seed: int = 0) -> Path:
+    import torch
+    from transformers import SamConfig, SamImageProcessor, SamModel, SamProcessor
+
+    folder = Path(folder)
+    config = SamConfig(
+        vision_config={"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "image_size": 64,
+                       "patch_size": 8, "output_channels": 16, "mlp_dim": 64, "global_attn_indexes": [1], "num_pos_feats": 8,
+                       "window_size": 4},
+        prompt_encoder_config={"hidden_size": 16, "image_size": 64, "patch_size": 8, "image_embedding_size": 8,
+                               "mask_input_channels": 4},
+        mask_decoder_config={"hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2, "mlp_dim": 32,
+                             "iou_head_hidden_dim": 16, "iou_head_depth": 2},
+    )
+    torch.manual_seed(seed)
+    SamModel(config).eval().save_pretrained(folder)
+    SamProcessor(image_processor=SamImageProcessor(size={"longest_edge": 64}, pad_size={"height": 64, "width": 64})).save_pretrained(folder)
+    return folder

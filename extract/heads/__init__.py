@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from extract.decode import Media, MediaSpec
+from extract.errors import ConfigError
 
 _HEADS: dict[str, type["Head"]] = {}
 
@@ -51,6 +52,15 @@ class Head:
 
     def infer(self, clips: list[Clip]) -> list[Result]:
         raise NotImplementedError
+
+
+def checkpoint_error(checkpoint: str, exc: Exception) -> ConfigError:
+    """One line that names a checkpoint that would not load, and how to fetch it."""
+    return ConfigError(
+        f"cannot load checkpoint {checkpoint!r} ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}). "
+        f"Fetch it first with `huggingface-cli download {checkpoint}` (then run with HF_HUB_OFFLINE=1), "
+        "or point the model's checkpoint option at a local folder in transformers format"
+    )
 
 
 def register(cls: type[Head]) -> type[Head]:

@@ -15,21 +15,12 @@ import logging
 import torch
 
 from extract.decode import MediaSpec
-from extract.errors import ConfigError
-from extract.heads import Clip, Head, Result, register
+from extract.heads import Clip, Head, Result, checkpoint_error, register
 
 log = logging.getLogger(__name__)
 
 TIME_INSTRUCTION = ("The video lasts for {duration:.2f} seconds, and {count} frames are uniformly sampled from it. "
                     "These frames are located at {times}.Please answer the following questions related to this video.")
-
-
-def checkpoint_error(checkpoint: str, exc: Exception) -> ConfigError:
-    return ConfigError(
-        f"cannot load checkpoint {checkpoint!r} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}). "
-        f"Fetch it first with `huggingface-cli download {checkpoint}` (then run with HF_HUB_OFFLINE=1), "
-        "or point model.checkpoint at a local folder in transformers format"
-    )
 
 
 def pick_attention(requested: str) -> str:

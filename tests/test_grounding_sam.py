@@ -1,0 +1,53 @@
+"""grounding_sam with tiny random Grounding DINO and SAM saved and loaded by path, on CPU."""
+
+import numpy as np
+import pytest
+from pycocotools import mask as mask_utils
+
+from conftest import compose_cfg, make_clip, read_records, write_shard
+from extract.heads.grounding_sam import normalise_labels
+from extract.runner import run
+from extract.tiny import save_tiny_grounding_dino, save_tiny_sam
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    return save_tiny_grounding_dino(tmp_path_factory.mktemp("gd")), save_tiny_sam(tmp_path_factory.mktemp("sam"))
+
+
+def _run(tmp_path, checkpoints, *extra):
+    (tmp_path / "in").mkdir(exist_ok=True)
+    write_shard(tmp_path / "in" / "a.tar", [("cam.1 (0-1).mp4", make_clip(size="160x120")), ("cam.2 (0-1).mp4", make_clip(size="96x64"))])
+    cfg = compose_cfg("+model=grounding_sam", f"model.detector={checkpoints[0]}", f"model.segmenter={checkpoints[1]}",
+                      f"tar_folder={tmp_path / 'in'}", f"output_dir={tmp_path / 'out'}", "num_workers=1", "batch_size=2",
+                      "wandb.mode=disabled", "model.labels='Person. dog.  car'", *extra)
+    run(cfg)
+    return {r["member"]: r for r in read_records(tmp_path / "out" / "grounding_sam")}
+
+
+def test_boxes_and_masks_per_keyframe(tmp_path, checkpoints):
+    records = _run(tmp_path, checkpoints, "model.box_threshold=0.0", "model.text_threshold=0.0", "model.max_detections=3")
+    for member, (width, height) in {"cam.1 (0-1).mp4": (160, 120), "cam.2 (0-1).mp4": (96, 64)}.items():
+        record = records[member]
+        assert record["status"] == "ok" and record["labels"] == "person. dog. car."
+        assert len(record["keyframes"]) == 4 and record["num_detections"] == 12
+        for keyframe in record["keyframes"]:
+            assert (keyframe["width"], keyframe["height"]) == (width, height)
+            for detection in keyframe["detections"]:
+                x0, y0, x1, y1 = detection["box"]
+                assert 0 <= x0 <= x1 <= width and 0 <= y0 <= y1 <= height
+                assert 0 <= detection["score"] <= 1 and isinstance(detection["label"], str)
+                mask = mask_utils.decode({"size": detection["mask"]["size"], "counts": detection["mask"]["counts"].encode()})
+                assert mask.shape == (height, width) and mask.sum() == detection["area"]
+
+
+def test_no_detections_is_ok_with_empty_lists(tmp_path, checkpoints):
+    records = _run(tmp_path, checkpoints, "model.box_threshold=1.01")
+    for record in records.values():
+        assert record["status"] == "ok" and record["num_detections"] == 0
+        assert all(k["detections"] == [] for k in record["keyframes"])
+
+
+def test_labels_are_normalised():
+    assert normalise_labels("Person.  Red  CAR. dog") == "person. red car. dog."
+    assert normalise_labels(["a cat", "Tree"]) == "a cat. tree."
