@@ -4,6 +4,7 @@
     python -m extract.bench av_sync
     python -m extract.bench llava_video [--checkpoint DIR] [--frames 64] [--new-tokens 32] [--batches 1,2,4]
     python -m extract.bench grounding_sam [--detector DIR --segmenter DIR] [--batches 1,2,4]
+    python -m extract.bench internvl [--checkpoint DIR] [--new-tokens 32] [--batches 1,2,4]
 
 `data`: the streaming path (tar.gz -> clip member -> N decoded frames + 16 kHz audio, in DataLoader
 workers behind the decode watchdog) against the same decode from bytes already in memory (the
@@ -144,8 +145,6 @@ def bench_av_sync(args) -> None:
 
 def bench_llava_video(args) -> None:
     """Generation speed of the llava_video head at a fixed output length, per batch size."""
-    import resource
-
     from extract.heads import Clip, build
     from extract.synthetic import lavfi_clip
     from extract.tiny import save_tiny_llava_video
@@ -177,18 +176,28 @@ def bench_llava_video(args) -> None:
                 head.model.generate(**inputs, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False)
                 _sync(device)
                 total = time.perf_counter() - started
-            peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
-                    else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
             print(f"{batch:>5}  {3600 * batch / total:>10.0f}  {prompt_tokens / prefill:>13.0f}  "
-                  f"{batch * args.new_tokens / max(total - prefill, 1e-9):>12.1f}  {peak / 2**30:>9.2f} GiB")
+                  f"{batch * args.new_tokens / max(total - prefill, 1e-9):>12.1f}  {_peak_memory(device) / 2**30:>9.2f} GiB")
+
+
+def bench_internvl(args) -> None:
+    """Keyframes/s of the internvl head per batch of clips (a tiny model unless given a checkpoint)."""
+    from extract.heads import build
+    from extract.tiny import save_tiny_internvl
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = args.checkpoint or str(save_tiny_internvl(tmp))
+        head = build("internvl", {"checkpoint": checkpoint, "max_new_tokens": args.new_tokens})
+        head.load(device)
+        print(f"# extract.bench internvl: {'TINY random model (timings only show the path works)' if not args.checkpoint else checkpoint} "
+              f"on {device.type}, {head.media_spec.num_frames} keyframes per clip, up to {args.new_tokens} new tokens each, {head.model.dtype}")
+        _time_keyframes(head, device, args.batches)
 
 
 def bench_grounding_sam(args) -> None:
     """Keyframes/s of the grounding_sam head per batch of clips (tiny models unless given checkpoints)."""
-    import resource
-
-    from extract.heads import Clip, build
-    from extract.synthetic import lavfi_clip
+    from extract.heads import build
     from extract.tiny import save_tiny_grounding_dino, save_tiny_sam
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -201,20 +210,34 @@ def bench_grounding_sam(args) -> None:
         tiny = not (args.detector and args.segmenter)
         print(f"# extract.bench grounding_sam: {'TINY random models (timings only show the path works)' if tiny else head.model_id} "
               f"on {device.type}, {head.media_spec.num_frames} keyframes of 640x360 per clip, {args.detections} boxes each, {head.dtype}")
-        media = decode_media(lavfi_clip(4, "testsrc2", size="640x360", rate=30), head.media_spec)
-        print(f"{'clips':>5}  {'keyframes/s':>11}  {'peak memory':>11}")
-        for batch in [int(b) for b in args.batches.split(",")]:
-            clips = [Clip(f"k{i}", "v", 0.0, 4.0, media) for i in range(batch)]
-            with torch.inference_mode():
-                head.infer(clips)  # warm-up
-                _sync(device)
-                started = time.perf_counter()
-                head.infer(clips)
-                _sync(device)
-                elapsed = time.perf_counter() - started
-            peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
-                    else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-            print(f"{batch:>5}  {batch * head.media_spec.num_frames / elapsed:>11.1f}  {peak / 2**30:>9.2f} GiB")
+        _time_keyframes(head, device, args.batches)
+
+
+def _time_keyframes(head, device: torch.device, batches: str) -> None:
+    """Print keyframes/s and peak memory of `head.infer` on batches of the same decoded clip."""
+    from extract.heads import Clip
+    from extract.synthetic import lavfi_clip
+
+    media = decode_media(lavfi_clip(4, "testsrc2", size="640x360", rate=30), head.media_spec)
+    print(f"{'clips':>5}  {'keyframes/s':>11}  {'peak memory':>11}")
+    for batch in [int(b) for b in batches.split(",")]:
+        clips = [Clip(f"k{i}", "v", 0.0, 4.0, media) for i in range(batch)]
+        with torch.inference_mode():
+            head.infer(clips)  # warm-up
+            _sync(device)
+            started = time.perf_counter()
+            head.infer(clips)
+            _sync(device)
+            elapsed = time.perf_counter() - started
+        print(f"{batch:>5}  {batch * head.media_spec.num_frames / elapsed:>11.1f}  {_peak_memory(device) / 2**30:>9.2f} GiB")
+
+
+def _peak_memory(device: torch.device) -> int:
+    import resource
+
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _sync(device: torch.device) -> None:
@@ -241,9 +264,13 @@ def main() -> None:
     grounding.add_argument("--segmenter")
     grounding.add_argument("--detections", type=int, default=8)
     grounding.add_argument("--batches", default="1,2,4")
+    internvl = sub.add_parser("internvl", help="internvl keyframes/s per batch (a tiny model unless --checkpoint)")
+    internvl.add_argument("--checkpoint")
+    internvl.add_argument("--new-tokens", type=int, default=32)
+    internvl.add_argument("--batches", default="1,2,4")
     args = parser.parse_args()
     {"data": bench_data, "av_sync": bench_av_sync, "llava_video": bench_llava_video,
-     "grounding_sam": bench_grounding_sam}[args.what](args)
+     "grounding_sam": bench_grounding_sam, "internvl": bench_internvl}[args.what](args)
 
 
 if __name__ == "__main__":

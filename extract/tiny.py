@@ -10,6 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 # Qwen's chat format, the one LLaVA-Video's `qwen_1_5` conversation template produces
+def qwen_chat_template(image_placeholder: str = "<image>") -> str:
+    return QWEN_CHAT_TEMPLATE.replace("<image>\n", image_placeholder + "\n")
+
+
 QWEN_CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
@@ -24,7 +28,7 @@ QWEN_CHAT_TEMPLATE = (
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>"]
 
 
-def tiny_tokenizer():
+def tiny_tokenizer(extra_special_tokens: dict[str, str] | None = None, chat_template: str = QWEN_CHAT_TEMPLATE):
     """A small byte-level BPE with Qwen's special tokens, trained offline on a few sentences."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -36,28 +40,40 @@ def tiny_tokenizer():
               "These frames are located at 0.12s,0.38s. Please answer the following questions related to this video.",
               "Please describe this video in detail. A person walks a dog in the park on a sunny day.",
               "system user assistant You are a helpful assistant."]
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=SPECIAL_TOKENS,
+    extra = extra_special_tokens or {"image_token": "<image>", "video_token": "<video>"}
+    specials = SPECIAL_TOKENS + [t for t in extra.values() if t not in SPECIAL_TOKENS]
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tokenizer.train_from_iterator(corpus, trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                   padding_side="left", chat_template=QWEN_CHAT_TEMPLATE,
-                                   extra_special_tokens={"image_token": "<image>", "video_token": "<video>"})
+                                   padding_side="left", chat_template=chat_template, extra_special_tokens=extra)
+
+
+def _tiny_qwen2_text_config(tokenizer) -> dict:
+    return {"model_type": "qwen2", "vocab_size": len(tokenizer), "hidden_size": 64, "intermediate_size": 128,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 4096,
+            "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
+
+
+def _save_generative(model_class, config, tokenizer, folder: Path, seed: int) -> None:
+    import torch
+
+    torch.manual_seed(seed)
+    model = model_class(config).eval()
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(folder)
 
 
 def save_tiny_llava_video(folder: str | Path, seed: int = 0) -> Path:
     """LLaVA-OneVision (Qwen2 text + SigLIP vision) at toy size, with its processor, in `folder`."""
-    import torch
     from transformers import (LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, LlavaOnevisionImageProcessor,
                               LlavaOnevisionProcessor, LlavaOnevisionVideoProcessor)
 
     folder = Path(folder)
     tokenizer = tiny_tokenizer()
-    vocab = len(tokenizer)
     config = LlavaOnevisionConfig(
-        text_config={"model_type": "qwen2", "vocab_size": vocab, "hidden_size": 64, "intermediate_size": 128,
-                     "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-                     "max_position_embeddings": 4096, "eos_token_id": tokenizer.eos_token_id,
-                     "pad_token_id": tokenizer.pad_token_id},
+        text_config=_tiny_qwen2_text_config(tokenizer),
         vision_config={"model_type": "siglip_vision_model", "hidden_size": 32, "intermediate_size": 64,
                        "num_hidden_layers": 2, "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
@@ -65,11 +81,7 @@ def save_tiny_llava_video(folder: str | Path, seed: int = 0) -> Path:
         vision_feature_select_strategy="full", vision_feature_layer=-1,
         image_grid_pinpoints=[[32, 32], [32, 64], [64, 32], [64, 64]],
     )
-    torch.manual_seed(seed)
-    model = LlavaOnevisionForConditionalGeneration(config).eval()
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(folder)
+    _save_generative(LlavaOnevisionForConditionalGeneration, config, tokenizer, folder, seed)
     size = {"height": 32, "width": 32}
     processor = LlavaOnevisionProcessor(
         image_processor=LlavaOnevisionImageProcessor(size=size, crop_size=size, image_grid_pinpoints=config.image_grid_pinpoints),
@@ -146,4 +158,26 @@ def save_tiny_sam(folder: str | Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     SamModel(config).eval().save_pretrained(folder)
     SamProcessor(image_processor=SamImageProcessor(size={"longest_edge": 64}, pad_size={"height": 64, "width": 64})).save_pretrained(folder)
+    return folder
+
+
+def save_tiny_internvl(folder: str | Path, seed: int = 0) -> Path:
+    """Native-transformers InternVL (InternViT-style vision + Qwen2 text) at toy size, with its processor."""
+    from transformers import GotOcr2ImageProcessor, InternVLConfig, InternVLForConditionalGeneration, InternVLProcessor, InternVLVideoProcessor
+
+    folder = Path(folder)
+    template = qwen_chat_template("<IMG_CONTEXT>")
+    tokenizer = tiny_tokenizer({"start_image_token": "<img>", "end_image_token": "</img>",
+                                "context_image_token": "<IMG_CONTEXT>", "video_token": "<video>"}, template)
+    config = InternVLConfig(
+        vision_config={"model_type": "internvl_vision", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                       "num_attention_heads": 2, "image_size": [32, 32], "patch_size": [8, 8]},
+        text_config=_tiny_qwen2_text_config(tokenizer),
+        image_token_id=tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>"), downsample_ratio=0.5,
+    )
+    _save_generative(InternVLForConditionalGeneration, config, tokenizer, folder, seed)
+    size = {"height": 32, "width": 32}
+    InternVLProcessor(image_processor=GotOcr2ImageProcessor(size=size, crop_to_patches=False),
+                      video_processor=InternVLVideoProcessor(size=size), tokenizer=tokenizer,
+                      image_seq_length=4, chat_template=template).save_pretrained(folder)
     return folder

@@ -63,6 +63,26 @@ def checkpoint_error(checkpoint: str, exc: Exception) -> ConfigError:
     )
 
 
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """`auto`: bfloat16 on CUDA, float32 elsewhere."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[name]
+
+
+def load_pretrained(model_class, checkpoint: str, device: torch.device, dtype: torch.dtype, revision: str | None = None,
+                    processor_class=None, **model_options):
+    """(processor, model) from a hub id or a local folder, on `device` in eval mode; one clear error if absent."""
+    from transformers import AutoProcessor
+
+    try:
+        processor = (processor_class or AutoProcessor).from_pretrained(checkpoint, revision=revision)
+        model = model_class.from_pretrained(checkpoint, revision=revision, dtype=dtype, **model_options)
+    except (OSError, ValueError) as exc:
+        raise checkpoint_error(checkpoint, exc) from exc
+    return processor, model.to(device).eval()
+
+
 def register(cls: type[Head]) -> type[Head]:
     _HEADS[cls.name] = cls
     return cls

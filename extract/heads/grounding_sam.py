@@ -11,7 +11,7 @@ import torch
 from pycocotools import mask as mask_utils
 
 from extract.decode import MediaSpec
-from extract.heads import Clip, Head, Result, checkpoint_error, register
+from extract.heads import Clip, Head, Result, load_pretrained, register, resolve_dtype
 
 
 def normalise_labels(labels: str | list[str]) -> str:
@@ -41,22 +41,11 @@ class GroundingSam(Head):
         self.media_spec = MediaSpec(num_frames=num_keyframes)  # full resolution: boxes are in the frame's pixels
 
     def load(self, device: torch.device) -> None:
-        from transformers import AutoProcessor, GroundingDinoForObjectDetection, SamModel, SamProcessor
+        from transformers import GroundingDinoForObjectDetection, SamModel, SamProcessor
 
-        self.dtype = {"auto": torch.bfloat16 if device.type == "cuda" else torch.float32, "float32": torch.float32,
-                      "bfloat16": torch.bfloat16}[self.dtype_name]
-        self.device = device
-        for checkpoint, load in ((self.detector_id, lambda c: (AutoProcessor.from_pretrained(c),
-                                                                GroundingDinoForObjectDetection.from_pretrained(c, dtype=self.dtype))),
-                                 (self.segmenter_id, lambda c: (SamProcessor.from_pretrained(c), SamModel.from_pretrained(c, dtype=self.dtype)))):
-            try:
-                processor, model = load(checkpoint)
-            except (OSError, ValueError) as exc:
-                raise checkpoint_error(checkpoint, exc) from exc
-            if checkpoint == self.detector_id:
-                self.detector_processor, self.detector = processor, model.to(device).eval()
-            else:
-                self.sam_processor, self.sam = processor, model.to(device).eval()
+        self.dtype, self.device = resolve_dtype(self.dtype_name, device), device
+        self.detector_processor, self.detector = load_pretrained(GroundingDinoForObjectDetection, self.detector_id, device, self.dtype)
+        self.sam_processor, self.sam = load_pretrained(SamModel, self.segmenter_id, device, self.dtype, processor_class=SamProcessor)
 
     def infer(self, clips: list[Clip]) -> list[Result]:
         frames = [frame for clip in clips for frame in clip.media.frames]  # every keyframe of the batch at once

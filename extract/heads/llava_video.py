@@ -15,7 +15,8 @@ import logging
 import torch
 
 from extract.decode import MediaSpec
-from extract.heads import Clip, Head, Result, checkpoint_error, register
+from extract.generation import greedy_generate
+from extract.heads import Clip, Head, Result, load_pretrained, register, resolve_dtype
 
 log = logging.getLogger(__name__)
 
@@ -28,14 +29,6 @@ def pick_attention(requested: str) -> str:
     if requested != "auto":
         return requested
     return "flash_attention_2" if importlib.util.find_spec("flash_attn") else "sdpa"
-
-
-def sequence_confidence(token_logprobs: torch.Tensor) -> tuple[float, float]:
-    """(geometric-mean token probability in [0, 1], mean log-probability) of one caption."""
-    if token_logprobs.numel() == 0:
-        return 0.0, float("-inf")
-    mean = float(token_logprobs.float().mean())
-    return float(torch.tensor(mean).exp()), mean
 
 
 @register
@@ -52,17 +45,11 @@ class LlavaVideo(Head):
         self.model = self.processor = None
 
     def load(self, device: torch.device) -> None:
-        from transformers import AutoProcessor, LlavaOnevisionForConditionalGeneration
+        from transformers import LlavaOnevisionForConditionalGeneration
 
-        dtype = {"auto": torch.bfloat16 if device.type == "cuda" else torch.float32, "bfloat16": torch.bfloat16,
-                 "float16": torch.float16, "float32": torch.float32}[self.dtype_name]
-        try:
-            self.processor = AutoProcessor.from_pretrained(self.model_id, revision=self.revision)
-            self.model = LlavaOnevisionForConditionalGeneration.from_pretrained(
-                self.model_id, revision=self.revision, dtype=dtype,
-                attn_implementation=pick_attention(self.attn_implementation)).to(device).eval()
-        except (OSError, ValueError) as exc:
-            raise checkpoint_error(self.model_id, exc) from exc
+        self.processor, self.model = load_pretrained(
+            LlavaOnevisionForConditionalGeneration, self.model_id, device, resolve_dtype(self.dtype_name, device),
+            self.revision, attn_implementation=pick_attention(self.attn_implementation))
         self.processor.tokenizer.padding_side = "left"  # generation continues every row from the right
         size = self.processor.video_processor.size
         height, width = (size["height"], size["width"]) if "height" in size else (size["shortest_edge"],) * 2
@@ -94,25 +81,8 @@ class LlavaVideo(Head):
         inputs = self.processor(text=prompts, videos=videos, return_tensors="pt", padding=True, do_sample_frames=False)
         inputs = inputs.to(self.device)
         inputs["pixel_values_videos"] = inputs["pixel_values_videos"].to(self.model.dtype)
-        output = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False,
-                                     output_scores=True, return_dict_in_generate=True)
-        logprobs = self.model.compute_transition_scores(output.sequences, output.scores, normalize_logits=True)
-        generated = output.sequences[:, inputs["input_ids"].shape[1]:]
-        eos_ids = set(self._eos_ids())
-        results = []
-        for clip, tokens, token_logprobs in zip(clips, generated.tolist(), logprobs):
-            ended = next((i for i, t in enumerate(tokens) if t in eos_ids), None)
-            length = len(tokens) if ended is None else ended
-            confidence, mean_logprob = sequence_confidence(token_logprobs[:length])
-            results.append(Result(fields={
-                "caption": self.processor.tokenizer.decode(tokens[:length], skip_special_tokens=True).strip(),
-                "confidence": round(confidence, 6), "mean_logprob": round(mean_logprob, 6), "num_tokens": length,
-                "finish_reason": "eos" if ended is not None else "length", "num_frames": len(clip.media.frame_times),
-                "frame_times": clip.media.frame_times, "revision": self.revision or getattr(self.model.config, "_commit_hash", None),
-                "prompt_sha1": self.prompt_hash,
-            }))
-        return results
-
-    def _eos_ids(self) -> list[int]:
-        eos = self.model.generation_config.eos_token_id
-        return eos if isinstance(eos, list) else [eos]
+        generations, _ = greedy_generate(self.model, self.processor.tokenizer, inputs, self.max_new_tokens)
+        revision = self.revision or getattr(self.model.config, "_commit_hash", None)
+        return [Result(fields={"caption": g.text, **g.fields(), "num_frames": len(clip.media.frame_times),
+                               "frame_times": clip.media.frame_times, "revision": revision, "prompt_sha1": self.prompt_hash})
+                for clip, g in zip(clips, generations)]

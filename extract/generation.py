@@ -1,0 +1,52 @@
+"""Greedy generation with per-token log-probabilities, shared by the captioning heads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Generated:
+    text: str
+    num_tokens: int
+    confidence: float  # geometric-mean token probability, in [0, 1]
+    mean_logprob: float
+    finish_reason: str  # eos | length
+
+    def fields(self) -> dict:
+        return {"confidence": round(self.confidence, 6), "mean_logprob": round(self.mean_logprob, 6),
+                "num_tokens": self.num_tokens, "finish_reason": self.finish_reason}
+
+
+def greedy_generate(model, tokenizer, inputs: dict, max_new_tokens: int) -> tuple[list[Generated], torch.Tensor]:
+    """Generate for a left-padded batch; each row's text is cut at its first end-of-sequence token.
+
+    Returns the generations and the log-probabilities of every generated token ([rows, steps]).
+    """
+    output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, output_scores=True,
+                            return_dict_in_generate=True)
+    logprobs = model.compute_transition_scores(output.sequences, output.scores, normalize_logits=True)
+    generated = output.sequences[:, inputs["input_ids"].shape[1]:]
+    eos = model.generation_config.eos_token_id
+    eos_ids = set(eos if isinstance(eos, list) else [eos])
+    results = []
+    for tokens, token_logprobs in zip(generated.tolist(), logprobs):
+        ended = next((i for i, t in enumerate(tokens) if t in eos_ids), None)
+        length = len(tokens) if ended is None else ended
+        kept = token_logprobs[:length].float()
+        mean = float(kept.mean()) if length else float("-inf")
+        results.append(Generated(tokenizer.decode(tokens[:length], skip_special_tokens=True).strip(), length,
+                                 float(torch.tensor(mean).exp()) if length else 0.0, mean,
+                                 "eos" if ended is not None else "length"))
+    return results, logprobs
+
+
+def combined_confidence(parts: list[Generated]) -> tuple[float, float]:
+    """Confidence over several generations: the geometric-mean probability of all their tokens."""
+    tokens = sum(p.num_tokens for p in parts)
+    if not tokens:
+        return 0.0, float("-inf")
+    mean = sum(p.mean_logprob * p.num_tokens for p in parts if p.num_tokens) / tokens
+    return float(torch.tensor(mean).exp()), mean

@@ -1,0 +1,60 @@
+"""internvl with a tiny random native InternVL saved and loaded by path, on CPU."""
+
+import io
+
+import numpy as np
+import pytest
+import torch
+import webdataset as wds
+
+from conftest import compose_cfg, make_clip, read_records, write_shard
+from extract.decode import decode_media
+from extract.heads import Clip, build
+from extract.runner import run
+from extract.tiny import save_tiny_internvl
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return save_tiny_internvl(tmp_path_factory.mktemp("tiny-internvl"))
+
+
+def test_end_to_end_records_and_features(checkpoint, tmp_path):
+    (tmp_path / "in").mkdir()
+    write_shard(tmp_path / "in" / "a.tar", [(f"v.{i} (0-1).mp4", make_clip(pattern=("testsrc", "smptebars")[i % 2])) for i in range(3)])
+    cfg = compose_cfg("+model=internvl", f"model.checkpoint={checkpoint}", "model.max_new_tokens=5", f"tar_folder={tmp_path / 'in'}",
+                      f"output_dir={tmp_path / 'out'}", "num_workers=1", "batch_size=2", "wandb.mode=disabled")
+    run(cfg)
+    folder = tmp_path / "out" / "internvl"
+    records = read_records(folder)
+    assert len(records) == 3
+    samples = {s["__key__"]: s for s in wds.WebDataset(str(folder / "a.tar"), shardshuffle=False)}
+    for record in records:
+        assert record["status"] == "ok" and record["arrays"] == ["features"] and record["feature_dim"] == 32
+        assert len(record["keyframes"]) == 4 and 0 <= record["confidence"] <= 1
+        assert all(0 <= k["confidence"] <= 1 and isinstance(k["description"], str) for k in record["keyframes"])
+        features = np.load(io.BytesIO(samples[record["key"]]["features.npy"]))
+        assert features.dtype == np.float16 and features.shape == (4, 32) and np.isfinite(features).all()
+
+
+def _clips(head):
+    return [Clip(f"k{i}", "v", 0.0, 1.0, decode_media(make_clip(pattern=p), head.media_spec))
+            for i, p in enumerate(["testsrc", "smptebars", "rgbtestsrc"])]
+
+
+def test_greedy_output_and_features_do_not_depend_on_the_batch(checkpoint):
+    head = build("internvl", {"checkpoint": str(checkpoint), "num_keyframes": 2, "max_new_tokens": 6, "dtype": "float32"})
+    head.load(torch.device("cpu"))
+    clips = _clips(head)
+    alone = [head.infer([clip])[0] for clip in clips]
+    together = head.infer(clips)
+    for a, b in zip(alone, together):
+        assert [k["description"] for k in a.fields["keyframes"]] == [k["description"] for k in b.fields["keyframes"]]
+        np.testing.assert_allclose(a.arrays["features"].astype(np.float32), b.arrays["features"].astype(np.float32), atol=2e-3)
+
+
+def test_tiling_pools_each_keyframe_over_its_tiles(checkpoint):
+    head = build("internvl", {"checkpoint": str(checkpoint), "num_keyframes": 2, "max_new_tokens": 3, "max_patches": 4})
+    head.load(torch.device("cpu"))
+    [result] = head.infer(_clips(head)[:1])
+    assert result.arrays["features"].shape == (2, 32)
