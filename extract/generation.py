@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 
+
 @dataclass
 class Generated:
     text: str
@@ -50,3 +51,22 @@ def combined_confidence(parts: list[Generated]) -> tuple[float, float]:
         return 0.0, float("-inf")
     mean = sum(p.mean_logprob * p.num_tokens for p in parts if p.num_tokens) / tokens
     return float(torch.tensor(mean).exp()), mean
+
+
+# Qwen's chat format, the one LLaVA-Video's `qwen_1_5` conversation template produces
+QWEN_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'video' %}<video>\n{% elif part['type'] == 'image' %}<image>\n"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def qwen_chat_template(image_placeholder: str = "<image>") -> str:
+    """The same template with another placeholder for images (InternVL's `<IMG_CONTEXT>`)."""
+    return QWEN_CHAT_TEMPLATE.replace("<image>\n", image_placeholder + "\n")

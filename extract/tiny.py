@@ -9,22 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-# Qwen's chat format, the one LLaVA-Video's `qwen_1_5` conversation template produces
-def qwen_chat_template(image_placeholder: str = "<image>") -> str:
-    return QWEN_CHAT_TEMPLATE.replace("<image>\n", image_placeholder + "\n")
+from extract.generation import QWEN_CHAT_TEMPLATE, qwen_chat_template
 
-
-QWEN_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] == 'video' %}<video>\n{% elif part['type'] == 'image' %}<image>\n"
-    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>"]
 
 
@@ -75,7 +61,8 @@ def save_tiny_llava_video(folder: str | Path, seed: int = 0) -> Path:
     config = LlavaOnevisionConfig(
         text_config=_tiny_qwen2_text_config(tokenizer),
         vision_config={"model_type": "siglip_vision_model", "hidden_size": 32, "intermediate_size": 64,
-                       "num_hidden_layers": 2, "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
+                       "num_hidden_layers": 2, "num_attention_heads": 2, "image_size": 32, "patch_size": 8,
+                       "vision_use_head": False},  # LLaVA drops SigLIP's pooling head
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
         video_token_index=tokenizer.convert_tokens_to_ids("<video>"),
         vision_feature_select_strategy="full", vision_feature_layer=-1,
