@@ -1,11 +1,16 @@
 """Checkpoint converters into the transformers format the heads load.
 
     python -m extract.convert llava_video SRC DST [--vision-heads 16]
+    python -m extract.convert internvl2 SRC DST
 
 `llava_video`: the original LLaVA-NeXT layout of `lmms-lab/LLaVA-Video-7B-Qwen2` (a Qwen2
 `LlavaQwenForCausalLM` with a SigLIP tower, `mm_projector` and `image_newline`) into
 `LlavaOnevisionForConditionalGeneration` plus its processor. Every weight is used and none is
 missing, or the conversion stops.
+
+`internvl2`: InternVL2's remote-code layout (InternViT + InternLM2 with fused `wqkv`, projector
+`mlp1`) into transformers' native `InternVLForConditionalGeneration` with a Llama text model, so
+it runs without `trust_remote_code`.
 """
 
 from __future__ import annotations
@@ -129,6 +134,112 @@ def convert_llava_video(source: Path, target: Path, vision_heads: int | None = N
     return target
 
 
+_LM = r"^language_model\.model\.layers\.(\d+)\."
+_VIT = r"^vision_model\.encoder\.layers\.(\d+)\."
+INTERNVL2_KEY_MAP = [
+    (r"^vision_model\.embeddings\.class_embedding$", "model.vision_tower.embeddings.cls_token"),
+    (r"^vision_model\.embeddings\.position_embedding$", "model.vision_tower.embeddings.position_embeddings"),
+    (r"^vision_model\.embeddings\.patch_embedding\.", "model.vision_tower.embeddings.patch_embeddings.projection."),
+    (_VIT + r"attn\.(q|k|v)_proj\.", r"model.vision_tower.encoder.layer.\1.attention.\2_proj."),  # after the split
+    (_VIT + r"attn\.proj\.", r"model.vision_tower.encoder.layer.\1.attention.projection_layer."),
+    (_VIT + r"mlp\.", r"model.vision_tower.encoder.layer.\1.mlp."),
+    (_VIT + r"norm1\.", r"model.vision_tower.encoder.layer.\1.layernorm_before."),
+    (_VIT + r"norm2\.", r"model.vision_tower.encoder.layer.\1.layernorm_after."),
+    (_VIT + r"ls1$", r"model.vision_tower.encoder.layer.\1.lambda_1"),
+    (_VIT + r"ls2$", r"model.vision_tower.encoder.layer.\1.lambda_2"),
+    (r"^mlp1\.0\.", "model.multi_modal_projector.layer_norm."),
+    (r"^mlp1\.1\.", "model.multi_modal_projector.linear_1."),
+    (r"^mlp1\.3\.", "model.multi_modal_projector.linear_2."),
+    (r"^language_model\.model\.tok_embeddings\.", "model.language_model.embed_tokens."),
+    (_LM + r"attention\.(q|k|v)_proj\.", r"model.language_model.layers.\1.self_attn.\2_proj."),  # after the split
+    (_LM + r"attention\.wo\.", r"model.language_model.layers.\1.self_attn.o_proj."),
+    (_LM + r"feed_forward\.w1\.", r"model.language_model.layers.\1.mlp.gate_proj."),
+    (_LM + r"feed_forward\.w3\.", r"model.language_model.layers.\1.mlp.up_proj."),
+    (_LM + r"feed_forward\.w2\.", r"model.language_model.layers.\1.mlp.down_proj."),
+    (_LM + r"attention_norm\.", r"model.language_model.layers.\1.input_layernorm."),
+    (_LM + r"ffn_norm\.", r"model.language_model.layers.\1.post_attention_layernorm."),
+    (r"^language_model\.model\.norm\.", "model.language_model.norm."),
+    (r"^language_model\.output\.", "lm_head."),
+]
+
+
+def split_fused_projections(state: dict[str, torch.Tensor], llm: dict) -> dict[str, torch.Tensor]:
+    """InternViT's `attn.qkv` into thirds; InternLM2's `wqkv` by its grouped-query layout.
+
+    InternLM2 stores, for each key/value head, its group of query heads, then the key, then the
+    value: rows are `(kv_heads, groups + 2, head_dim)`.
+    """
+    heads, kv_heads = llm["num_attention_heads"], llm["num_key_value_heads"]
+    head_dim, groups = llm["hidden_size"] // heads, heads // kv_heads
+    out = {}
+    for key, value in state.items():
+        vit = re.match(r"^(vision_model\.encoder\.layers\.\d+\.attn\.)qkv\.(weight|bias)$", key)
+        lm = re.match(r"^(language_model\.model\.layers\.\d+\.attention\.)wqkv\.weight$", key)
+        if vit:
+            for name, part in zip("qkv", value.chunk(3, dim=0)):
+                out[f"{vit.group(1)}{name}_proj.{vit.group(2)}"] = part.contiguous()
+        elif lm:
+            grouped = value.view(kv_heads, groups + 2, head_dim, value.shape[-1])
+            out[f"{lm.group(1)}q_proj.weight"] = grouped[:, :groups].reshape(heads * head_dim, -1).contiguous()
+            out[f"{lm.group(1)}k_proj.weight"] = grouped[:, -2].reshape(kv_heads * head_dim, -1).contiguous()
+            out[f"{lm.group(1)}v_proj.weight"] = grouped[:, -1].reshape(kv_heads * head_dim, -1).contiguous()
+        else:
+            out[key] = value
+    return out
+
+
+def internvl2_config(source: dict, image_token: int):
+    from transformers import InternVLConfig
+
+    vision, llm = source["vision_config"], source["llm_config"]
+    size, patch = vision["image_size"], vision["patch_size"]
+    text = {"model_type": "llama", "attention_bias": llm.get("bias", False), "tie_word_embeddings": False,
+            **{k: llm[k] for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                                   "num_key_value_heads", "rms_norm_eps", "max_position_embeddings", "rope_theta",
+                                   "rope_scaling", "bos_token_id", "eos_token_id", "pad_token_id") if llm.get(k) is not None}}
+    return InternVLConfig(
+        vision_config={"model_type": "internvl_vision", "hidden_size": vision["hidden_size"],
+                       "intermediate_size": vision["intermediate_size"], "num_hidden_layers": vision["num_hidden_layers"],
+                       "num_attention_heads": vision["num_attention_heads"], "image_size": [size, size], "patch_size": [patch, patch],
+                       "attention_bias": vision.get("qkv_bias", True), "use_qk_norm": vision.get("qk_normalization", False),
+                       "layer_norm_eps": vision.get("layer_norm_eps", 1e-6), "norm_type": vision.get("norm_type", "layer_norm")},
+        text_config=text, image_token_id=image_token, downsample_ratio=source.get("downsample_ratio", 0.5),
+        vision_feature_layer=source.get("select_layer", -1), projector_hidden_act="gelu",
+    )
+
+
+def convert_internvl2(source: Path, target: Path, image_token: int | None = None) -> Path:
+    from transformers import InternVLForConditionalGeneration
+
+    original = json.loads((source / "config.json").read_text())
+    if original.get("ps_version", "v2") != "v2":
+        raise ConversionError("only pixel-shuffle v2 checkpoints (InternVL2 and later) map onto the native model")
+    tokenizer = _tokenizer_without_remote_code(source)
+    if image_token is None:
+        if tokenizer is None:
+            raise ConversionError("the tokenizer needs remote code here: give --image-token-id (<IMG_CONTEXT>, 92546 for InternVL2-8B)")
+        image_token = tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>")
+    config = internvl2_config(original, image_token)
+    state = split_fused_projections(read_state_dict(source), original["llm_config"])
+    renamed = {rename(k, INTERNVL2_KEY_MAP): v for k, v in state.items()}
+    with torch.device("meta"):
+        model = InternVLForConditionalGeneration(config)
+    load_strict(model, renamed)
+    model.save_pretrained(target)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(target)
+    return target
+
+
+def _tokenizer_without_remote_code(source: Path):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m extract.convert", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -136,13 +247,21 @@ def main(argv: list[str] | None = None) -> None:
     llava.add_argument("source", type=Path)
     llava.add_argument("target", type=Path)
     llava.add_argument("--vision-heads", type=int, help="attention heads of the SigLIP tower (default: width / 72)")
+    internvl = sub.add_parser("internvl2", help="InternVL2 (remote-code layout) -> native transformers InternVL")
+    internvl.add_argument("source", type=Path)
+    internvl.add_argument("target", type=Path)
+    internvl.add_argument("--image-token-id", type=int, help="id of <IMG_CONTEXT> when the tokenizer cannot be read")
     args = parser.parse_args(argv)
     try:
-        convert_llava_video(args.source, args.target, args.vision_heads)
+        if args.what == "llava_video":
+            convert_llava_video(args.source, args.target, args.vision_heads)
+        else:
+            convert_internvl2(args.source, args.target, args.image_token_id)
     except ConversionError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
-    print(f"wrote {args.target}; use it with +model=llava_video model.checkpoint={args.target}")
+    print(f"wrote {args.target}; use it with +model={'llava_video' if args.what == 'llava_video' else 'internvl'} "
+          f"model.checkpoint={args.target}")
 
 
 if __name__ == "__main__":
