@@ -67,3 +67,21 @@ def test_missing_checkpoint_is_one_clear_error(tmp_path):
                      f"output_dir={tmp_path / 'out'}")
     assert result.returncode == 2
     assert "cannot load checkpoint" in result.stderr and "huggingface-cli download" in result.stderr
+
+
+def test_out_of_memory_batch_is_retried_in_halves(checkpoint, monkeypatch):
+    head = build("llava_video", {"checkpoint": str(checkpoint), "num_frames": 4, "max_new_tokens": 4})
+    head.load(torch.device("cpu"))
+    clips = _clips(head, 4)
+    real_generate, sizes = head._generate, []
+
+    def generate_or_run_out(batch):
+        sizes.append(len(batch))
+        if len(batch) > 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_generate(batch)
+
+    monkeypatch.setattr(head, "_generate", generate_or_run_out)
+    results = head.infer(clips)
+    assert len(results) == 4 and all(r.status == "ok" for r in results)
+    assert sizes == [4, 2, 1, 1, 2, 1, 1]
