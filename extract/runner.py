@@ -140,6 +140,33 @@ def infer_isolated(head: heads.Head, clips: list[Clip]) -> list[Result]:
     return results
 
 
+def records_for(head: heads.Head, clips: list[dict], catalog: Catalog) -> list[tuple[dict, dict]]:
+    """(record, arrays) for every clip item of a batch: the head's answer for decoded clips,
+    the decoding or input error for the rest."""
+    decoded = [item for item in clips if item["status"] == "ok"]
+    results = infer_isolated(head, [Clip(i["key"], i["video_id"], i["start"], i["end"], i.pop("media")) for i in decoded]) if decoded else []
+    result_of = {id(item): result for item, result in zip(decoded, results)}
+    records = []
+    for item in clips:
+        record, result = base_record(item, head, catalog), result_of.get(id(item))
+        if result is None:
+            records.append((record, {}))
+            continue
+        record.update({k: v for k, v in result.fields.items() if k not in record})
+        record.update(status=result.status, error_type=result.error_type, error=result.error, arrays=sorted(result.arrays))
+        records.append((record, result.arrays))
+    return records
+
+
+def finish_shard(writer: OutputWriter, end: dict, head_name: str, shard_faults: dict) -> None:
+    stats = writer.finish(end["shard"], end["fault"], end["duplicates"], head_name)
+    if end["fault"]:
+        shard_faults[end["shard"]] = end["fault"]
+        log.warning("shard %s: %s (clips read before the fault are kept)", end["shard"], end["fault"])
+    if stats["duplicates"]:
+        log.warning("shard %s: %d duplicate member(s) not written twice", end["shard"], len(stats["duplicates"]))
+
+
 def run(cfg: DictConfig) -> dict:
     started = time.monotonic()
     shards, catalog, head = check_inputs(cfg)
@@ -160,30 +187,15 @@ def run(cfg: DictConfig) -> dict:
         with torch.inference_mode(), autocast:
             for batch in batches:
                 clips = [item for item in batch if item["kind"] == "clip"]
-                decoded = [item for item in clips if item["status"] == "ok"]
-                results = infer_isolated(head, [Clip(i["key"], i["video_id"], i["start"], i["end"], i.pop("media")) for i in decoded]) if decoded else []
-                result_of = {id(item): result for item, result in zip(decoded, results)}
-                for item in clips:
-                    record = base_record(item, head, catalog)
-                    result = result_of.get(id(item))
-                    arrays = {}
-                    if result is not None:
-                        record.update({k: v for k, v in result.fields.items() if k not in record})
-                        record.update(status=result.status, error_type=result.error_type, error=result.error, arrays=sorted(result.arrays))
-                        arrays = result.arrays
-                    writer.write(item["shard"], record, arrays)
+                records = records_for(head, clips, catalog)
+                for record, arrays in records:
+                    writer.write(record["shard"], record, arrays)
                     counts[record["status"]] += 1
                 writer.flush()
                 for item in batch:
                     if item["kind"] == "shard_end":
-                        stats = writer.finish(item["shard"], item["fault"], item["duplicates"], head.name)
-                        if item["fault"]:
-                            shard_faults[item["shard"]] = item["fault"]
-                            log.warning("shard %s: %s (clips read before the fault are kept)", item["shard"], item["fault"])
-                        if stats["duplicates"]:
-                            log.warning("shard %s: %d duplicate member(s) not written twice", item["shard"], len(stats["duplicates"]))
-                progress.update(len(clips), sum(1 for i in clips if i["status"] not in ("ok", "skipped")) +
-                                sum(1 for r in results if r.status == "error"))
+                        finish_shard(writer, item, head.name, shard_faults)
+                progress.update(len(records), sum(1 for record, _ in records if record["status"] in ("error", "rejected")))
         wall = time.monotonic() - started
         rank_report = {"rank": ranks.rank, "shards": len(mine), "shards_already_complete": complete, "shards_done": len(todo),
                        "clips_resumed": sum(len(k) for k in done_keys.values()), "records": sum(counts.values()),
