@@ -70,9 +70,9 @@ def _count(loader) -> int:
     return sum(1 for batch in loader for item in batch if item.__class__.__name__ == "Media" or item.get("kind") == "clip")
 
 
-def time_streaming(urls, workers: int) -> tuple[int, float]:
+def time_streaming(urls, workers: int, limits: Limits = LIMITS) -> tuple[int, float]:
     started = time.perf_counter()
-    count = _count(make_loader(urls, {}, SPEC, LIMITS, batch_size=4, num_workers=workers))
+    count = _count(make_loader(urls, {}, SPEC, limits, batch_size=4, num_workers=workers))
     return count, time.perf_counter() - started
 
 
@@ -107,16 +107,20 @@ def bench_data(args) -> None:
         print(f"# extract.bench data: {args.clips} clips of {args.seconds:g}s 640x360 h264+aac in {args.shards} tar.gz shards; "
               f"{SPEC.num_frames} frames at 224x224 + 16 kHz audio per clip")
         print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}")
-        print(f"{'workers':>7}  {'in-memory floor':>16}  {'streaming':>10}  {'extract+open':>12}  {'stream/floor':>12}  {'stream/extract':>14}")
+        unguarded = Limits(0, LIMITS.decode_memory_bytes, LIMITS.max_member_bytes, LIMITS.max_decoded_bytes)
+        print("# streaming: the real path, behind the decode watchdog; no watchdog: the same with decode_timeout=0")
+        print(f"{'workers':>7}  {'in-memory floor':>16}  {'streaming':>10}  {'no watchdog':>11}  {'extract+open':>12}  "
+              f"{'stream/floor':>12}  {'stream/extract':>14}")
         for w in workers:
             results = {}
             for name, fn in (("floor", partial(time_in_memory, blobs)), ("stream", partial(time_streaming, urls)),
+                             ("unguarded", partial(time_streaming, urls, limits=unguarded)),
                              ("extract", partial(time_extract_then_open, urls, scratch=scratch))):
                 count, seconds = fn(w)
                 assert count == args.clips, (name, count)
                 results[name] = count / seconds
-            print(f"{w:>7}  {results['floor']:>12.1f} c/s  {results['stream']:>6.1f} c/s  {results['extract']:>8.1f} c/s  "
-                  f"{results['stream'] / results['floor']:>12.2f}  {results['stream'] / results['extract']:>14.2f}")
+            print(f"{w:>7}  {results['floor']:>12.1f} c/s  {results['stream']:>6.1f} c/s  {results['unguarded']:>7.1f} c/s  "
+                  f"{results['extract']:>8.1f} c/s  {results['stream'] / results['floor']:>12.2f}  {results['stream'] / results['extract']:>14.2f}")
 
 
 def bench_av_sync(args) -> None:
