@@ -259,7 +259,7 @@ class DecodeWatchdog:
             status, payload = pickle.loads(self._conn.recv_bytes())
         except (EOFError, OSError):
             self.close()
-            raise DecodeFailure("decoder_crashed", "the decoder process died (killed for memory, or a crash in ffmpeg)")
+            raise DecodeFailure("decoder_crashed", "the decoder process died (killed for memory, or a crash in ffmpeg)") from None
         if status == "error":
             raise DecodeFailure(*payload)
         return payload

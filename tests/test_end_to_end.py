@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import signal
@@ -15,7 +14,6 @@ import pytest
 import webdataset as wds
 
 from conftest import REPO, make_clip, read_records, run_cli, write_shard
-from extract.clips import clip_key
 
 
 def _matroska_truncated() -> bytes:

@@ -1,6 +1,5 @@
 """grounding_sam with tiny random Grounding DINO and SAM saved and loaded by path, on CPU."""
 
-import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
