@@ -156,3 +156,26 @@ def test_rerun_after_a_kill_finishes_every_clip_exactly_once(tmp_path):
     assert not list(folder.glob("*.partial"))
     summary = json.loads((folder / "summary.json").read_text())
     assert sum(r["clips_resumed"] for r in summary["ranks"]) > 0 or summary["this_run"]["records"] < 36
+
+
+def test_two_nodes_under_multi_node_torchrun(dataset, tmp_path):
+    """Two torchrun agents on this machine stand in for two nodes (c10d rendezvous on localhost)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "out"
+    args = ["-m", "extract", "+model=probe", f"tar_folder={dataset['shards']}", f"output_dir={out}", "num_workers=1",
+            "wandb.mode=disabled"]
+    agents = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+                                f"--node_rank={node}", "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}",
+                                "--rdzv_id=extract-test", *args], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+              for node in (0, 1)]
+    for agent in agents:
+        _, stderr = agent.communicate(timeout=300)
+        assert agent.returncode == 0, stderr.decode()[-3000:]
+    records = read_records(out / "probe")
+    assert len({r["key"] for r in records}) == len(records) > 0
+    summary = json.loads((out / "probe" / "summary.json").read_text())
+    assert sorted(r["rank"] for r in summary["ranks"]) == [0, 1] and all(r["shards"] > 0 for r in summary["ranks"])
