@@ -24,6 +24,7 @@ import numpy as np
 from extract.data import shard_stem
 from extract.errors import ConfigError
 
+# the fields every record carries, whatever its status
 BASE_FIELDS = ("key", "video_id", "start", "end", "duration", "in_csv", "shard", "member", "head", "model",
                "status", "error_type", "error", "arrays")
 

@@ -5,6 +5,7 @@ from extract.decode import decode_media
 from extract.heads import Clip, build
 from extract.runner import run
 from extract.synthetic import flash_click_clip
+from extract.writer import BASE_FIELDS
 from conftest import compose_cfg
 
 
@@ -45,4 +46,5 @@ def test_end_to_end_records(tmp_path):
     run(cfg)
     [record] = read_records(tmp_path / "out" / "av_sync")
     assert record["status"] == "ok" and record["method"] == "onset_xcorr" and record["head"] == "av_sync"
+    assert set(BASE_FIELDS) <= set(record)
     assert record["offset_s"] == pytest.approx(0.2, abs=1 / 30)

@@ -14,6 +14,7 @@ import pytest
 import webdataset as wds
 
 from conftest import REPO, make_clip, read_records, run_cli, write_shard
+from extract.writer import BASE_FIELDS
 
 
 def _matroska_truncated() -> bytes:
@@ -72,6 +73,7 @@ def test_every_clip_exactly_once_on_two_ranks(dataset, tmp_path):
     records = read_records(folder)
     keys = [r["key"] for r in records]
     assert len(keys) == len(set(keys)), "a clip was written twice"
+    assert all(set(BASE_FIELDS) <= set(r) for r in records), "a record lacks a declared field"
     by_member = {r["member"]: r for r in records}
 
     for name in [*dataset["good"], *dataset["plain"]]:

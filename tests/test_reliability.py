@@ -19,7 +19,7 @@ from conftest import REPO, compose_cfg, make_clip, read_records, run_cli, write_
 from extract import data as data_module
 from extract.decode import decode_media
 from extract.runner import run
-from extract.writer import OutputError, encode_record
+from extract.writer import BASE_FIELDS, OutputError, encode_record
 
 
 def _cfg(tmp_path, *extra):
@@ -70,6 +70,7 @@ def test_hostile_members_are_reported_and_never_escape(tmp_path, clip_bytes):
     records = read_records(tmp_path / "out" / "probe")
     by_member = {r["member"][:60]: r for r in records}
     assert len({r["key"] for r in records}) == len(records)
+    assert all(set(BASE_FIELDS) <= set(r) for r in records)
     assert by_member["good (0-1).mp4"]["status"] == "ok"
     for name in ["../escape (0-1).mp4", "/abs/path (0-1).mp4"]:
         assert by_member[name]["status"] == "rejected" and by_member[name]["error_type"] == "bad_name"
