@@ -179,11 +179,22 @@ def decode_media(data: bytes, spec: MediaSpec, max_decoded_bytes: int = 4 << 30)
             media.audio = decoder.get_all_samples().data[0].numpy()
             media.sample_rate = spec.sample_rate
         except Exception as exc:
+            if container is None and "best audio stream is unknown" in str(exc) and _has_video_stream(data):
+                media.info = {"container": sniff_container(data), "audio_streams": []}  # a clip without sound
+                return media
             if container is None:
                 reason = _looks_like_text(data) or f"ffmpeg cannot read its audio ({_reason(exc)})"
                 raise DecodeFailure("not_media", reason) from exc
             raise DecodeFailure("audio_decode_error", f"audio stream could not be decoded: {_reason(exc)}") from exc
     return media
+
+
+def _has_video_stream(data: bytes) -> bool:
+    try:
+        VideoDecoder(data, seek_mode="approximate")
+        return True
+    except Exception:  # not media at all
+        return False
 
 
 def _decode_frames(data, probe, spec, max_decoded_bytes):

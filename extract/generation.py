@@ -1,11 +1,11 @@
-"""Greedy generation with per-token log-probabilities, shared by the captioning heads."""
+"""Generation with per-token log-probabilities and its confidence, shared by the captioning heads."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
-
 
 
 @dataclass
@@ -32,16 +32,16 @@ def greedy_generate(model, tokenizer, inputs: dict, max_new_tokens: int) -> tupl
     generated = output.sequences[:, inputs["input_ids"].shape[1]:]
     eos = model.generation_config.eos_token_id
     eos_ids = set(eos if isinstance(eos, list) else [eos])
-    results = []
-    for tokens, token_logprobs in zip(generated.tolist(), logprobs):
-        ended = next((i for i, t in enumerate(tokens) if t in eos_ids), None)
-        length = len(tokens) if ended is None else ended
-        kept = token_logprobs[:length].float()
-        mean = float(kept.mean()) if length else float("-inf")
-        results.append(Generated(tokenizer.decode(tokens[:length], skip_special_tokens=True).strip(), length,
-                                 float(torch.tensor(mean).exp()) if length else 0.0, mean,
-                                 "eos" if ended is not None else "length"))
-    return results, logprobs
+    return [summarise(tokenizer, tokens, token_logprobs, eos_ids) for tokens, token_logprobs in zip(generated.tolist(), logprobs)], logprobs
+
+
+def summarise(tokenizer, tokens: list[int], token_logprobs: torch.Tensor, eos_ids: set[int]) -> Generated:
+    """The text up to the first end-of-sequence token and the confidence of the tokens before it."""
+    ended = next((i for i, t in enumerate(tokens) if t in eos_ids), None)
+    length = len(tokens) if ended is None else ended
+    mean = float(token_logprobs[:length].float().mean()) if length else float("-inf")
+    return Generated(tokenizer.decode(tokens[:length], skip_special_tokens=True).strip(), length,
+                     math.exp(mean) if length else 0.0, mean, "eos" if ended is not None else "length")
 
 
 def combined_confidence(parts: list[Generated]) -> tuple[float, float]:

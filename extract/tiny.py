@@ -168,3 +168,146 @@ def save_tiny_internvl(folder: str | Path, seed: int = 0) -> Path:
                       video_processor=InternVLVideoProcessor(size=size), tokenizer=tokenizer,
                       image_seq_length=4, chat_template=template).save_pretrained(folder)
     return folder
+
+
+# ---------------------------------------------------------------------------- BEATs-Conformer-BART
+TINY_CAPTIONER = {
+    "bart": {"d_model": 48, "decoder_layers": 2, "decoder_attention_heads": 4, "decoder_ffn_dim": 64,
+             "max_position_embeddings": 128, "max_cross_position_embeddings": 512, "encoder_repr_layer_idx": 2,
+             "encoder_downsample_rate": 3, "use_conv_downsample": True, "embed_predictor_ffn_dim": 32,
+             "embed_predictor_out_dim": 16, "decoder_start_token_id": 2, "pad_token_id": 1, "bos_token_id": 0,
+             "eos_token_id": 2},
+    "beats_config": {"embed_dim": 32, "encoder_layers": 3, "encoder_embed_dim": 48, "encoder_ffn_embed_dim": 64,
+                     "encoder_attention_heads": 4, "conv_pos": 8, "conv_pos_groups": 4, "num_buckets": 16,
+                     "max_distance": 40, "predictor_class": 5},
+    "conformer_config": {"hidden_size": 48, "intermediate_size": 64, "num_attention_heads": 4, "num_conv_pos_embeddings": 8,
+                         "num_conv_pos_embedding_groups": 4, "conv_depthwise_kernel_size": 5},
+}
+
+
+def released_layout(bart: dict, beats: dict, conformer: dict, vocab: int) -> dict[str, tuple]:
+    """Every tensor of the released `pytorch_model.bin` and its shape, named as the authors' modules name
+    them (BEATs' fairseq-style encoder, transformers 4.x Conformer and BART decoder), for any sizes."""
+    d, e = beats["encoder_embed_dim"], beats["embed_dim"]
+    heads, ffn, kernel = beats["encoder_attention_heads"], beats["encoder_ffn_embed_dim"], beats["conv_pos"]
+    layout = {"encoder.patch_embedding.weight": (e, 1, 16, 16), "encoder.layer_norm.weight": (e,), "encoder.layer_norm.bias": (e,),
+              "encoder.post_extract_proj.weight": (d, e), "encoder.post_extract_proj.bias": (d,),
+              "encoder.encoder.pos_conv.0.bias": (d,), "encoder.encoder.pos_conv.0.weight_g": (1, 1, kernel),
+              "encoder.encoder.pos_conv.0.weight_v": (d, d // beats["conv_pos_groups"], kernel),
+              "encoder.encoder.layer_norm.weight": (d,), "encoder.encoder.layer_norm.bias": (d,),
+              "encoder.predictor.weight": (beats["predictor_class"], d), "encoder.predictor.bias": (beats["predictor_class"],)}
+    for i in range(beats["encoder_layers"]):
+        p = f"encoder.encoder.layers.{i}."
+        for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
+            layout |= {f"{p}self_attn.{proj}.weight": (d, d), f"{p}self_attn.{proj}.bias": (d,)}
+        layout |= {f"{p}self_attn.grep_linear.weight": (8, d // heads), f"{p}self_attn.grep_linear.bias": (8,),
+                   f"{p}self_attn.grep_a": (1, heads, 1, 1),
+                   f"{p}self_attn.relative_attention_bias.weight": (beats["num_buckets"], heads),  # shared, saved per layer
+                   f"{p}self_attn_layer_norm.weight": (d,), f"{p}self_attn_layer_norm.bias": (d,),
+                   f"{p}fc1.weight": (ffn, d), f"{p}fc1.bias": (ffn,), f"{p}fc2.weight": (d, ffn), f"{p}fc2.bias": (d,),
+                   f"{p}final_layer_norm.weight": (d,), f"{p}final_layer_norm.bias": (d,)}
+    layout |= {"downsample_conv.weight": (d, d, 4), "downsample_conv.bias": (d,)}
+
+    c, inner, c_heads = conformer["hidden_size"], conformer["intermediate_size"], conformer["num_attention_heads"]
+    c_kernel = conformer["num_conv_pos_embeddings"]
+    layout |= {"postencoder.pos_conv_embed.conv.weight_g": (1, 1, c_kernel),
+               "postencoder.pos_conv_embed.conv.weight_v": (c, c // conformer["num_conv_pos_embedding_groups"], c_kernel),
+               "postencoder.pos_conv_embed.conv.bias": (c,), "postencoder.layer_norm.weight": (c,), "postencoder.layer_norm.bias": (c,)}
+    for i in range(conformer.get("num_hidden_layers", 2)):
+        p = f"postencoder.layers.{i}."
+        for norm in ("ffn1_layer_norm", "self_attn_layer_norm", "conv_module.layer_norm", "ffn2_layer_norm", "final_layer_norm"):
+            layout |= {f"{p}{norm}.weight": (c,), f"{p}{norm}.bias": (c,)}
+        for ff in ("ffn1", "ffn2"):
+            layout |= {f"{p}{ff}.intermediate_dense.weight": (inner, c), f"{p}{ff}.intermediate_dense.bias": (inner,),
+                       f"{p}{ff}.output_dense.weight": (c, inner), f"{p}{ff}.output_dense.bias": (c,)}
+        for proj in ("linear_q", "linear_k", "linear_v", "linear_out"):
+            layout |= {f"{p}self_attn.{proj}.weight": (c, c), f"{p}self_attn.{proj}.bias": (c,)}
+        layout |= {f"{p}self_attn.linear_pos.weight": (c, c), f"{p}self_attn.pos_bias_u": (c_heads, c // c_heads),
+                   f"{p}self_attn.pos_bias_v": (c_heads, c // c_heads),
+                   f"{p}conv_module.pointwise_conv1.weight": (2 * c, c, 1),
+                   f"{p}conv_module.depthwise_conv.weight": (c, 1, conformer["conv_depthwise_kernel_size"]),
+                   f"{p}conv_module.pointwise_conv2.weight": (c, c, 1)}
+        layout |= {f"{p}conv_module.batch_norm.{name}": (c,) for name in ("weight", "bias", "running_mean", "running_var")}
+        layout[f"{p}conv_module.batch_norm.num_batches_tracked"] = ()
+
+    m, f = bart["d_model"], bart["decoder_ffn_dim"]
+    layout |= {"cross_embed_positions.weight": (bart["max_cross_position_embeddings"] + 2, m),
+               "decoder.embed_tokens.weight": (vocab, m), "decoder.embed_positions.weight": (bart["max_position_embeddings"] + 2, m),
+               "decoder.layernorm_embedding.weight": (m,), "decoder.layernorm_embedding.bias": (m,),
+               "final_logits_bias": (1, vocab), "lm_head.weight": (vocab, m)}
+    for i in range(bart["decoder_layers"]):
+        p = f"decoder.layers.{i}."
+        for attention in ("self_attn", "encoder_attn"):
+            for proj in ("k_proj", "v_proj", "q_proj", "out_proj"):
+                layout |= {f"{p}{attention}.{proj}.weight": (m, m), f"{p}{attention}.{proj}.bias": (m,)}
+            layout |= {f"{p}{attention}_layer_norm.weight": (m,), f"{p}{attention}_layer_norm.bias": (m,)}
+        layout |= {f"{p}fc1.weight": (f, m), f"{p}fc1.bias": (f,), f"{p}fc2.weight": (m, f), f"{p}fc2.bias": (m,),
+                   f"{p}final_layer_norm.weight": (m,), f"{p}final_layer_norm.bias": (m,)}
+    hidden, out = bart["embed_predictor_ffn_dim"], bart["embed_predictor_out_dim"]
+    layout |= {"encoder_embed_mlp.fc1.weight": (hidden, m), "encoder_embed_mlp.fc2.weight": (out, hidden),
+               "encoder_embed_mlp.bn.num_batches_tracked": ()}
+    layout |= {f"encoder_embed_mlp.bn.{name}": (hidden,) for name in ("weight", "bias", "running_mean", "running_var")}
+    return layout
+
+
+def random_released_state(layout: dict[str, tuple], seed: int = 0, scale: float = 0.3) -> dict:
+    """Random tensors for a released layout: norms near 1, positive variances and gains, shared tensors shared."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for name, shape in layout.items():
+        if name.endswith("num_batches_tracked"):
+            state[name] = torch.tensor(0)
+        elif name.endswith(("running_var", "weight_g", "grep_a")) or ("norm" in name and name.endswith(".weight")) or ".bn.weight" in name:
+            state[name] = 1 + 0.1 * torch.rand(shape, generator=generator)
+        else:
+            state[name] = scale * torch.randn(shape, generator=generator)
+    state["lm_head.weight"] = state["decoder.embed_tokens.weight"]  # tied in the release
+    for name in layout:
+        if "relative_attention_bias" in name:
+            state[name] = state["encoder.encoder.layers.0.self_attn.relative_attention_bias.weight"]
+    return state
+
+
+def tiny_bart_tokenizer():
+    """A byte-level BPE with BART's special tokens at BART's ids (<s>=0, <pad>=1, </s>=2, <unk>=3)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    tokenizer.decoder = decoders.ByteLevel()
+    corpus = ["a dog barks while birds chirp in the background", "rain falls on a metal roof as thunder rumbles",
+              "a car engine starts and drives away on a wet road", "people talk and laugh in a crowded room"]
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<s>", "<pad>", "</s>", "<unk>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator(corpus, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", pad_token="<pad>", eos_token="</s>",
+                                   unk_token="<unk>")
+
+
+def save_tiny_audio_captioner(folder: str | Path, seed: int = 0) -> Path:
+    """A tiny BEATs-Conformer-BART as the authors release theirs: config.json (a BartConfig with the
+    captioner's fields) and pytorch_model.bin under their key names; plus a tokenizer in the same folder."""
+    import json
+
+    import torch
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer = tiny_bart_tokenizer()
+    tokenizer.save_pretrained(folder)
+    config = {**TINY_CAPTIONER["bart"], "vocab_size": len(tokenizer), "model_type": "bart",
+              "beats_config": TINY_CAPTIONER["beats_config"], "conformer_config": TINY_CAPTIONER["conformer_config"]}
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    layout = released_layout(TINY_CAPTIONER["bart"], {**_beats_defaults(), **TINY_CAPTIONER["beats_config"]},
+                             {"num_hidden_layers": 2, **TINY_CAPTIONER["conformer_config"]}, len(tokenizer))
+    torch.save(random_released_state(layout, seed), folder / "pytorch_model.bin")
+    return folder
+
+
+def _beats_defaults() -> dict:
+    from extract.beats_conformer_bart import BEATS_CONFIG
+
+    return BEATS_CONFIG

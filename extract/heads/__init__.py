@@ -9,6 +9,7 @@ imported on first use, so a new head is one file here plus one YAML in `conf/mod
 from __future__ import annotations
 
 import importlib
+import logging
 import pkgutil
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -19,6 +20,7 @@ import torch
 from extract.decode import Media, MediaSpec
 from extract.errors import ConfigError
 
+log = logging.getLogger(__name__)
 _HEADS: dict[str, type["Head"]] = {}
 
 
@@ -81,6 +83,19 @@ def load_pretrained(model_class, checkpoint: str, device: torch.device, dtype: t
     except (OSError, ValueError) as exc:
         raise checkpoint_error(checkpoint, exc) from exc
     return processor, model.to(device).eval()
+
+
+def split_on_oom(run, items: list) -> list:
+    """`run(items)`, and on CUDA out-of-memory each half on its own, down to single items."""
+    try:
+        return run(items)
+    except torch.cuda.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        if len(items) == 1:
+            raise
+        log.warning("out of GPU memory on a batch of %d; retrying in halves", len(items))
+        half = len(items) // 2
+        return split_on_oom(run, items[:half]) + split_on_oom(run, items[half:])
 
 
 def register(cls: type[Head]) -> type[Head]:

@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import logging
 
 import torch
 
 from extract.decode import MediaSpec
 from extract.generation import greedy_generate
-from extract.heads import Clip, Head, Result, load_pretrained, register, resolve_dtype
-
-log = logging.getLogger(__name__)
+from extract.heads import Clip, Head, Result, load_pretrained, register, resolve_dtype, split_on_oom
 
 TIME_INSTRUCTION = ("The video lasts for {duration:.2f} seconds, and {count} frames are uniformly sampled from it. "
                     "These frames are located at {times}.Please answer the following questions related to this video.")
@@ -65,15 +62,7 @@ class LlavaVideo(Head):
         return self.processor.apply_chat_template(messages, add_generation_prompt=True)
 
     def infer(self, clips: list[Clip]) -> list[Result]:
-        try:
-            return self._generate(clips)
-        except torch.cuda.OutOfMemoryError:
-            torch.cuda.empty_cache()
-            if len(clips) == 1:
-                raise
-            half = len(clips) // 2
-            log.warning("out of GPU memory on %d clips; retrying in halves", len(clips))
-            return self.infer(clips[:half]) + self.infer(clips[half:])
+        return split_on_oom(self._generate, clips)
 
     def _generate(self, clips: list[Clip]) -> list[Result]:
         prompts = [self.prompt_for(clip) for clip in clips]

@@ -1,0 +1,150 @@
+"""audio_caption: BEATs-Conformer-BART captions of a clip's sound, and its pooled BEATs features.
+
+The model saw clips of up to 30 s in training (Clotho), so longer audio is cut into equal windows
+of at most `window_s` (a 70 s clip gives three of 23.3 s) and each window is captioned. The clip's
+`caption` is its most confident window's; every window's caption is in `windows`. Decoding is the
+release's beam search (4 beams, no repeated trigram, 5 to 100 tokens). Windows of all the clips in
+a batch are encoded and decoded together, `window_batch` at a time.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from extract.beats_conformer_bart import BEAM_SEARCH, SAMPLE_RATE, CheckpointMismatch, load_released, normalised_fbank
+from extract.decode import MediaSpec
+from extract.errors import ConfigError
+from extract.generation import summarise
+from extract.heads import Clip, Head, Result, checkpoint_error, register, resolve_dtype, split_on_oom
+
+CHECKPOINT_FILES = ("config.json", "pytorch_model.bin")
+MIN_SAMPLES = 400 + 15 * 160  # one 16-frame patch column: the shortest audio the encoder can take (0.175 s)
+
+
+def fetch_checkpoint(checkpoint: str, revision: str | None) -> Path:
+    """A local folder as is; a hub id downloaded (or found in the cache) with just the files the loader reads."""
+    if Path(checkpoint).is_dir():
+        return Path(checkpoint)
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(checkpoint, revision=revision, allow_patterns=list(CHECKPOINT_FILES)))
+    except Exception as exc:  # offline, unknown repo, no access: all one message
+        raise checkpoint_error(checkpoint, exc) from exc
+
+
+def windows_of(samples: int, window_s: float) -> list[tuple[int, int]]:
+    """[start, end) sample ranges: the fewest equal windows no longer than window_s."""
+    count = max(1, math.ceil(samples / (window_s * SAMPLE_RATE)))
+    bounds = [round(i * samples / count) for i in range(count + 1)]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+@register
+class AudioCaption(Head):
+    name = "audio_caption"
+
+    def __init__(self, checkpoint: str, tokenizer: str = "facebook/bart-base", revision: str | None = None,
+                 window_s: float = 30.0, window_batch: int = 16, num_beams: int = BEAM_SEARCH["num_beams"],
+                 max_length: int = BEAM_SEARCH["max_length"], dtype: str = "auto"):
+        self.model_id, self.tokenizer_id, self.revision = checkpoint, tokenizer, revision
+        self.window_s, self.window_batch, self.dtype_name = window_s, window_batch, dtype
+        self.beam_search = {**BEAM_SEARCH, "num_beams": num_beams, "max_length": max_length}
+        self.media_spec = MediaSpec(audio=True, sample_rate=SAMPLE_RATE)
+
+    def load(self, device: torch.device) -> None:
+        from transformers import AutoTokenizer
+
+        folder = fetch_checkpoint(self.model_id, self.revision)
+        missing = [name for name in CHECKPOINT_FILES if not (folder / name).is_file()]
+        if missing:
+            raise checkpoint_error(self.model_id, FileNotFoundError(f"{', '.join(missing)} not in {folder}"))
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_id)
+        except (OSError, ValueError) as exc:
+            raise checkpoint_error(self.tokenizer_id, exc) from exc
+        try:
+            model = load_released(folder)
+        except CheckpointMismatch as exc:
+            raise ConfigError(f"{self.model_id} is not a BEATs-Conformer-BART checkpoint this head can load: {exc}") from exc
+        self.model = model.to(device=device, dtype=resolve_dtype(self.dtype_name, device)).eval()
+        if self.window_s * SAMPLE_RATE > self._longest_window_samples():
+            raise ConfigError(f"window_s={self.window_s:g} is longer than the model's {self._longest_window_samples() / SAMPLE_RATE:.1f} s "
+                              "cross-attention positions")
+        self.device = device
+
+    def _longest_window_samples(self) -> int:
+        """Audio whose downsampled encoding still fits the decoder's learned cross-attention positions."""
+        positions = self.model.max_cross_positions
+        conv = self.model.downsample_conv
+        tokens = (positions - 1) * conv.stride[0] + conv.kernel_size[0]
+        per_column = self.model.encoder.patches_per_step
+        frames = (tokens // per_column) * self.model.encoder.patch + self.model.encoder.patch - 1
+        return 400 + (frames - 1) * 160
+
+    def infer(self, clips: list[Clip]) -> list[Result]:
+        results: list[Result | None] = [None] * len(clips)
+        windows = []  # (clip index, start s, end s, samples)
+        for index, clip in enumerate(clips):
+            media = clip.media
+            if not media.has_audio or media.audio is None:
+                results[index] = Result(fields={"has_audio": False, "num_windows": 0}, status="skipped",
+                                        error_type="no_audio", error="the clip has no audio stream")
+            elif len(media.audio) < MIN_SAMPLES:
+                results[index] = Result(fields={"has_audio": True, "num_windows": 0, "audio_s": round(len(media.audio) / SAMPLE_RATE, 3)},
+                                        status="skipped", error_type="too_short",
+                                        error=f"{len(media.audio) / SAMPLE_RATE:.3f} s of audio; captioning needs at least {MIN_SAMPLES / SAMPLE_RATE:.3f} s")
+            else:
+                for start, end in windows_of(len(media.audio), self.window_s):
+                    windows.append((index, start / SAMPLE_RATE, end / SAMPLE_RATE, media.audio[start:end]))
+
+        outputs = []
+        for first in range(0, len(windows), self.window_batch):
+            outputs += split_on_oom(self._caption_windows, [w[3] for w in windows[first : first + self.window_batch]])
+
+        for index, clip in enumerate(clips):
+            if results[index] is None:
+                mine = [(w, out) for w, out in zip(windows, outputs) if w[0] == index]
+                results[index] = self._clip_result(clip, mine)
+        return results
+
+    def _clip_result(self, clip: Clip, windows: list) -> Result:
+        entries = [{"start": round(start, 3), "end": round(end, 3), "caption": out["generated"].text, **out["generated"].fields()}
+                   for (_, start, end, _), out in windows]
+        best = max(range(len(entries)), key=lambda i: entries[i]["confidence"])
+        weights = np.array([out["tokens"] for _, out in windows], dtype=np.float64)
+        pooled = (np.stack([out["pooled"] for _, out in windows]) * weights[:, None]).sum(0) / weights.sum()
+        fields = {"caption": entries[best]["caption"], **{k: entries[best][k] for k in ("confidence", "mean_logprob", "num_tokens", "finish_reason")},
+                  "has_audio": True, "audio_s": round(len(clip.media.audio) / SAMPLE_RATE, 3), "num_windows": len(entries),
+                  "windows": entries, "feature_dim": int(pooled.shape[0]), "feature_layer": self.model.repr_layer,
+                  "tokenizer": self.tokenizer_id, "revision": self.revision}
+        return Result(fields=fields, arrays={"features": pooled.astype(np.float16)})
+
+    @torch.no_grad()
+    def _caption_windows(self, audio: list[np.ndarray]) -> list[dict]:
+        from transformers.modeling_outputs import BaseModelOutput
+
+        fbanks = [normalised_fbank(torch.from_numpy(np.ascontiguousarray(a)).to(self.device)) for a in audio]
+        frames = torch.tensor([len(f) for f in fbanks], device=self.device)
+        batch = torch.nn.utils.rnn.pad_sequence(fbanks, batch_first=True).to(self.model.bart.dtype)
+        encoded = self.model.encode(batch, frames)
+        # generate expands its encoder_outputs to the beams in place: each call gets its own
+        sequences = self.model.bart.generate(encoder_outputs=BaseModelOutput(last_hidden_state=encoded.hidden),
+                                             attention_mask=encoded.mask, **self.beam_search)
+        # the caption's own token probabilities, read back in one teacher-forced pass
+        logits = self.model.bart(encoder_outputs=BaseModelOutput(last_hidden_state=encoded.hidden), attention_mask=encoded.mask,
+                                 decoder_input_ids=sequences[:, :-1]).logits.float()
+        logprobs = torch.log_softmax(logits, dim=-1).gather(-1, sequences[:, 1:, None])[..., 0].cpu()
+        pooled, tokens = encoded.pooled_beats.float().cpu().numpy(), encoded.beats_tokens.tolist()
+        eos_ids = {self.beam_search["eos_token_id"]}
+        results = []
+        for row, sequence in enumerate(sequences[:, 1:].tolist()):
+            generated = summarise(self.tokenizer, sequence, logprobs[row], eos_ids)
+            if generated.num_tokens + 2 >= self.beam_search["max_length"]:
+                generated.finish_reason = "length"  # BART forces an end token at max_length; the caption was cut
+            results.append({"generated": generated, "pooled": pooled[row], "tokens": tokens[row]})
+        return results

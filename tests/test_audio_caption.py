@@ -1,0 +1,202 @@
+"""audio_caption: BEATs-Conformer-BART written for this project, a tiny random release-format checkpoint, on CPU."""
+
+import io
+
+import numpy as np
+import pytest
+import torch
+import webdataset as wds
+
+from conftest import compose_cfg, make_clip, read_records, write_shard
+from extract.beats_conformer_bart import CheckpointMismatch, kaldi_fbank, load_state
+from extract.decode import decode_media
+from extract.errors import ConfigError
+from extract.heads import Clip, build
+from extract.heads.audio_caption import windows_of
+from extract.runner import run
+from extract.tiny import TINY_CAPTIONER, released_layout, random_released_state, save_tiny_audio_captioner
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return save_tiny_audio_captioner(tmp_path_factory.mktemp("tiny-captioner"))
+
+
+def _head(checkpoint, **options):
+    head = build("audio_caption", {"checkpoint": str(checkpoint), "tokenizer": str(checkpoint), "max_length": 20,
+                                   "dtype": "float32", **options})
+    head.load(torch.device("cpu"))
+    return head
+
+
+# ---------------------------------------------------------------------------- front end
+def reference_fbank(signal: np.ndarray, bins: int = 128) -> np.ndarray:
+    """Kaldi's fbank written out frame by frame in float64 from its definition (compute-fbank-feats)."""
+    length, shift, fft = 400, 160, 512
+    n = np.arange(length)
+    window = (0.5 - 0.5 * np.cos(2 * np.pi * n / (length - 1))) ** 0.85  # povey
+    mel = lambda f: 1127.0 * np.log(1 + f / 700.0)  # noqa: E731
+    low, high = mel(20.0), mel(8000.0)
+    centres = [low + (high - low) * m / (bins + 1) for m in range(bins + 2)]  # edges: left, centre, right
+    out = []
+    for start in range(0, len(signal) - length + 1, shift):
+        frame = signal[start : start + length].astype(np.float64)
+        frame = frame - frame.mean()
+        frame = np.append(frame[0] - 0.97 * frame[0], frame[1:] - 0.97 * frame[:-1])
+        power = np.abs(np.fft.rfft(frame * window, fft)) ** 2
+        energies = []
+        for m in range(bins):
+            total = 0.0
+            for k in range(fft // 2):  # Kaldi leaves the Nyquist bin out
+                f = mel(k * 16000 / fft)
+                left, centre, right = centres[m], centres[m + 1], centres[m + 2]
+                if left < f < right:
+                    total += power[k] * ((f - left) / (centre - left) if f <= centre else (right - f) / (right - centre))
+            energies.append(total)
+        out.append(np.log(np.maximum(energies, np.finfo(np.float32).eps)))
+    return np.array(out)
+
+
+SIGNAL = np.random.default_rng(0).uniform(-0.5, 0.5, 16000 // 4).astype(np.float32) * 2**15
+
+
+def test_fbank_matches_kaldis_definition():
+    ours = kaldi_fbank(torch.from_numpy(SIGNAL)).numpy()
+    assert ours.shape == (1 + (len(SIGNAL) - 400) // 160, 128)
+    np.testing.assert_allclose(ours, reference_fbank(SIGNAL), atol=2e-3)
+
+
+def test_fbank_matches_torchaudio():
+    kaldi = pytest.importorskip("torchaudio.compliance.kaldi")  # where a torchaudio matching torch is installed
+    signal = SIGNAL
+    ours = kaldi_fbank(torch.from_numpy(signal)).numpy()
+    theirs = kaldi.fbank(torch.from_numpy(signal)[None], num_mel_bins=128, sample_frequency=16000, frame_length=25, frame_shift=10)
+    np.testing.assert_allclose(ours, theirs.numpy(), atol=2e-3)
+
+
+def test_windows_are_equal_and_cover_the_audio():
+    assert windows_of(16000 * 30, 30.0) == [(0, 480000)]
+    windows = windows_of(16000 * 70, 30.0)
+    assert len(windows) == 3 and windows[0][0] == 0 and windows[-1][1] == 16000 * 70
+    assert all(a[1] == b[0] for a, b in zip(windows, windows[1:]))
+    assert {end - start for start, end in windows} <= {373333, 373334}
+
+
+# ---------------------------------------------------------------------------- release loader
+def _layout():
+    from extract.beats_conformer_bart import BEATS_CONFIG
+    from extract.tiny import tiny_bart_tokenizer
+
+    return released_layout(TINY_CAPTIONER["bart"], {**BEATS_CONFIG, **TINY_CAPTIONER["beats_config"]},
+                           {"num_hidden_layers": 2, **TINY_CAPTIONER["conformer_config"]}, len(tiny_bart_tokenizer()))
+
+
+def _empty_model(checkpoint):
+    from extract.beats_conformer_bart import BeatsConformerBart, read_bart_config
+
+    config, extra, released = read_bart_config(checkpoint)
+    return BeatsConformerBart(config, **extra, **released)
+
+
+def test_loader_uses_every_released_tensor_and_fills_every_parameter(checkpoint):
+    state = random_released_state(_layout(), seed=3)
+    model = _empty_model(checkpoint)
+    load_state(model, state)
+    ours = model.state_dict()
+    assert torch.equal(ours["bart.lm_head.weight"], state["decoder.embed_tokens.weight"])
+    assert torch.equal(ours["bart.model.decoder.layers.1.encoder_attn.q_proj.weight"], state["decoder.layers.1.encoder_attn.q_proj.weight"])
+    # the folded weight norm equals torch's own weight-norm parametrisation of the same g and v
+    conv = torch.nn.Conv1d(48, 48, 8, groups=4)
+    conv = torch.nn.utils.parametrizations.weight_norm(conv, dim=2)
+    conv.parametrizations.weight.original0.data = state["encoder.encoder.pos_conv.0.weight_g"]
+    conv.parametrizations.weight.original1.data = state["encoder.encoder.pos_conv.0.weight_v"]
+    torch.testing.assert_close(ours["encoder.encoder.pos_conv.weight"], conv.weight)
+
+    for key in ("encoder.encoder.layers.2.fc1.bias", "postencoder.layers.1.conv_module.batch_norm.running_var",
+                "encoder_embed_mlp.fc2.weight", "cross_embed_positions.weight", "final_logits_bias"):
+        broken = dict(state)
+        del broken[key]
+        with pytest.raises(CheckpointMismatch, match="missing|has no"):
+            load_state(_empty_model(checkpoint), broken)
+    with pytest.raises(CheckpointMismatch, match="left over: encoder.extra"):
+        load_state(_empty_model(checkpoint), {**state, "encoder.extra.weight": torch.zeros(1)})
+    with pytest.raises(CheckpointMismatch, match="wrong shape"):
+        load_state(_empty_model(checkpoint), {**state, "downsample_conv.bias": torch.zeros(7)})
+    with pytest.raises(CheckpointMismatch, match="ties"):
+        load_state(_empty_model(checkpoint), {**state, "lm_head.weight": torch.zeros_like(state["lm_head.weight"])})
+
+
+def test_missing_files_are_one_clear_error(checkpoint, tmp_path):
+    with pytest.raises(ConfigError, match=r"cannot load checkpoint .*huggingface-cli download"):
+        _head(tmp_path)  # an empty folder
+    with pytest.raises(ConfigError, match=r"cannot load checkpoint '/nonexistent-tokenizer'"):
+        build("audio_caption", {"checkpoint": str(checkpoint), "tokenizer": "/nonexistent-tokenizer"}).load(torch.device("cpu"))
+
+
+# ---------------------------------------------------------------------------- head
+def _clips(head, seconds=(1.0, 2.6, 4.3), tones=(440, 950, 2200)):
+    return [Clip(f"k{i}", "v", 0.0, s, decode_media(make_clip(s, tone=t, size="32x32", rate=4), head.media_spec))
+            for i, (s, t) in enumerate(zip(seconds, tones))]
+
+
+def test_beam_search_and_features_do_not_depend_on_the_batch(checkpoint):
+    head = _head(checkpoint)
+    clips = _clips(head)
+    alone = [head.infer([clip])[0] for clip in clips]
+    together = head.infer(clips)
+    assert len({a.fields["caption"] for a in alone}) > 1  # the captions depend on the sound
+    for a, b in zip(alone, together):
+        assert a.fields["caption"] == b.fields["caption"] and a.fields["num_tokens"] == b.fields["num_tokens"]
+        assert a.fields["confidence"] == pytest.approx(b.fields["confidence"], abs=1e-4)
+        np.testing.assert_allclose(a.arrays["features"].astype(np.float32), b.arrays["features"].astype(np.float32), atol=2e-3)
+
+
+def test_padding_is_masked_before_the_conformer_convolution(checkpoint):
+    """Without the mask, padded positions leak into a shorter clip's last frames (so the test above can fail)."""
+    head = _head(checkpoint)
+    short, long = _clips(head, seconds=(1.0, 4.3), tones=(440, 950))
+    from extract.beats_conformer_bart import normalised_fbank
+
+    fbanks = [normalised_fbank(torch.from_numpy(c.media.audio)) for c in (short, long)]
+    frames = torch.tensor([len(f) for f in fbanks])
+    batch = torch.nn.utils.rnn.pad_sequence(fbanks, batch_first=True)
+    with torch.no_grad():
+        alone = head.model.encode(fbanks[0][None], frames[:1]).hidden[0]
+        masked = head.model.encode(batch, frames).hidden[0, : len(alone)]
+        head.model._mask_padding = lambda module, args: None
+        for layer in head.model.postencoder.layers:
+            layer.conv_module.depthwise_conv._forward_pre_hooks.clear()
+        unmasked = head.model.encode(batch, frames).hidden[0, : len(alone)]
+    torch.testing.assert_close(masked, alone, atol=1e-4, rtol=1e-4)
+    assert (unmasked - alone).abs().max() > 1e-3
+
+
+def test_end_to_end_records_windows_and_features(checkpoint, tmp_path):
+    (tmp_path / "in").mkdir()
+    members = [("tone a (0-2).mp4", make_clip(2.0, tone=440, size="32x32", rate=4)),
+               ("long one (0-65).mp4", make_clip(65.0, tone=700, size="32x32", rate=1)),
+               ("silent film (0-1).mp4", make_clip(1.0, tone=None, size="32x32", rate=4)),
+               ("tiny blip (0-0.1).mkv", make_clip(0.1, tone=440, size="32x32", rate=10, fmt="matroska")),
+               ("broken (0-1).mp4", np.random.default_rng(0).bytes(5000))]
+    write_shard(tmp_path / "in" / "a.tar", members)
+    cfg = compose_cfg("+model=audio_caption", f"model.checkpoint={checkpoint}", f"model.tokenizer={checkpoint}",
+                      "model.max_length=12", f"tar_folder={tmp_path / 'in'}", f"output_dir={tmp_path / 'out'}",
+                      "num_workers=1", "batch_size=2", "wandb.mode=disabled")
+    run(cfg)
+    folder = tmp_path / "out" / "audio_caption"
+    records = {r["video_id"]: r for r in read_records(folder)}
+    assert len(records) == 5
+    samples = {s["__key__"]: s for s in wds.WebDataset(str(folder / "a.tar"), shardshuffle=False)}
+    for video_id, windows in (("tone a", 1), ("long one", 3)):
+        record = records[video_id]
+        assert record["status"] == "ok" and record["has_audio"] and record["num_windows"] == windows
+        assert record["caption"] and 0 <= record["confidence"] <= 1 and record["finish_reason"] in ("eos", "length")
+        assert record["windows"][0]["start"] == 0 and record["windows"][-1]["end"] == pytest.approx(record["audio_s"], abs=1e-3)
+        assert record["caption"] in [w["caption"] for w in record["windows"]]
+        assert record["feature_dim"] == 48 and record["feature_layer"] == 2 and record["arrays"] == ["features"]
+        features = np.load(io.BytesIO(samples[record["key"]]["features.npy"]))
+        assert features.dtype == np.float16 and features.shape == (48,) and np.isfinite(features).all()
+    silent = records["silent film"]
+    assert (silent["status"], silent["error_type"], silent["has_audio"]) == ("skipped", "no_audio", False)
+    assert records["tiny blip"]["status"] == "skipped" and records["tiny blip"]["error_type"] == "too_short"
+    assert records["broken"]["status"] == "error" and records["broken"]["error"]
