@@ -5,6 +5,7 @@
     python -m extract.bench llava_video [--checkpoint DIR] [--frames 64] [--new-tokens 32] [--batches 1,2,4]
     python -m extract.bench grounding_sam [--detector DIR --segmenter DIR] [--batches 1,2,4]
     python -m extract.bench internvl [--checkpoint DIR] [--new-tokens 32] [--batches 1,2,4]
+    python -m extract.bench audio_caption [--size full|tiny] [--seconds 10] [--caption-tokens 20] [--batches 1,4,16]
 
 `data`: the streaming path (tar.gz -> clip member -> N decoded frames + 16 kHz audio, in DataLoader
 workers behind the decode watchdog) against the same decode from bytes already in memory (the
@@ -217,6 +218,37 @@ def bench_grounding_sam(args) -> None:
         _time_keyframes(head, device, args.batches)
 
 
+def bench_audio_caption(args) -> None:
+    """Clips/s of the audio_caption head per batch of windows, at the released size with random weights."""
+    from extract.heads import Clip, build
+    from extract.tiny import save_random_audio_captioner, save_tiny_audio_captioner
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = str((save_random_audio_captioner if args.size == "full" else save_tiny_audio_captioner)(tmp))
+        batches = [int(b) for b in args.batches.split(",")]
+        head = build("audio_caption", {"checkpoint": folder, "tokenizer": folder, "window_batch": max(batches)})
+        head.load(device)
+        # random weights rarely say </s>: every caption gets the same length
+        head.beam_search.update(min_length=args.caption_tokens + 2, max_length=args.caption_tokens + 2)
+        parameters = sum(p.numel() for p in head.model.parameters()) / 1e6
+        print(f"# extract.bench audio_caption: {'released architecture, RANDOM weights' if args.size == 'full' else 'TINY random model'} "
+              f"({parameters:.1f} M parameters) on {device.type}, {head.model.bart.dtype}, {args.seconds:g} s clips (one window each), "
+              f"beam {head.beam_search['num_beams']}, {args.caption_tokens}-token captions")
+        media = decode_media(lavfi_clip(args.seconds, "testsrc", size="64x64", rate=1, tone=440), head.media_spec)
+        print(f"{'clips':>5}  {'clips/s':>8}  {'audio s/s':>9}  {'peak memory':>11}")
+        for batch in batches:
+            clips = [Clip(f"k{i}", "v", 0.0, args.seconds, media) for i in range(batch)]
+            with torch.inference_mode():
+                head.infer(clips)  # warm-up
+                _sync(device)
+                started = time.perf_counter()
+                head.infer(clips)
+                _sync(device)
+                elapsed = time.perf_counter() - started
+            print(f"{batch:>5}  {batch / elapsed:>8.2f}  {batch * args.seconds / elapsed:>9.1f}  {_peak_memory(device) / 2**30:>9.2f} GiB")
+
+
 def _time_keyframes(head, device: torch.device, batches: str) -> None:
     """Print keyframes/s and peak memory of `head.infer` on batches of the same decoded clip."""
     from extract.heads import Clip
@@ -272,9 +304,14 @@ def main() -> None:
     internvl.add_argument("--checkpoint")
     internvl.add_argument("--new-tokens", type=int, default=32)
     internvl.add_argument("--batches", default="1,2,4")
+    audio = sub.add_parser("audio_caption", help="audio_caption clips/s per batch (released size, random weights)")
+    audio.add_argument("--size", choices=("full", "tiny"), default="full")
+    audio.add_argument("--seconds", type=float, default=10.0)
+    audio.add_argument("--caption-tokens", type=int, default=20)
+    audio.add_argument("--batches", default="1,4,16")
     args = parser.parse_args()
-    {"data": bench_data, "av_sync": bench_av_sync, "llava_video": bench_llava_video,
-     "grounding_sam": bench_grounding_sam, "internvl": bench_internvl}[args.what](args)
+    {"data": bench_data, "av_sync": bench_av_sync, "llava_video": bench_llava_video, "grounding_sam": bench_grounding_sam,
+     "internvl": bench_internvl, "audio_caption": bench_audio_caption}[args.what](args)
 
 
 if __name__ == "__main__":

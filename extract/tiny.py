@@ -287,6 +287,39 @@ def tiny_bart_tokenizer():
                                    unk_token="<unk>")
 
 
+def word_tokenizer(size: int):
+    """A word-level tokenizer of `size` made-up words with BART's special ids, to decode full-size random models."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {token: i for i, token in enumerate(["<s>", "<pad>", "</s>", "<unk>"] + [f"w{i}" for i in range(4, size)])}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+
+
+def save_random_audio_captioner(folder: str | Path, seed: int = 0) -> Path:
+    """The released architecture at full size (BEATs iter3, 2-layer Conformer, 6-layer BART decoder, 50265
+    tokens) with random weights, in the release's format, for benchmarks."""
+    import json
+
+    import torch
+
+    from extract.beats_conformer_bart import BEATS_CONFIG, CONFORMER_CONFIG
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    bart = {"d_model": 768, "decoder_layers": 6, "decoder_attention_heads": 16, "decoder_ffn_dim": 3072,
+            "max_position_embeddings": 128, "max_cross_position_embeddings": 512, "encoder_repr_layer_idx": 10,
+            "encoder_downsample_rate": 3, "embed_predictor_ffn_dim": 3072, "embed_predictor_out_dim": 768,
+            "decoder_start_token_id": 2, "pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2, "vocab_size": 50265}
+    (folder / "config.json").write_text(json.dumps({**bart, "model_type": "bart"}, indent=2))
+    layout = released_layout(bart, BEATS_CONFIG, CONFORMER_CONFIG, bart["vocab_size"])
+    torch.save(random_released_state(layout, seed, scale=0.02), folder / "pytorch_model.bin")
+    word_tokenizer(bart["vocab_size"]).save_pretrained(folder)
+    return folder
+
+
 def save_tiny_audio_captioner(folder: str | Path, seed: int = 0) -> Path:
     """A tiny BEATs-Conformer-BART as the authors release theirs: config.json (a BartConfig with the
     captioner's fields) and pytorch_model.bin under their key names; plus a tokenizer in the same folder."""

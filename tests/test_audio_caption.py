@@ -200,3 +200,42 @@ def test_end_to_end_records_windows_and_features(checkpoint, tmp_path):
     assert (silent["status"], silent["error_type"], silent["has_audio"]) == ("skipped", "no_audio", False)
     assert records["tiny blip"]["status"] == "skipped" and records["tiny blip"]["error_type"] == "too_short"
     assert records["broken"]["status"] == "error" and records["broken"]["error"]
+
+
+# ---------------------------------------------------------------------------- BEATs pieces against their definitions
+def test_relative_buckets_follow_the_bidirectional_log_scheme():
+    from extract.beats_conformer_bart import relative_position_buckets
+
+    buckets = relative_position_buckets(900, num_buckets=320, max_distance=800)
+    for query, key in [(0, 0), (5, 0), (0, 5), (10, 90), (90, 10), (0, 79), (0, 80), (0, 500), (0, 899), (899, 0)]:
+        distance, half, exact = key - query, 160, 80
+        expected = (half if distance > 0 else 0) + (
+            abs(distance) if abs(distance) < exact
+            else min(half - 1, exact + int(np.log(abs(distance) / exact) / np.log(800 / exact) * (half - exact))))
+        assert buckets[query, key] == expected, (query, key)
+
+
+def test_gated_attention_matches_the_fp16_safe_formulation():
+    """BEATs computes softmax((q k / 32 - max) * 32 + gate * bias) for fp16 safety; the SDPA path must agree."""
+    from extract.beats_conformer_bart import GatedRelativeAttention
+
+    torch.manual_seed(0)
+    heads, dim, length = 4, 32, 11
+    attention = GatedRelativeAttention(dim, heads, num_buckets=16).eval()
+    torch.nn.init.normal_(attention.grep_a, 1.0, 0.3)
+    x, bias = torch.randn(2, length, dim), torch.randn(heads, length, length)
+    padding = torch.zeros(2, length, dtype=torch.bool)
+    padding[1, 8:] = True
+
+    q = attention.q_proj(x).view(2, length, heads, -1).transpose(1, 2)
+    k = attention.k_proj(x).view(2, length, heads, -1).transpose(1, 2)
+    v = attention.v_proj(x).view(2, length, heads, -1).transpose(1, 2)
+    scores = (q * (dim // heads) ** -0.5 / 32) @ k.transpose(-1, -2)
+    scores = (scores - scores.amax(dim=-1, keepdim=True)) * 32
+    scores = scores.masked_fill(padding[:, None, None, :], float("-inf"))
+    gate = torch.sigmoid(attention.grep_linear(q).view(2, heads, length, 2, 4).sum(-1))
+    gate = gate[..., :1] * (gate[..., 1:] * attention.grep_a - 1.0) + 2.0
+    reference = torch.softmax(scores + gate * bias, dim=-1) @ v
+    reference = attention.out_proj(reference.transpose(1, 2).reshape(2, length, dim))
+    with torch.no_grad():
+        torch.testing.assert_close(attention(x, bias, padding), reference, atol=1e-5, rtol=1e-5)
