@@ -238,14 +238,7 @@ def bench_audio_caption(args) -> None:
         media = decode_media(lavfi_clip(args.seconds, "testsrc", size="64x64", rate=1, tone=440), head.media_spec)
         print(f"{'clips':>5}  {'clips/s':>8}  {'audio s/s':>9}  {'peak memory':>11}")
         for batch in batches:
-            clips = [Clip(f"k{i}", "v", 0.0, args.seconds, media) for i in range(batch)]
-            with torch.inference_mode():
-                head.infer(clips)  # warm-up
-                _sync(device)
-                started = time.perf_counter()
-                head.infer(clips)
-                _sync(device)
-                elapsed = time.perf_counter() - started
+            elapsed = _time_infer(head, [Clip(f"k{i}", "v", 0.0, args.seconds, media) for i in range(batch)], device)
             print(f"{batch:>5}  {batch / elapsed:>8.2f}  {batch * args.seconds / elapsed:>9.1f}  {_peak_memory(device) / 2**30:>9.2f} GiB")
 
 
@@ -257,15 +250,19 @@ def _time_keyframes(head, device: torch.device, batches: str) -> None:
     media = decode_media(lavfi_clip(4, "testsrc2", size="640x360", rate=30), head.media_spec)
     print(f"{'clips':>5}  {'keyframes/s':>11}  {'peak memory':>11}")
     for batch in [int(b) for b in batches.split(",")]:
-        clips = [Clip(f"k{i}", "v", 0.0, 4.0, media) for i in range(batch)]
-        with torch.inference_mode():
-            head.infer(clips)  # warm-up
-            _sync(device)
-            started = time.perf_counter()
-            head.infer(clips)
-            _sync(device)
-            elapsed = time.perf_counter() - started
+        elapsed = _time_infer(head, [Clip(f"k{i}", "v", 0.0, 4.0, media) for i in range(batch)], device)
         print(f"{batch:>5}  {batch * head.media_spec.num_frames / elapsed:>11.1f}  {_peak_memory(device) / 2**30:>9.2f} GiB")
+
+
+def _time_infer(head, clips: list, device: torch.device) -> float:
+    """Seconds for one `head.infer(clips)` after a warm-up call."""
+    with torch.inference_mode():
+        head.infer(clips)
+        _sync(device)
+        started = time.perf_counter()
+        head.infer(clips)
+        _sync(device)
+        return time.perf_counter() - started
 
 
 def _peak_memory(device: torch.device) -> int:
