@@ -2,9 +2,9 @@
 
     python -m extract.bench data [--clips 48] [--shards 4] [--workers 0,1,2]
     python -m extract.bench av_sync
-    python -m extract.bench llava_video [--checkpoint DIR] [--frames 64] [--new-tokens 32] [--batches 1,2,4]
-    python -m extract.bench grounding_sam [--detector DIR --segmenter DIR] [--batches 1,2,4]
-    python -m extract.bench internvl [--checkpoint DIR] [--new-tokens 32] [--batches 1,2,4]
+    python -m extract.bench llava_video [--size full] [--checkpoint DIR] [--frames 64] [--new-tokens 32] [--batches 1,2,4,8,16]
+    python -m extract.bench grounding_sam [--size full] [--detector DIR --segmenter DIR] [--batches 1,2,4]
+    python -m extract.bench internvl [--size full] [--checkpoint DIR] [--new-tokens 32] [--batches 1,2,4]
     python -m extract.bench audio_caption [--size full|tiny] [--seconds 10] [--caption-tokens 20] [--batches 1,4,16]
 
 `data`: the streaming path (tar.gz -> clip member -> N decoded frames + 16 kHz audio, in DataLoader
@@ -148,74 +148,184 @@ def bench_av_sync(args) -> None:
               f"{max(errors) * fps:>16.2f}  {100 * within:>13.0f}%  {len(clips) / elapsed:>7.1f}")
 
 
+# dense bf16 tensor-core FLOP/s and HBM bytes/s from the vendors' datasheets, matched on the device name
+DEVICE_PEAKS = [("H200", 989e12, 4.8e12), ("H100 NVL", 835e12, 3.9e12), ("H100 PCIe", 756e12, 2.0e12),
+                ("H100", 989e12, 3.35e12), ("A100-SXM4-80GB", 312e12, 2.04e12), ("A100", 312e12, 1.56e12)]
+
+
+def device_peaks(device: torch.device, args) -> tuple[float, float] | None:
+    if args.peak_tflops and args.hbm_tbps:
+        return args.peak_tflops * 1e12, args.hbm_tbps * 1e12
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        return next(((flops, bandwidth) for key, flops, bandwidth in DEVICE_PEAKS if key in name), None)
+    return None
+
+
+def decoder_sizes(text) -> dict:
+    """Parameter and cache sizes of a decoder-only text config (Qwen2/Qwen3/Llama layout)."""
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    q_dim, kv_dim = text.num_attention_heads * head_dim, text.num_key_value_heads * head_dim
+    per_layer = text.hidden_size * (2 * q_dim + 2 * kv_dim) + 3 * text.hidden_size * text.intermediate_size
+    return {"layer_params": per_layer * text.num_hidden_layers, "head_params": text.hidden_size * text.vocab_size,
+            "q_dim": q_dim, "kv_dim": kv_dim, "layers": text.num_hidden_layers}
+
+
+def encoder_flops(vision, tokens: int) -> float:
+    """One image through a ViT-style encoder: 2 FLOPs per weight per token plus attention."""
+    d, layers = vision.hidden_size, vision.num_hidden_layers
+    return layers * (2 * tokens * (4 * d * d + 2 * d * vision.intermediate_size) + 4 * tokens * tokens * d)
+
+
+def llava_floor(config, batch: int, prompt_tokens: int, frames: int, new_tokens: int, peaks: tuple[float, float],
+                bytes_per_value: int = 2) -> tuple[float, float]:
+    """Lower bounds (s) on prefill and decode for this work: each step takes at least its FLOPs at peak
+    tensor throughput and at least its weight and KV-cache reads at peak HBM bandwidth."""
+    flops_peak, bandwidth = peaks
+    text, vision = decoder_sizes(config.text_config), config.vision_config
+    patches = (vision.image_size // vision.patch_size) ** 2
+    projector = 2 * patches * (vision.hidden_size * config.text_config.hidden_size + config.text_config.hidden_size ** 2)
+    prefill_flops = batch * (frames * (encoder_flops(vision, patches) + projector)
+                             + 2 * prompt_tokens * text["layer_params"] + 2 * text["layers"] * prompt_tokens ** 2 * text["q_dim"]
+                             + 2 * text["head_params"])
+    vision_params = vision.num_hidden_layers * (4 * vision.hidden_size ** 2 + 2 * vision.hidden_size * vision.intermediate_size)
+    weights = (text["layer_params"] + text["head_params"] + vision_params) * bytes_per_value
+    prefill = max(prefill_flops / flops_peak, weights / bandwidth)
+    decode = 0.0
+    for step in range(new_tokens):
+        context = prompt_tokens + step
+        step_flops = batch * (2 * (text["layer_params"] + text["head_params"]) + 4 * text["layers"] * context * text["q_dim"])
+        step_bytes = (text["layer_params"] + text["head_params"]) * bytes_per_value \
+            + batch * context * text["layers"] * 2 * text["kv_dim"] * bytes_per_value
+        decode += max(step_flops / flops_peak, step_bytes / bandwidth)
+    return prefill, decode
+
+
 def bench_llava_video(args) -> None:
-    """Generation speed of the llava_video head at a fixed output length, per batch size."""
-    from extract.heads import Clip, build
-    from extract.synthetic import lavfi_clip
+    """Generation speed of the llava_video head at a fixed output length, per batch size and attention kernel,
+    against the floor from FLOPs and HBM bandwidth."""
+    from extract import fullsize
+    from extract.heads import build, resolve_dtype
+    from extract.heads.llava_video import pick_attention
     from extract.tiny import save_tiny_llava_video
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    peaks = device_peaks(device, args)
+    attentions = args.attention.split(",") if args.attention else sorted({"sdpa", pick_attention("auto")})
     with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = args.checkpoint or str(save_tiny_llava_video(tmp))
-        head = build("llava_video", {"checkpoint": checkpoint, "num_frames": args.frames, "max_new_tokens": args.new_tokens})
-        head.load(device)
-        print(f"# extract.bench llava_video: {'TINY random model (not the 7B: timings only show the pipeline works)' if not args.checkpoint else checkpoint} "
-              f"on {device.type}, {args.frames} frames, {args.new_tokens} new tokens per clip, {head.model.dtype}, "
-              f"attention {head.model.config._attn_implementation}")
-        media = decode_media(lavfi_clip(4, "testsrc2", size="640x360", rate=30), head.media_spec)
-        print(f"{'batch':>5}  {'clips/hour':>10}  {'prefill tok/s':>13}  {'decode tok/s':>12}  {'peak memory':>11}")
-        for batch in [int(b) for b in args.batches.split(",")]:
-            clips = [Clip(f"k{i}", "v", 0.0, 4.0, media) for i in range(batch)]
-            inputs = head.processor(text=[head.prompt_for(c) for c in clips], videos=[torch.from_numpy(media.frames)] * batch,
-                                    return_tensors="pt", padding=True, do_sample_frames=False).to(device)
-            inputs["pixel_values_videos"] = inputs["pixel_values_videos"].to(head.model.dtype)
-            prompt_tokens = inputs["input_ids"].numel()
+        for attention in attentions:
+            head = build("llava_video", {"checkpoint": args.checkpoint or (tmp if args.size == "tiny" else "random weights"), "num_frames": args.frames,
+                                         "max_new_tokens": args.new_tokens, "attn_implementation": attention})
+            if args.size == "full":
+                head.attach(*fullsize.llava_video(device, resolve_dtype("auto", device), attention, args.layers), device)
+                what = "LLaVA-Video-7B-Qwen2 architecture (Qwen2-7B + SigLIP-so400m-384), RANDOM weights" + _cut(args.layers)
+            else:
+                if not args.checkpoint:
+                    save_tiny_llava_video(tmp)
+                head.load(device)
+                what = args.checkpoint or "TINY random model (not the 7B: timings only show the pipeline works)"
+            print(f"# extract.bench llava_video: {what} on {_device_name(device)}, {args.frames} frames, {args.new_tokens} new tokens "
+                  f"per clip, {head.model.dtype}, attention {head.model.config._attn_implementation}")
+            _time_llava(head, device, args, peaks)
+            del head
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats(device)
+
+
+def _time_llava(head, device: torch.device, args, peaks) -> None:
+    from extract.heads import Clip
+    from extract.synthetic import lavfi_clip
+
+    media = decode_media(lavfi_clip(4, "testsrc2", size="640x360", rate=30), head.media_spec)
+    floor_columns = f"  {'floor clips/h':>13}  {'of floor':>8}" if peaks else ""
+    print(f"{'batch':>5}  {'clips/hour':>10}  {'prefill tok/s':>13}  {'decode tok/s':>12}  {'peak memory':>11}{floor_columns}")
+    for batch in [int(b) for b in args.batches.split(",")]:
+        clips = [Clip(f"k{i}", "v", 0.0, 4.0, media) for i in range(batch)]
+        inputs = head.processor(text=[head.prompt_for(c) for c in clips], videos=[torch.from_numpy(media.frames)] * batch,
+                                return_tensors="pt", padding=True, do_sample_frames=False).to(device)
+        inputs["pixel_values_videos"] = inputs["pixel_values_videos"].to(head.model.dtype)
+        prompt_tokens = inputs["input_ids"].shape[1]
+        try:
             with torch.inference_mode():
-                head.model(**inputs)  # warm-up
-                _sync(device)
-                started = time.perf_counter()
-                head.model(**inputs)
-                _sync(device)
-                prefill = time.perf_counter() - started
-                started = time.perf_counter()
-                head.model.generate(**inputs, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False)
-                _sync(device)
-                total = time.perf_counter() - started
-            print(f"{batch:>5}  {3600 * batch / total:>10.0f}  {prompt_tokens / prefill:>13.0f}  "
-                  f"{batch * args.new_tokens / max(total - prefill, 1e-9):>12.1f}  {_peak_memory(device) / 2**30:>9.2f} GiB")
+                generate = partial(head.model.generate, **inputs, do_sample=False)
+                generate(max_new_tokens=1)  # warm-up
+                prefill = _timed(generate, device, max_new_tokens=1)  # prefill and the first token
+                total = _timed(generate, device, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens)
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            print(f"{batch:>5}  out of memory")
+            continue
+        row = (f"{batch:>5}  {3600 * batch / total:>10.0f}  {batch * prompt_tokens / prefill:>13.0f}  "
+               f"{batch * (args.new_tokens - 1) / max(total - prefill, 1e-9):>12.1f}  {_peak_memory(device) / 2**30:>9.2f} GiB")
+        if peaks:
+            floor = sum(llava_floor(head.model.config, batch, prompt_tokens, args.frames, args.new_tokens, peaks))
+            row += f"  {3600 * batch / floor:>13.0f}  {floor / total:>8.2f}"
+        print(row)
+
+
+def _timed(function, device: torch.device, **kwargs) -> float:
+    _sync(device)
+    started = time.perf_counter()
+    function(**kwargs)
+    _sync(device)
+    return time.perf_counter() - started
+
+
+def _device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
 
 
 def bench_internvl(args) -> None:
-    """Keyframes/s of the internvl head per batch of clips (a tiny model unless given a checkpoint)."""
-    from extract.heads import build
+    """Keyframes/s of the internvl head per batch of clips (a tiny model unless --size full or a checkpoint)."""
+    from extract import fullsize
+    from extract.heads import build, resolve_dtype
+    from extract.heads.llava_video import pick_attention
     from extract.tiny import save_tiny_internvl
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = args.checkpoint or str(save_tiny_internvl(tmp))
-        head = build("internvl", {"checkpoint": checkpoint, "max_new_tokens": args.new_tokens})
-        head.load(device)
-        print(f"# extract.bench internvl: {'TINY random model (timings only show the path works)' if not args.checkpoint else checkpoint} "
-              f"on {device.type}, {head.media_spec.num_frames} keyframes per clip, up to {args.new_tokens} new tokens each, {head.model.dtype}")
+        head = build("internvl", {"checkpoint": args.checkpoint or (tmp if args.size == "tiny" else "random weights"),
+                                  "max_new_tokens": args.new_tokens})
+        if args.size == "full":
+            head.attach(*fullsize.internvl(device, resolve_dtype("auto", device), pick_attention("auto"), args.layers), device)
+            what = "InternVL3.5-8B architecture (InternViT-300M + Qwen3-8B), RANDOM weights" + _cut(args.layers)
+        else:
+            if not args.checkpoint:
+                save_tiny_internvl(tmp)
+            head.load(device)
+            what = args.checkpoint or "TINY random model (timings only show the path works)"
+        print(f"# extract.bench internvl: {what} on {_device_name(device)}, {head.media_spec.num_frames} keyframes per clip, "
+              f"up to {args.new_tokens} new tokens each, {head.model.dtype}, attention {head.model.config._attn_implementation}")
         _time_keyframes(head, device, args.batches)
 
 
 def bench_grounding_sam(args) -> None:
-    """Keyframes/s of the grounding_sam head per batch of clips (tiny models unless given checkpoints)."""
-    from extract.heads import build
+    """Keyframes/s of the grounding_sam head per batch of clips (tiny models unless --size full or checkpoints)."""
+    from extract import fullsize
+    from extract.heads import build, resolve_dtype
     from extract.tiny import save_tiny_grounding_dino, save_tiny_sam
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     with tempfile.TemporaryDirectory() as tmp:
-        detector = args.detector or str(save_tiny_grounding_dino(Path(tmp) / "gd"))
-        segmenter = args.segmenter or str(save_tiny_sam(Path(tmp) / "sam"))
-        head = build("grounding_sam", {"detector": detector, "segmenter": segmenter, "box_threshold": 0.0,
-                                       "text_threshold": 0.0, "max_detections": args.detections})
-        head.load(device)
-        tiny = not (args.detector and args.segmenter)
-        print(f"# extract.bench grounding_sam: {'TINY random models (timings only show the path works)' if tiny else head.model_id} "
-              f"on {device.type}, {head.media_spec.num_frames} keyframes of 640x360 per clip, {args.detections} boxes each, {head.dtype}")
+        options = {"box_threshold": 0.0, "text_threshold": 0.0, "max_detections": args.detections}
+        if args.size == "full":
+            head = build("grounding_sam", {"detector": "random weights", "segmenter": "random weights", **options})
+            head.attach(*fullsize.grounding_sam(device, resolve_dtype("auto", device), args.layers), device)
+            what = "grounding-dino-base + sam-vit-base architectures, RANDOM weights" + _cut(args.layers)
+        else:
+            detector = args.detector or str(save_tiny_grounding_dino(Path(tmp) / "gd"))
+            segmenter = args.segmenter or str(save_tiny_sam(Path(tmp) / "sam"))
+            head = build("grounding_sam", {"detector": detector, "segmenter": segmenter, **options})
+            head.load(device)
+            what = head.model_id if args.detector and args.segmenter else "TINY random models (timings only show the path works)"
+        print(f"# extract.bench grounding_sam: {what} on {_device_name(device)}, {head.media_spec.num_frames} keyframes of 640x360 "
+              f"per clip, {args.detections} boxes each, {head.dtype}")
         _time_keyframes(head, device, args.batches)
+
+
+def _cut(layers: int | None) -> str:
+    return f", CUT to {layers} layers (a check of the path, not a benchmark)" if layers else ""
 
 
 def bench_audio_caption(args) -> None:
@@ -287,20 +397,28 @@ def main() -> None:
     data.add_argument("--seconds", type=float, default=4.0)
     data.add_argument("--workers", default="0,1,2")
     sub.add_parser("av_sync", help="av_sync accuracy over generated flash/click clips, and clips/s")
-    llava = sub.add_parser("llava_video", help="llava_video generation speed per batch size (tiny model unless --checkpoint)")
-    llava.add_argument("--checkpoint", help="a transformers-format checkpoint; default: a tiny random one")
+
+    llava = sub.add_parser("llava_video", help="llava_video generation speed and its floor per batch size and attention kernel")
+    llava.add_argument("--checkpoint", help="a transformers-format checkpoint")
     llava.add_argument("--frames", type=int, default=64)
     llava.add_argument("--new-tokens", type=int, default=32)
-    llava.add_argument("--batches", default="1,2,4")
-    grounding = sub.add_parser("grounding_sam", help="grounding_sam keyframes/s per batch (tiny models unless given)")
+    llava.add_argument("--attention", help="comma-separated attn_implementation values; default sdpa and flash-attn when installed")
+    llava.add_argument("--peak-tflops", type=float, help="the device's dense bf16 TFLOP/s for the floor (known for H100/H200/A100)")
+    llava.add_argument("--hbm-tbps", type=float, help="the device's memory bandwidth in TB/s for the floor")
+    grounding = sub.add_parser("grounding_sam", help="grounding_sam keyframes/s per batch")
     grounding.add_argument("--detector")
     grounding.add_argument("--segmenter")
     grounding.add_argument("--detections", type=int, default=8)
-    grounding.add_argument("--batches", default="1,2,4")
-    internvl = sub.add_parser("internvl", help="internvl keyframes/s per batch (a tiny model unless --checkpoint)")
+    internvl = sub.add_parser("internvl", help="internvl keyframes/s per batch")
     internvl.add_argument("--checkpoint")
     internvl.add_argument("--new-tokens", type=int, default=32)
-    internvl.add_argument("--batches", default="1,2,4")
+    for model_bench in (llava, grounding, internvl):
+        model_bench.add_argument("--batches", default="1,2,4")
+        model_bench.add_argument("--size", choices=("tiny", "full"), default="tiny",
+                                 help="tiny: a tiny random checkpoint (or the given one); full: the real architecture with "
+                                      "random weights built on the device")
+        model_bench.add_argument("--layers", type=int, help="with --size full: cut the depth, for a quick check on a small machine")
+
     audio = sub.add_parser("audio_caption", help="audio_caption clips/s per batch (released size, random weights)")
     audio.add_argument("--size", choices=("full", "tiny"), default="full")
     audio.add_argument("--seconds", type=float, default=10.0)

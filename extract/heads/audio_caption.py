@@ -87,20 +87,12 @@ class AudioCaption(Head):
         return 400 + (frames - 1) * 160
 
     def infer(self, clips: list[Clip]) -> list[Result]:
-        results: list[Result | None] = [None] * len(clips)
+        results = [self._skipped(clip.media) for clip in clips]
         windows = []  # (clip index, start s, end s, samples)
         for index, clip in enumerate(clips):
-            media = clip.media
-            if not media.has_audio or media.audio is None:
-                results[index] = Result(fields={"has_audio": False, "num_windows": 0}, status="skipped",
-                                        error_type="no_audio", error="the clip has no audio stream")
-            elif len(media.audio) < MIN_SAMPLES:
-                results[index] = Result(fields={"has_audio": True, "num_windows": 0, "audio_s": round(len(media.audio) / SAMPLE_RATE, 3)},
-                                        status="skipped", error_type="too_short",
-                                        error=f"{len(media.audio) / SAMPLE_RATE:.3f} s of audio; captioning needs at least {MIN_SAMPLES / SAMPLE_RATE:.3f} s")
-            else:
-                for start, end in windows_of(len(media.audio), self.window_s):
-                    windows.append((index, start / SAMPLE_RATE, end / SAMPLE_RATE, media.audio[start:end]))
+            if results[index] is None:
+                for start, end in windows_of(len(clip.media.audio), self.window_s):
+                    windows.append((index, start / SAMPLE_RATE, end / SAMPLE_RATE, clip.media.audio[start:end]))
 
         outputs = []
         for first in range(0, len(windows), self.window_batch):
@@ -112,16 +104,28 @@ class AudioCaption(Head):
                 results[index] = self._clip_result(clip, mine)
         return results
 
+    @staticmethod
+    def _skipped(media) -> Result | None:
+        """The reason a clip has nothing to caption, as a skipped result; None when it has."""
+        if not media.has_audio or media.audio is None:
+            return Result(fields={"has_audio": False, "num_windows": 0}, status="skipped", error_type="no_audio",
+                          error="the clip has no audio stream")
+        seconds = len(media.audio) / SAMPLE_RATE
+        if len(media.audio) < MIN_SAMPLES:
+            return Result(fields={"has_audio": True, "num_windows": 0, "audio_s": round(seconds, 3)}, status="skipped",
+                          error_type="too_short", error=f"{seconds:.3f} s of audio; captioning needs at least {MIN_SAMPLES / SAMPLE_RATE:.3f} s")
+        return None
+
     def _clip_result(self, clip: Clip, windows: list) -> Result:
         entries = [{"start": round(start, 3), "end": round(end, 3), "caption": out["generated"].text, **out["generated"].fields()}
                    for (_, start, end, _), out in windows]
         best = max(range(len(entries)), key=lambda i: entries[i]["confidence"])
         weights = np.array([out["tokens"] for _, out in windows], dtype=np.float64)
         pooled = (np.stack([out["pooled"] for _, out in windows]) * weights[:, None]).sum(0) / weights.sum()
-        fields = {"caption": entries[best]["caption"], **{k: entries[best][k] for k in ("confidence", "mean_logprob", "num_tokens", "finish_reason")},
-                  "has_audio": True, "audio_s": round(len(clip.media.audio) / SAMPLE_RATE, 3), "num_windows": len(entries),
-                  "windows": entries, "feature_dim": int(pooled.shape[0]), "feature_layer": self.model.repr_layer,
-                  "tokenizer": self.tokenizer_id, "revision": self.revision}
+        fields = {key: entries[best][key] for key in ("caption", "confidence", "mean_logprob", "num_tokens", "finish_reason")}
+        fields |= {"has_audio": True, "audio_s": round(len(clip.media.audio) / SAMPLE_RATE, 3), "num_windows": len(entries),
+                   "windows": entries, "feature_dim": int(pooled.shape[0]), "feature_layer": self.model.repr_layer,
+                   "tokenizer": self.tokenizer_id, "revision": self.revision}
         return Result(fields=fields, arrays={"features": pooled.astype(np.float16)})
 
     @torch.no_grad()

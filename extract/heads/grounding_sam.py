@@ -43,9 +43,14 @@ class GroundingSam(Head):
     def load(self, device: torch.device) -> None:
         from transformers import GroundingDinoForObjectDetection, SamModel, SamProcessor
 
-        self.dtype, self.device = resolve_dtype(self.dtype_name, device), device
-        self.detector_processor, self.detector = load_pretrained(GroundingDinoForObjectDetection, self.detector_id, device, self.dtype)
-        self.sam_processor, self.sam = load_pretrained(SamModel, self.segmenter_id, device, self.dtype, processor_class=SamProcessor)
+        dtype = resolve_dtype(self.dtype_name, device)
+        self.attach(load_pretrained(GroundingDinoForObjectDetection, self.detector_id, device, dtype),
+                    load_pretrained(SamModel, self.segmenter_id, device, dtype, processor_class=SamProcessor), device)
+
+    def attach(self, detector: tuple, segmenter: tuple, device: torch.device) -> None:
+        """Use these (processor, model) pairs (benchmarks attach full-size random ones built on the device)."""
+        (self.detector_processor, self.detector), (self.sam_processor, self.sam) = detector, segmenter
+        self.dtype, self.device = self.detector.dtype, device
 
     def infer(self, clips: list[Clip]) -> list[Result]:
         frames = [frame for clip in clips for frame in clip.media.frames]  # every keyframe of the batch at once

@@ -31,9 +31,13 @@ class InternVL(Head):
     def load(self, device: torch.device) -> None:
         from transformers import InternVLForConditionalGeneration
 
-        self.processor, self.model = load_pretrained(
+        self.attach(*load_pretrained(
             InternVLForConditionalGeneration, self.model_id, device, resolve_dtype(self.dtype_name, device),
-            self.revision, attn_implementation=pick_attention(self.attn_implementation))
+            self.revision, attn_implementation=pick_attention(self.attn_implementation)), device)
+
+    def attach(self, processor, model, device: torch.device) -> None:
+        """Use this processor and model (benchmarks attach full-size random ones built on the device)."""
+        self.processor, self.model = processor, model
         self.processor.tokenizer.padding_side = "left"
         if self.max_patches <= 1:  # one tile per keyframe: the decoder can resize to it; tiling needs the detail
             size = self.processor.image_processor.size

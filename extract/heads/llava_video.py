@@ -44,9 +44,13 @@ class LlavaVideo(Head):
     def load(self, device: torch.device) -> None:
         from transformers import LlavaOnevisionForConditionalGeneration
 
-        self.processor, self.model = load_pretrained(
+        self.attach(*load_pretrained(
             LlavaOnevisionForConditionalGeneration, self.model_id, device, resolve_dtype(self.dtype_name, device),
-            self.revision, attn_implementation=pick_attention(self.attn_implementation))
+            self.revision, attn_implementation=pick_attention(self.attn_implementation)), device)
+
+    def attach(self, processor, model, device: torch.device) -> None:
+        """Use this processor and model (benchmarks attach full-size random ones built on the device)."""
+        self.processor, self.model = processor, model
         self.processor.tokenizer.padding_side = "left"  # generation continues every row from the right
         size = self.processor.video_processor.size
         height, width = (size["height"], size["width"]) if "height" in size else (size["shortest_edge"],) * 2
