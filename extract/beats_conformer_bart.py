@@ -226,7 +226,7 @@ class BeatsConformerBart(nn.Module):
         self.encoder_embed_mlp = TextEmbeddingPredictor(bart_config.d_model, options["embed_predictor_ffn_dim"],
                                                          options["embed_predictor_out_dim"])
         # the released decoder is BART's: run it as transformers' BartForConditionalGeneration, whose own
-        # text encoder is never used (the audio encoder's output is passed in), so it gets no layers
+        # text encoder is never used (the audio encoder's output is passed in), so it is built empty and dropped
         self.bart = BartForConditionalGeneration(bart_config.__class__(**{**bart_config.to_dict(), "encoder_layers": 0}))
         self.bart.model.encoder = None
         self._conformer_valid = None
