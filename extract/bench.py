@@ -205,7 +205,7 @@ def bench_llava_video(args) -> None:
     """Generation speed of the llava_video head at a fixed output length, per batch size and attention kernel,
     against the floor from FLOPs and HBM bandwidth."""
     from extract import fullsize
-    from extract.heads import build, resolve_dtype
+    from extract.heads import resolve_dtype
     from extract.heads.llava_video import pick_attention
     from extract.tiny import save_tiny_llava_video
 
@@ -214,16 +214,12 @@ def bench_llava_video(args) -> None:
     attentions = args.attention.split(",") if args.attention else sorted({"sdpa", pick_attention("auto")})
     with tempfile.TemporaryDirectory() as tmp:
         for attention in attentions:
-            head = build("llava_video", {"checkpoint": args.checkpoint or (tmp if args.size == "tiny" else "random weights"), "num_frames": args.frames,
-                                         "max_new_tokens": args.new_tokens, "attn_implementation": attention})
-            if args.size == "full":
-                head.attach(*fullsize.llava_video(device, resolve_dtype("auto", device), attention, args.layers), device)
-                what = "LLaVA-Video-7B-Qwen2 architecture (Qwen2-7B + SigLIP-so400m-384), RANDOM weights" + _cut(args.layers)
-            else:
-                if not args.checkpoint:
-                    save_tiny_llava_video(tmp)
-                head.load(device)
-                what = args.checkpoint or "TINY random model (not the 7B: timings only show the pipeline works)"
+            head, what = _captioning_head(
+                "llava_video", args, tmp, device,
+                lambda: fullsize.llava_video(device, resolve_dtype("auto", device), attention, args.layers),
+                "LLaVA-Video-7B-Qwen2 architecture (Qwen2-7B + SigLIP-so400m-384), RANDOM weights", save_tiny_llava_video,
+                "TINY random model (not the 7B: timings only show the pipeline works)",
+                num_frames=args.frames, max_new_tokens=args.new_tokens, attn_implementation=attention)
             print(f"# extract.bench llava_video: {what} on {_device_name(device)}, {args.frames} frames, {args.new_tokens} new tokens "
                   f"per clip, {head.model.dtype}, attention {head.model.config._attn_implementation}")
             _time_llava(head, device, args, peaks)
@@ -256,8 +252,10 @@ def _time_llava(head, device: torch.device, args, peaks) -> None:
             torch.cuda.empty_cache()
             print(f"{batch:>5}  out of memory")
             continue
+        # decode speed from the extra tokens; too few of them to see past the timing noise shows as "-"
+        decode = f"{batch * (args.new_tokens - 1) / (total - prefill):.1f}" if total > prefill and args.new_tokens > 1 else "-"
         row = (f"{batch:>5}  {3600 * batch / total:>10.0f}  {batch * prompt_tokens / prefill:>13.0f}  "
-               f"{batch * (args.new_tokens - 1) / max(total - prefill, 1e-9):>12.1f}  {_peak_memory(device) / 2**30:>9.2f} GiB")
+               f"{decode:>12}  {_peak_memory(device) / 2**30:>9.2f} GiB")
         if peaks:
             floor = sum(llava_floor(head.model.config, batch, prompt_tokens, args.frames, args.new_tokens, peaks))
             row += f"  {3600 * batch / floor:>13.0f}  {floor / total:>8.2f}"
@@ -279,22 +277,17 @@ def _device_name(device: torch.device) -> str:
 def bench_internvl(args) -> None:
     """Keyframes/s of the internvl head per batch of clips (a tiny model unless --size full or a checkpoint)."""
     from extract import fullsize
-    from extract.heads import build, resolve_dtype
+    from extract.heads import resolve_dtype
     from extract.heads.llava_video import pick_attention
     from extract.tiny import save_tiny_internvl
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     with tempfile.TemporaryDirectory() as tmp:
-        head = build("internvl", {"checkpoint": args.checkpoint or (tmp if args.size == "tiny" else "random weights"),
-                                  "max_new_tokens": args.new_tokens})
-        if args.size == "full":
-            head.attach(*fullsize.internvl(device, resolve_dtype("auto", device), pick_attention("auto"), args.layers), device)
-            what = "InternVL3.5-8B architecture (InternViT-300M + Qwen3-8B), RANDOM weights" + _cut(args.layers)
-        else:
-            if not args.checkpoint:
-                save_tiny_internvl(tmp)
-            head.load(device)
-            what = args.checkpoint or "TINY random model (timings only show the path works)"
+        head, what = _captioning_head(
+            "internvl", args, tmp, device,
+            lambda: fullsize.internvl(device, resolve_dtype("auto", device), pick_attention("auto"), args.layers),
+            "InternVL3.5-8B architecture (InternViT-300M + Qwen3-8B), RANDOM weights", save_tiny_internvl,
+            "TINY random model (timings only show the path works)", max_new_tokens=args.new_tokens)
         print(f"# extract.bench internvl: {what} on {_device_name(device)}, {head.media_spec.num_frames} keyframes per clip, "
               f"up to {args.new_tokens} new tokens each, {head.model.dtype}, attention {head.model.config._attn_implementation}")
         _time_keyframes(head, device, args.batches)
@@ -322,6 +315,21 @@ def bench_grounding_sam(args) -> None:
         print(f"# extract.bench grounding_sam: {what} on {_device_name(device)}, {head.media_spec.num_frames} keyframes of 640x360 "
               f"per clip, {args.detections} boxes each, {head.dtype}")
         _time_keyframes(head, device, args.batches)
+
+
+def _captioning_head(name: str, args, folder: str, device: torch.device, full_model, full_description: str, save_tiny,
+                     tiny_description: str, **options):
+    """(head, what it runs): a full-size random model attached, the given checkpoint, or a tiny one saved in `folder`."""
+    from extract.heads import build
+
+    head = build(name, {"checkpoint": args.checkpoint or (folder if args.size == "tiny" else "random weights"), **options})
+    if args.size == "full":
+        head.attach(*full_model(), device)
+        return head, full_description + _cut(args.layers)
+    if not args.checkpoint:
+        save_tiny(folder)
+    head.load(device)
+    return head, args.checkpoint or tiny_description
 
 
 def _cut(layers: int | None) -> str:
