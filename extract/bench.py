@@ -205,8 +205,7 @@ def bench_llava_video(args) -> None:
     """Generation speed of the llava_video head at a fixed output length, per batch size and attention kernel,
     against the floor from FLOPs and HBM bandwidth."""
     from extract import fullsize
-    from extract.heads import resolve_dtype
-    from extract.heads.llava_video import pick_attention
+    from extract.heads import pick_attention, resolve_dtype
     from extract.tiny import save_tiny_llava_video
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -277,8 +276,7 @@ def _device_name(device: torch.device) -> str:
 def bench_internvl(args) -> None:
     """Keyframes/s of the internvl head per batch of clips (a tiny model unless --size full or a checkpoint)."""
     from extract import fullsize
-    from extract.heads import resolve_dtype
-    from extract.heads.llava_video import pick_attention
+    from extract.heads import pick_attention, resolve_dtype
     from extract.tiny import save_tiny_internvl
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -9,6 +9,7 @@ imported on first use, so a new head is one file here plus one YAML in `conf/mod
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 import pkgutil
 from dataclasses import dataclass, field
@@ -83,6 +84,19 @@ def load_pretrained(model_class, checkpoint: str, device: torch.device, dtype: t
     except (OSError, ValueError) as exc:
         raise checkpoint_error(checkpoint, exc) from exc
     return processor, model.to(device).eval()
+
+
+def pick_attention(requested: str) -> str:
+    """flash_attention_2 only when the flash-attn package is installed: never a kernel download at run time."""
+    if requested != "auto":
+        return requested
+    return "flash_attention_2" if importlib.util.find_spec("flash_attn") else "sdpa"
+
+
+def load_generative(model_class, head: "Head", device: torch.device):
+    """(processor, model) of a captioning head from its checkpoint, revision, dtype and attention options."""
+    return load_pretrained(model_class, head.model_id, device, resolve_dtype(head.dtype_name, device), head.revision,
+                           attn_implementation=pick_attention(head.attn_implementation))
 
 
 def split_on_oom(run, items: list) -> list:

@@ -12,8 +12,7 @@ import torch
 
 from extract.decode import MediaSpec
 from extract.generation import combined_confidence, greedy_generate
-from extract.heads import Clip, Head, Result, load_pretrained, register, resolve_dtype
-from extract.heads.llava_video import pick_attention
+from extract.heads import Clip, Head, Result, load_generative, register
 
 
 @register
@@ -31,9 +30,7 @@ class InternVL(Head):
     def load(self, device: torch.device) -> None:
         from transformers import InternVLForConditionalGeneration
 
-        self.attach(*load_pretrained(
-            InternVLForConditionalGeneration, self.model_id, device, resolve_dtype(self.dtype_name, device),
-            self.revision, attn_implementation=pick_attention(self.attn_implementation)), device)
+        self.attach(*load_generative(InternVLForConditionalGeneration, self, device), device)
 
     def attach(self, processor, model, device: torch.device) -> None:
         """Use this processor and model (benchmarks attach full-size random ones built on the device)."""

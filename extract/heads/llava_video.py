@@ -9,23 +9,15 @@ resample them.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 
 import torch
 
 from extract.decode import MediaSpec
 from extract.generation import greedy_generate
-from extract.heads import Clip, Head, Result, load_pretrained, register, resolve_dtype, split_on_oom
+from extract.heads import Clip, Head, Result, load_generative, register, split_on_oom
 
 TIME_INSTRUCTION = ("The video lasts for {duration:.2f} seconds, and {count} frames are uniformly sampled from it. "
                     "These frames are located at {times}.Please answer the following questions related to this video.")
-
-
-def pick_attention(requested: str) -> str:
-    """flash_attention_2 only when the flash-attn package is installed: never a kernel download at run time."""
-    if requested != "auto":
-        return requested
-    return "flash_attention_2" if importlib.util.find_spec("flash_attn") else "sdpa"
 
 
 @register
@@ -44,9 +36,7 @@ class LlavaVideo(Head):
     def load(self, device: torch.device) -> None:
         from transformers import LlavaOnevisionForConditionalGeneration
 
-        self.attach(*load_pretrained(
-            LlavaOnevisionForConditionalGeneration, self.model_id, device, resolve_dtype(self.dtype_name, device),
-            self.revision, attn_implementation=pick_attention(self.attn_implementation)), device)
+        self.attach(*load_generative(LlavaOnevisionForConditionalGeneration, self, device), device)
 
     def attach(self, processor, model, device: torch.device) -> None:
         """Use this processor and model (benchmarks attach full-size random ones built on the device)."""
