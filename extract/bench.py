@@ -25,10 +25,11 @@ import time
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from extract.data import as_list, make_loader
-from extract.decode import MediaSpec, decode_media
+from extract.decode import Media, MediaSpec, decode_media, sample_times
 from extract.runner import Limits
 from extract.synthetic import lavfi_clip
 
@@ -230,9 +231,8 @@ def bench_llava_video(args) -> None:
 
 def _time_llava(head, device: torch.device, args, peaks) -> None:
     from extract.heads import Clip
-    from extract.synthetic import lavfi_clip
 
-    media = decode_media(lavfi_clip(4, "testsrc2", size="640x360", rate=30), head.media_spec)
+    media = moving_pattern(head.media_spec, seconds=4.0)
     floor_columns = f"  {'floor clips/h':>13}  {'of floor':>8}" if peaks else ""
     print(f"{'batch':>5}  {'clips/hour':>10}  {'prefill tok/s':>13}  {'decode tok/s':>12}  {'peak memory':>11}{floor_columns}")
     for batch in [int(b) for b in args.batches.split(",")]:
@@ -343,7 +343,7 @@ def bench_audio_caption(args) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = str((save_random_audio_captioner if args.size == "full" else save_tiny_audio_captioner)(tmp))
         batches = [int(b) for b in args.batches.split(",")]
-        head = build("audio_caption", {"checkpoint": folder, "tokenizer": folder, "window_batch": max(batches)})
+        head = build("audio_caption", {"checkpoint": folder, "tokenizer": folder, "window_batch": max(batches), "dtype": args.dtype})
         head.load(device)
         # random weights rarely say </s>: every caption gets the same length
         head.beam_search.update(min_length=args.caption_tokens + 2, max_length=args.caption_tokens + 2)
@@ -351,19 +351,42 @@ def bench_audio_caption(args) -> None:
         print(f"# extract.bench audio_caption: {'released architecture, RANDOM weights' if args.size == 'full' else 'TINY random model'} "
               f"({parameters:.1f} M parameters) on {device.type}, {head.model.bart.dtype}, {args.seconds:g} s clips (one window each), "
               f"beam {head.beam_search['num_beams']}, {args.caption_tokens}-token captions")
-        media = decode_media(lavfi_clip(args.seconds, "testsrc", size="64x64", rate=1, tone=440), head.media_spec)
+        media = moving_pattern(head.media_spec, seconds=args.seconds)
         print(f"{'clips':>5}  {'clips/s':>8}  {'audio s/s':>9}  {'peak memory':>11}")
         for batch in batches:
             elapsed = _time_infer(head, [Clip(f"k{i}", "v", 0.0, args.seconds, media) for i in range(batch)], device)
             print(f"{batch:>5}  {batch / elapsed:>8.2f}  {batch * args.seconds / elapsed:>9.1f}  {_peak_memory(device) / 2**30:>9.2f} GiB")
 
 
+def moving_pattern(spec: MediaSpec, seconds: float, height: int = 360, width: int = 640) -> Media:
+    """What the decoder would hand a head for a `seconds`-long 640x360 clip with a 440 Hz tone, made
+    in memory: the model benchmarks time the model step, whose cost does not depend on the pictures,
+    and they need no ffmpeg on the GPU machine."""
+    if spec.size:
+        height, width = spec.size
+    elif spec.short_side and min(height, width) > spec.short_side:
+        scale = spec.short_side / min(height, width)
+        height, width = round(height * scale / 2) * 2, round(width * scale / 2) * 2
+    times = sample_times(0.0, seconds, spec) if spec.wants_video else []
+    rows, columns = np.mgrid[0:height, 0:width]
+    frames = np.stack([np.stack([(columns + 8 * i) % 256, (rows + 4 * i) % 256, (rows + columns) % 256], axis=-1)
+                       for i in range(len(times))]).astype(np.uint8) if times else None
+    audio = None
+    if spec.audio:
+        audio = (0.5 * np.sin(2 * np.pi * 440 * np.arange(int(seconds * spec.sample_rate)) / spec.sample_rate)).astype(np.float32)
+    info = {"container": "mp4 (isom)", "duration_s": seconds,
+            "video_streams": [{"index": 0, "codec": "h264", "width": width, "height": height, "fps": 30.0,
+                               "num_frames": int(30 * seconds), "duration_s": seconds}],
+            "audio_streams": [{"index": 1, "codec": "aac", "sample_rate": 44100, "channels": 1, "duration_s": seconds}]}
+    return Media(info=info, frames=frames, frame_times=[round(t, 4) for t in times], audio=audio,
+                 sample_rate=spec.sample_rate if spec.audio else 0)
+
+
 def _time_keyframes(head, device: torch.device, batches: str) -> None:
     """Print keyframes/s and peak memory of `head.infer` on batches of the same decoded clip."""
     from extract.heads import Clip
-    from extract.synthetic import lavfi_clip
 
-    media = decode_media(lavfi_clip(4, "testsrc2", size="640x360", rate=30), head.media_spec)
+    media = moving_pattern(head.media_spec, seconds=4.0)
     print(f"{'clips':>5}  {'keyframes/s':>11}  {'peak memory':>11}")
     for batch in [int(b) for b in batches.split(",")]:
         elapsed = _time_infer(head, [Clip(f"k{i}", "v", 0.0, 4.0, media) for i in range(batch)], device)
@@ -430,6 +453,7 @@ def main() -> None:
     audio.add_argument("--seconds", type=float, default=10.0)
     audio.add_argument("--caption-tokens", type=int, default=20)
     audio.add_argument("--batches", default="1,4,16")
+    audio.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
     args = parser.parse_args()
     {"data": bench_data, "av_sync": bench_av_sync, "llava_video": bench_llava_video, "grounding_sam": bench_grounding_sam,
      "internvl": bench_internvl, "audio_caption": bench_audio_caption}[args.what](args)

@@ -33,7 +33,8 @@ def _build(model_class, config, device: torch.device, dtype: torch.dtype, attn_i
         config._attn_implementation = attn_implementation
     with torch.device(device):
         model = model_class._from_config(config, dtype=dtype)
-    return model.eval()
+    # some modules build parameters with the legacy torch.Tensor(...), which ignores the device context
+    return model.to(device).eval()
 
 
 def llava_video(device: torch.device, dtype: torch.dtype, attn_implementation: str, layers: int | None = None):
