@@ -11,34 +11,39 @@ from extract.errors import ConfigError
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     from extract.runner import run  # after Hydra parsed the command line, so --help stays fast
-
     from extract.writer import OutputError
 
     try:
         run(cfg)
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        fail(exc, 2)
     except OutputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(1)
+        fail(exc, 1)
 
 
-def check_output_dir_argument(argv: list[str]) -> None:
-    """Hydra makes its run folder under output_dir before anything else: refuse a bad one in one line."""
+def fail(message, code: int) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def check_arguments(argv: list[str]) -> list[str]:
+    """The overrides checked (one-line errors) and expanded, and an output_dir that can be written:
+    Hydra makes its run folder there before anything else."""
     from pathlib import Path
 
+    from extract.cli import normalise_overrides
     from extract.writer import ensure_writable
 
-    values = [arg.split("=", 1)[1] for arg in argv if arg.startswith("output_dir=")]
-    if values and "," not in values[-1]:  # a sweep's values are checked by each job
-        try:
+    try:
+        argv = normalise_overrides(argv)
+        values = [arg.split("=", 1)[1] for arg in argv if arg.startswith("output_dir=")]
+        if values and "," not in values[-1]:  # a sweep's values are checked by each job
             ensure_writable(Path(values[-1]))
-        except ConfigError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            sys.exit(2)
+    except ConfigError as exc:
+        fail(exc, 2)
+    return argv
 
 
 if __name__ == "__main__":
-    check_output_dir_argument(sys.argv[1:])
+    sys.argv[1:] = check_arguments(sys.argv[1:])
     main()

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from extract.data import as_list, make_loader
-from extract.decode import Media, MediaSpec, decode_media, sample_times
+from extract.decode import Media, MediaSpec, decode_media
 from extract.runner import Limits
 from extract.synthetic import lavfi_clip
 
@@ -205,9 +205,8 @@ def llava_floor(config, batch: int, prompt_tokens: int, frames: int, new_tokens:
 def bench_llava_video(args) -> None:
     """Generation speed of the llava_video head at a fixed output length, per batch size and attention kernel,
     against the floor from FLOPs and HBM bandwidth."""
-    from extract import fullsize
+    from extract import random_models
     from extract.heads import pick_attention, resolve_dtype
-    from extract.tiny import save_tiny_llava_video
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     peaks = device_peaks(device, args)
@@ -216,8 +215,8 @@ def bench_llava_video(args) -> None:
         for attention in attentions:
             head, what = _captioning_head(
                 "llava_video", args, tmp, device,
-                lambda: fullsize.llava_video(device, resolve_dtype("auto", device), attention, args.layers),
-                "LLaVA-Video-7B-Qwen2 architecture (Qwen2-7B + SigLIP-so400m-384), RANDOM weights", save_tiny_llava_video,
+                lambda: random_models.llava_video(device, resolve_dtype("auto", device), attention, args.layers),
+                "LLaVA-Video-7B-Qwen2 architecture (Qwen2-7B + SigLIP-so400m-384), RANDOM weights", random_models.save_tiny_llava_video,
                 "TINY random model (not the 7B: timings only show the pipeline works)",
                 num_frames=args.frames, max_new_tokens=args.new_tokens, attn_implementation=attention)
             print(f"# extract.bench llava_video: {what} on {_device_name(device)}, {args.frames} frames, {args.new_tokens} new tokens "
@@ -274,58 +273,55 @@ def _device_name(device: torch.device) -> str:
 
 
 def bench_internvl(args) -> None:
-    """Keyframes/s of the internvl head per batch of clips (a tiny model unless --size full or a checkpoint)."""
-    from extract import fullsize
+    """Keyframes/s of the internvl head per batch of clips: a full-size random model, or the given checkpoint."""
+    from extract import random_models
     from extract.heads import pick_attention, resolve_dtype
-    from extract.tiny import save_tiny_internvl
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     with tempfile.TemporaryDirectory() as tmp:
         head, what = _captioning_head(
             "internvl", args, tmp, device,
-            lambda: fullsize.internvl(device, resolve_dtype("auto", device), pick_attention("auto"), args.layers),
-            "InternVL3.5-8B architecture (InternViT-300M + Qwen3-8B), RANDOM weights", save_tiny_internvl,
-            "TINY random model (timings only show the path works)", max_new_tokens=args.new_tokens)
+            lambda: random_models.internvl(device, resolve_dtype("auto", device), pick_attention("auto"), args.layers),
+            "InternVL3.5-8B architecture (InternViT-300M + Qwen3-8B), RANDOM weights", None, None, max_new_tokens=args.new_tokens)
         print(f"# extract.bench internvl: {what} on {_device_name(device)}, {head.media_spec.num_frames} keyframes per clip, "
               f"up to {args.new_tokens} new tokens each, {head.model.dtype}, attention {head.model.config._attn_implementation}")
         _time_keyframes(head, device, args.batches)
 
 
 def bench_grounding_sam(args) -> None:
-    """Keyframes/s of the grounding_sam head per batch of clips (tiny models unless --size full or checkpoints)."""
-    from extract import fullsize
+    """Keyframes/s of the grounding_sam head per batch of clips: full-size random models, or the given checkpoints."""
+    from extract import random_models
     from extract.heads import build, resolve_dtype
-    from extract.tiny import save_tiny_grounding_dino, save_tiny_sam
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    with tempfile.TemporaryDirectory() as tmp:
-        options = {"box_threshold": 0.0, "text_threshold": 0.0, "max_detections": args.detections}
-        if args.size == "full":
-            head = build("grounding_sam", {"detector": "random weights", "segmenter": "random weights", **options})
-            head.attach(*fullsize.grounding_sam(device, resolve_dtype("auto", device), args.layers), device)
-            what = "grounding-dino-base + sam-vit-base architectures, RANDOM weights" + _cut(args.layers)
-        else:
-            detector = args.detector or str(save_tiny_grounding_dino(Path(tmp) / "gd"))
-            segmenter = args.segmenter or str(save_tiny_sam(Path(tmp) / "sam"))
-            head = build("grounding_sam", {"detector": detector, "segmenter": segmenter, **options})
-            head.load(device)
-            what = head.model_id if args.detector and args.segmenter else "TINY random models (timings only show the path works)"
-        print(f"# extract.bench grounding_sam: {what} on {_device_name(device)}, {head.media_spec.num_frames} keyframes of 640x360 "
-              f"per clip, {args.detections} boxes each, {head.dtype}")
-        _time_keyframes(head, device, args.batches)
+    options = {"box_threshold": 0.0, "text_threshold": 0.0, "max_detections": args.detections}
+    if args.detector and args.segmenter:
+        head = build("grounding_sam", {"detector": args.detector, "segmenter": args.segmenter, **options})
+        head.open(device)
+        head.load(device)
+        what = head.model_id
+    else:
+        head = build("grounding_sam", {"detector": "random weights", "segmenter": "random weights", **options})
+        head.attach(*random_models.grounding_sam(device, resolve_dtype("auto", device), args.layers), device)
+        what = "grounding-dino-base + sam-vit-base architectures, RANDOM weights" + _cut(args.layers)
+    print(f"# extract.bench grounding_sam: {what} on {_device_name(device)}, {head.media_spec.num_frames} keyframes of 640x360 "
+          f"per clip, {args.detections} boxes each, {head.dtype}")
+    _time_keyframes(head, device, args.batches)
 
 
 def _captioning_head(name: str, args, folder: str, device: torch.device, full_model, full_description: str, save_tiny,
-                     tiny_description: str, **options):
-    """(head, what it runs): a full-size random model attached, the given checkpoint, or a tiny one saved in `folder`."""
+                     tiny_description: str | None, **options):
+    """(head, what it runs): the given checkpoint, a full-size random model attached, or a tiny one saved in `folder`."""
     from extract.heads import build
 
-    head = build(name, {"checkpoint": args.checkpoint or (folder if args.size == "tiny" else "random weights"), **options})
-    if args.size == "full":
+    size = "checkpoint" if args.checkpoint else getattr(args, "size", "full")
+    head = build(name, {"checkpoint": args.checkpoint or (folder if size == "tiny" else "random weights"), **options})
+    if size == "full":
         head.attach(*full_model(), device)
         return head, full_description + _cut(args.layers)
-    if not args.checkpoint:
+    if size == "tiny":
         save_tiny(folder)
+    head.open(device)
     head.load(device)
     return head, args.checkpoint or tiny_description
 
@@ -337,18 +333,19 @@ def _cut(layers: int | None) -> str:
 def bench_audio_caption(args) -> None:
     """Clips/s of the audio_caption head per batch of windows, at the released size with random weights."""
     from extract.heads import Clip, build
-    from extract.tiny import save_random_audio_captioner, save_tiny_audio_captioner
+    from extract.random_models import save_random_audio_captioner
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     with tempfile.TemporaryDirectory() as tmp:
-        folder = str((save_random_audio_captioner if args.size == "full" else save_tiny_audio_captioner)(tmp))
+        folder = str(save_random_audio_captioner(tmp))
         batches = [int(b) for b in args.batches.split(",")]
         head = build("audio_caption", {"checkpoint": folder, "tokenizer": folder, "window_batch": max(batches), "dtype": args.dtype})
+        head.open(device)
         head.load(device)
         # random weights rarely say </s>: every caption gets the same length
         head.beam_search.update(min_length=args.caption_tokens + 2, max_length=args.caption_tokens + 2)
         parameters = sum(p.numel() for p in head.model.parameters()) / 1e6
-        print(f"# extract.bench audio_caption: {'released architecture, RANDOM weights' if args.size == 'full' else 'TINY random model'} "
+        print(f"# extract.bench audio_caption: released architecture, RANDOM weights "
               f"({parameters:.1f} M parameters) on {device.type}, {head.model.bart.dtype}, {args.seconds:g} s clips (one window each), "
               f"beam {head.beam_search['num_beams']}, {args.caption_tokens}-token captions")
         media = moving_pattern(head.media_spec, seconds=args.seconds)
@@ -367,7 +364,8 @@ def moving_pattern(spec: MediaSpec, seconds: float, height: int = 360, width: in
     elif spec.short_side and min(height, width) > spec.short_side:
         scale = spec.short_side / min(height, width)
         height, width = round(height * scale / 2) * 2, round(width * scale / 2) * 2
-    times = sample_times(0.0, seconds, spec) if spec.wants_video else []
+    count = spec.num_frames or (min(spec.max_frames, int(30 * seconds)) if spec.every_frame else min(spec.max_frames, max(1, int(seconds * spec.fps))))
+    times = [(i + 0.5) * seconds / count for i in range(count)] if spec.wants_video else []
     rows, columns = np.mgrid[0:height, 0:width]
     frames = np.stack([np.stack([(columns + 8 * i) % 256, (rows + 4 * i) % 256, (rows + columns) % 256], axis=-1)
                        for i in range(len(times))]).astype(np.uint8) if times else None

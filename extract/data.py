@@ -1,12 +1,14 @@
-"""The input side: which shards, tar members -> clips, and decoding in DataLoader workers.
+"""The input side: which shards, tar members -> clips, decoding and the heads' CPU steps in the workers.
 
-The pipeline is a list of stages (WebDataset's own where they fit):
+The pipeline is a list of stages run in each DataLoader worker (WebDataset's own where they fit):
 
-    shard list -> split by worker -> read clip members -> decode -> batches of items
+    shard list -> split by worker -> read members -> decode every view once -> each head's prepare
 
-WebDataset's tar reader keys samples by the name up to the first dot and silently skips
-members it does not like; clip names contain dots and every member must be accounted for,
-so `read_clip_members` walks the tar stream itself and reports each member.
+WebDataset's tar reader keys samples by the name up to the first dot and silently skips members
+it does not like; clip names contain dots and every member must be accounted for, so
+`read_members` walks the tar stream itself and reports each member. A clip is read and decoded
+only for the heads that still lack its record (`ShardPlan`), and each head gets its own view.
+Arrays leave the workers as torch tensors, which the DataLoader hands over in shared memory.
 """
 
 from __future__ import annotations
@@ -14,14 +16,17 @@ from __future__ import annotations
 import glob
 import os
 import tarfile
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 import webdataset as wds
 
 from extract.clips import BadMemberName, member_key, parse_member_name, printable
-from extract.decode import DecodeFailure, DecodeWatchdog, MediaSpec, decode_media, die_with_parent
+from extract.decode import SNIFF_BYTES, DecodeFailure, DecodeWatchdog, Media, decode_views, die_with_parent, refuse_early
 from extract.errors import ConfigError
 
 SHARD_SUFFIXES = (".tar.gz", ".tgz", ".tar")
@@ -53,52 +58,118 @@ def shard_stem(url: str) -> str:
     return name
 
 
-def _item(url: str, member: str, key: str, **fields) -> dict:
-    return {"kind": "clip", "shard": url, "member": printable(member), "key": key, "status": "ok",
-            "error_type": None, "error": None, "video_id": None, "start": None, "end": None, **fields}
+# ---------------------------------------------------------------------------- items
 
 
-def _rejected(url, name, error_type, error, clip=None) -> dict:
-    fields = {"video_id": clip.video_id, "start": clip.start, "end": clip.end} if clip else {}
-    key = clip.key if clip else member_key(name)
-    status = "error" if clip else "rejected"
-    return _item(url, name, key, status=status, error_type=error_type, error=error, **fields)
+@dataclass
+class ClipItem:
+    """One tar member on its way to the heads that still need it."""
+
+    shard: str
+    member: str
+    key: str
+    heads: tuple[str, ...]  # the heads that still lack this clip's record
+    video_id: str | None = None
+    start: float | None = None
+    end: float | None = None
+    status: str = "ok"  # ok | error | rejected: the clip as a whole
+    error_type: str | None = None
+    error: str | None = None
+    data: bytes | bytearray | None = None  # the member's bytes, until decoded
+    media: dict[str, Media] = field(default_factory=dict)  # per head: its view of the clip
+    prepared: dict[str, Any] = field(default_factory=dict)  # per head: what its `prepare` made
+    failures: dict[str, DecodeFailure] = field(default_factory=dict)  # per head: why it gets an error record
+
+    def fail(self, status: str, error_type: str, error: str) -> "ClipItem":
+        self.status, self.error_type, self.error, self.data = status, error_type, error, None
+        return self
+
+
+@dataclass
+class ShardEnd:
+    """A shard read to its end, or to the fault that stopped it."""
+
+    shard: str
+    fault: str | None
+    duplicates: list[str]
+
+
+@dataclass
+class ShardPlan:
+    """What each head still needs of each shard: the heads not done with it, the keys each already has."""
+
+    done_keys: dict[str, dict[str, set[str]]]  # url -> head -> keys already written (only heads still to finish it)
+
+    def heads_for(self, url: str, key: str) -> tuple[str, ...]:
+        return tuple(head for head, keys in self.done_keys.get(url, {}).items() if key not in keys)
+
+    @property
+    def urls(self) -> list[str]:
+        return list(self.done_keys)
+
+
+# ---------------------------------------------------------------------------- stage: read members
 
 
 _KIND_NAMES = {tarfile.SYMTYPE: "a symbolic link", tarfile.LNKTYPE: "a hard link", tarfile.CHRTYPE: "a character device",
                tarfile.BLKTYPE: "a block device", tarfile.FIFOTYPE: "a FIFO"}
 
 
-def _drain(tar: tarfile.TarFile, info: tarfile.TarInfo) -> None:
+def _drain(member, remaining: int) -> None:
     """Read past a member's data in large chunks. tarfile's own skip in stream mode reads 10 KiB at a
     time and keeps looping after the end of the data, so a header declaring a terabyte would stall."""
-    member, remaining = tar.extractfile(info), info.size
     while remaining:
         chunk = member.read(min(remaining, 1 << 20))  # raises ReadError if the shard ends first
+        if not chunk:
+            raise tarfile.ReadError("unexpected end of data")
         remaining -= len(chunk)
 
 
-def _member_item(url: str, name: str, info: tarfile.TarInfo):
-    """The item for one tar member (before its bytes are read), and its parsed clip name if any."""
+def _member_item(url: str, name: str, info: tarfile.TarInfo, plan: ShardPlan) -> tuple[ClipItem, bool]:
+    """The item for one tar member (before its bytes are read), and whether it is a clip to read."""
     if not info.isreg():
+        key = member_key(name)
         kind = _KIND_NAMES.get(info.type, f"a tar entry of type {info.type!r}")
-        return _rejected(url, name, "not_a_file", f"member is {kind}; only regular files are read"), None
+        item = ClipItem(url, printable(name), key, plan.heads_for(url, key))
+        return item.fail("rejected", "not_a_file", f"member is {kind}; only regular files are read"), False
     try:
         clip = parse_member_name(name)
     except BadMemberName as exc:
-        return _rejected(url, name, "bad_name", f"not a clip: {exc}"), None
-    return _item(url, name, clip.key, video_id=clip.video_id, start=clip.start, end=clip.end, ext=clip.ext), clip
+        key = member_key(name)
+        return ClipItem(url, printable(name), key, plan.heads_for(url, key)).fail("rejected", "bad_name", f"not a clip: {exc}"), False
+    item = ClipItem(url, printable(name), clip.key, plan.heads_for(url, clip.key), clip.video_id, clip.start, clip.end)
+    return item, True
 
 
-def read_clip_members(shards, done_keys: dict[str, set], max_member_bytes: int):
-    """Stage: {url} -> one item per tar member, then a `shard_end` item per shard.
+def _read_member(tar: tarfile.TarFile, info: tarfile.TarInfo, item: ClipItem) -> None:
+    """The member's bytes into `item.data`, unless its first bytes show it is not media (then its data is
+    skipped unread: a gigabyte of zeros compressed into a megabyte is never held in memory)."""
+    member = tar.extractfile(info)
+    data = bytearray(info.size)
+    view = memoryview(data)
+    got = member.readinto(view[:SNIFF_BYTES])
+    refused = refuse_early(bytes(view[:got]))
+    if refused:
+        del view
+        _drain(member, info.size - got)
+        item.fail("error", "not_media", refused)
+        return
+    while got < info.size:
+        read = member.readinto(view[got : got + (64 << 20)])
+        if not read:
+            raise tarfile.ReadError("unexpected end of data")
+        got += read
+    del view
+    item.data = data
 
-    Clips already in a partial output (`done_keys`) are skipped without decoding. A shard that
-    cannot be opened or breaks mid-way keeps what was read before the fault.
+
+def read_members(shards, plan: ShardPlan, max_member_bytes: int):
+    """Stage: {url} -> one ClipItem per tar member that some head still needs, then a ShardEnd per shard.
+
+    A shard that cannot be opened or breaks mid-way keeps what was read before the fault.
     """
     for shard in shards:
         url = shard["url"]
-        done = done_keys.get(url, set())
         seen: set[str] = set()
         duplicates: list[str] = []
         fault = None
@@ -112,30 +183,28 @@ def read_clip_members(shards, done_keys: dict[str, set], max_member_bytes: int):
                         name = name[2:]
                     if info.isdir() or not name:
                         continue  # folders carry no data; their files are reported one by one
-                    item, clip = _member_item(url, name, info)
-                    emit = item["key"] not in seen and item["key"] not in done
-                    if item["key"] in seen:
-                        duplicates.append(item["member"])
-                    seen.add(item["key"])
-                    too_large = emit and clip is not None and info.size > max_member_bytes
-                    if too_large:
-                        item = _rejected(url, name, "too_large", f"member is {info.size / 2**20:.0f} MiB, over max_member_mb", clip)
-                    read = emit and clip is not None and not too_large
+                    item, is_clip = _member_item(url, name, info, plan)
+                    if item.key in seen:
+                        duplicates.append(item.member)
+                    emit = item.key not in seen and bool(item.heads)
+                    seen.add(item.key)
+                    if emit and is_clip and info.size > max_member_bytes:
+                        item.fail("error", "too_large", f"member is {info.size / 2**20:.0f} MiB, over max_member_mb")
+                    read = emit and is_clip and item.status == "ok"
+                    if emit and not read:
+                        yield item  # its record does not depend on the data, which may not even be there
+                    try:
+                        if read:
+                            _read_member(tar, info, item)
+                        elif info.isreg():
+                            _drain(tar.extractfile(info), info.size)
+                    except Exception as exc:
+                        fault = f"shard ends inside member {printable(name, 80)!r}: {type(exc).__name__}: {exc}"
+                        if read:
+                            yield item.fail("error", "truncated", "the shard's data ends inside this member")
+                        break
                     if read:
-                        try:
-                            item["data"] = tar.extractfile(info).read()
-                        except Exception as exc:
-                            fault = f"shard ends inside member {printable(name, 80)!r}: {type(exc).__name__}: {exc}"
-                            yield _rejected(url, name, "truncated", "the shard's data ends inside this member", clip)
-                            break
-                    if emit:
                         yield item
-                    if info.isreg() and not read:
-                        try:
-                            _drain(tar, info)
-                        except Exception as exc:
-                            fault = f"shard ends inside member {printable(name, 80)!r}: {type(exc).__name__}: {exc}"
-                            break
         except Exception as exc:  # gzip/tar corruption, a missing file, a failing pipe: the shard's fault
             fault = fault or f"{type(exc).__name__}: {exc}"
         finally:
@@ -144,49 +213,93 @@ def read_clip_members(shards, done_keys: dict[str, set], max_member_bytes: int):
                     stream.close()
                 except Exception as exc:  # a `pipe:` command that failed reports it on close
                     fault = fault or f"{type(exc).__name__}: {exc}"
-        yield {"kind": "shard_end", "shard": url, "fault": fault, "duplicates": duplicates}
+        yield ShardEnd(url, fault, duplicates)
 
 
-def decode_clips(items, spec: MediaSpec, decode_timeout: float, memory_limit_bytes: int, max_decoded_bytes: int):
-    """Stage: clip bytes -> `media` (decoded as the head asked), or an error on the item."""
-    watchdog = DecodeWatchdog(partial(decode_media, max_decoded_bytes=max_decoded_bytes), decode_timeout, memory_limit_bytes)
+# ---------------------------------------------------------------------------- stage: decode
+
+
+def decode_items(items, heads: dict, decode_timeout: float, memory_limit_bytes: int, max_decoded_bytes: int):
+    """Stage: a clip's bytes -> each of its heads' view, from one decode (identical views shared)."""
+    watchdog = DecodeWatchdog(partial(decode_views, max_decoded_bytes=max_decoded_bytes), decode_timeout, memory_limit_bytes)
     try:
         for item in items:
-            data = item.pop("data", None)
-            if item["kind"] == "clip" and item["status"] == "ok":
+            if isinstance(item, ClipItem) and item.status == "ok":
+                data, item.data = item.data, None
+                specs = list(dict.fromkeys(heads[name].media_spec for name in item.heads))
                 try:
-                    item["media"] = watchdog(data, spec)
+                    views = watchdog(data if decode_timeout > 0 else bytes(data), specs)
                 except DecodeFailure as exc:
-                    item.update(status="error", error_type=exc.error_type, error=str(exc))
+                    item.fail("error", exc.error_type, exc.message)
+                else:
+                    for name in item.heads:
+                        view = views[heads[name].media_spec]
+                        if isinstance(view, DecodeFailure):
+                            item.failures[name] = view
+                        else:
+                            item.media[name] = view
+                del data
             yield item
     finally:
         watchdog.close()
 
 
-def clip_pipeline(urls: list[str], done_keys: dict[str, set], spec: MediaSpec, limits) -> wds.DataPipeline:
+# ---------------------------------------------------------------------------- stage: the heads' CPU steps
+
+
+def _as_tensors(media: Media, keep_frames: bool) -> Media:
+    """The view as torch tensors (the DataLoader moves those through shared memory, numpy it would pickle)."""
+    frames = media.frames if keep_frames else None
+    if isinstance(frames, np.ndarray):
+        frames = torch.from_numpy(frames)
+    audio = torch.from_numpy(media.audio) if isinstance(media.audio, np.ndarray) else media.audio
+    return replace(media, frames=frames, audio=audio)
+
+
+def prepare_items(items, heads: dict):
+    """Stage: each head's `prepare` on its view of the clip; a failure there is that head's error alone."""
+    from extract.heads import Clip
+
+    for item in items:
+        if isinstance(item, ClipItem):
+            for name, media in list(item.media.items()):
+                head = heads[name]
+                try:
+                    item.prepared[name] = head.prepare(Clip(item.key, item.video_id, item.start, item.end, media))
+                except Exception as exc:
+                    item.failures[name] = DecodeFailure("head_error", f"{type(exc).__name__}: {exc}"[:500])
+                    del item.media[name]
+                    continue
+                item.media[name] = _as_tensors(media, head.frames_in_model_step)
+        yield item
+
+
+def clip_pipeline(plan: ShardPlan, heads: dict, limits) -> wds.DataPipeline:
     return wds.DataPipeline(
-        wds.SimpleShardList(urls),
+        wds.SimpleShardList(plan.urls),
         wds.split_by_worker,
-        partial(read_clip_members, done_keys=done_keys, max_member_bytes=limits.max_member_bytes),
-        partial(decode_clips, spec=spec, decode_timeout=limits.decode_timeout,
+        partial(read_members, plan=plan, max_member_bytes=limits.max_member_bytes),
+        partial(decode_items, heads=heads, decode_timeout=limits.decode_timeout,
                 memory_limit_bytes=limits.decode_memory_bytes, max_decoded_bytes=limits.max_decoded_bytes),
+        partial(prepare_items, heads=heads),
     )
 
 
 def as_list(batch: list) -> list:
-    """Batches stay lists of items: heads stack what they need, errors travel beside clips."""
+    """Batches stay lists of items: each head batches its own clips in the main process."""
     return batch
 
 
-def make_loader(urls, done_keys, spec: MediaSpec, limits, batch_size: int, num_workers: int):
-    if not urls:  # a rank with no shard left (or none at all) has nothing to load
+def make_loader(plan: ShardPlan, heads: dict, limits, batch_size: int, num_workers: int):
+    if not plan.urls:  # a rank with no shard left (or none at all) has nothing to load
         return []
-    workers = min(num_workers, len(urls))  # a worker without a shard would only idle
+    workers = min(num_workers, len(plan.urls))  # a worker without a shard would only idle
     return torch.utils.data.DataLoader(
-        clip_pipeline(urls, done_keys, spec, limits),
+        clip_pipeline(plan, heads, limits),
         batch_size=batch_size,
         num_workers=workers,
         collate_fn=as_list,
-        prefetch_factor=4 if workers else None,
+        prefetch_factor=2 if workers else None,
         worker_init_fn=die_with_parent,
+        multiprocessing_context="fork" if workers else None,  # the heads (processors loaded) reach the workers as they are
     )

@@ -1,8 +1,14 @@
-"""Decoding clip bytes with torchcodec, bounded in time and memory.
+"""Decoding clip bytes with torchcodec, once per clip for every view the heads asked for.
 
-`decode_media` turns the bytes of one clip into what a head asked for (a `MediaSpec`).
-`DecodeWatchdog` runs it in a forked child process so that a decode that hangs inside ffmpeg, or
-blows up in memory, can be killed and reported as one clip's error while the worker goes on.
+A head declares what it needs as a `MediaSpec` (a view: frames by count, rate or every frame, at a
+size; audio at a rate). `decode_views` opens the clip once, decodes its video stream in one
+sequential pass that keeps, for each view, the frames it selects (resized per view), and its audio
+once per sample rate. The pass never seeks: MPEG-TS, negative start times and variable frame rates
+decode as ffmpeg decodes them.
+
+`DecodeWatchdog` runs the decode in a forked child process so that a decode that hangs inside
+ffmpeg, or blows up in memory, can be killed and reported as one clip's error while the worker
+goes on.
 """
 
 from __future__ import annotations
@@ -20,24 +26,38 @@ from multiprocessing.connection import Pipe
 from typing import Callable
 
 import numpy as np
+import torch
+import torch.nn.functional as F
+
 # imported here, not lazily in the decode child: an import there would run hooks (W&B's) forked from the parent
-from torchcodec._core import get_container_metadata
+from torchcodec import _core as codec_core
 from torchcodec.decoders import AudioDecoder, VideoDecoder
-from torchcodec.transforms import Resize
+
+SNIFF_BYTES = 64 << 10  # what is read of a member before deciding to read the rest
 
 
 @dataclass(frozen=True)
 class MediaSpec:
-    """What a head needs decoded for each clip."""
+    """One view of a clip that a head needs decoded. Equal views are decoded once and shared."""
 
-    num_frames: int = 0  # N frames sampled uniformly over the clip...
-    fps: float = 0.0  # ...or frames at this rate (capped at max_frames, then uniform)
+    num_frames: int = 0  # N frames over the clip, placed by `sampling`...
+    fps: float = 0.0  # ...or frames at this rate (capped at max_frames, then spread evenly)
     max_frames: int = 256
     every_frame: bool = False  # or every frame at the native rate (the first max_frames of the clip)
-    size: tuple[int, int] | None = None  # (height, width) resize done in the decoder
-    short_side: int | None = None  # or resize so the short side is this, keeping the aspect
-    audio: bool = False  # 16 kHz mono float32 (sample_rate)
+    # centres: the frame shown at the centre of each of N equal time spans;
+    # linspace: frame indices int(linspace(0, total - 1, N)) over the decoded frames (LLaVA's rule, both ends included)
+    sampling: str = "centres"
+    size: tuple[int, int] | None = None  # (height, width)
+    short_side: int | None = None  # or resize so the short side is this, keeping the aspect (never up)
+    resample: str = "bilinear"  # bilinear | bicubic, antialiased (bicubic matches PIL's within one level)
+    audio: bool = False  # the mean of the channels, at sample_rate
     sample_rate: int = 16000
+
+    def __post_init__(self):
+        if self.sampling not in ("centres", "linspace"):
+            raise ValueError(f"sampling must be 'centres' or 'linspace', not {self.sampling!r}")
+        if self.resample not in ("bilinear", "bicubic"):
+            raise ValueError(f"resample must be 'bilinear' or 'bicubic', not {self.resample!r}")
 
     @property
     def wants_video(self) -> bool:
@@ -46,28 +66,40 @@ class MediaSpec:
 
 @dataclass
 class Media:
-    """One decoded clip. Arrays are numpy so they cross process boundaries cheaply."""
+    """One decoded view of a clip."""
 
-    info: dict  # container, duration and per-stream metadata
-    frames: np.ndarray | None = None  # uint8 [T, H, W, 3]
-    frame_times: list[float] = field(default_factory=list)
-    audio: np.ndarray | None = None  # float32 [S], mono
+    info: dict  # container, durations and per-stream metadata (shared by every view of the clip)
+    frames: np.ndarray | torch.Tensor | None = None  # uint8 [T, H, W, 3]
+    frame_times: list[float] = field(default_factory=list)  # presentation time of each frame, as in the file (s)
+    frame_indices: list[int] = field(default_factory=list)  # each frame's index among the stream's decoded frames
+    audio: np.ndarray | torch.Tensor | None = None  # float32 [S], the mean of the channels
     sample_rate: int = 0
+    audio_start: float | None = None  # presentation time of the first audio sample (s)
+    audio_error: tuple[str, str] | None = None  # (error_type, message) when the audio stream would not decode
 
     @property
     def has_audio(self) -> bool:
         return bool(self.info.get("audio_streams"))
 
+    @property
+    def video(self) -> dict:
+        """The decoded video stream's metadata ({} without one)."""
+        index = self.info.get("video_stream_index")
+        return next((s for s in self.info.get("video_streams", []) if s["index"] == index), {})
+
 
 class DecodeFailure(Exception):
-    """A clip that cannot be decoded; `error_type` is a short stable code for counting."""
+    """A clip (or one view of it) that cannot be decoded; `error_type` is a short stable code for counting."""
 
     def __init__(self, error_type: str, message: str):
-        super().__init__(message)
-        self.error_type = error_type
+        super().__init__(error_type, message)
+        self.error_type, self.message = error_type, message
+
+    def __str__(self) -> str:
+        return self.message
 
 
-# ---------------------------------------------------------------------------- decoding
+# ---------------------------------------------------------------------------- what a member is
 
 
 def sniff_container(data: bytes) -> str:
@@ -80,10 +112,16 @@ def sniff_container(data: bytes) -> str:
         return "webm" if b"webm" in data[:4096] else "matroska"
     if head.startswith(b"RIFF") and head[8:12] == b"AVI ":
         return "avi"
+    if head.startswith(b"RIFF") and head[8:12] == b"WAVE":
+        return "wav"
     if head.startswith(b"OggS"):
         return "ogg"
     if head.startswith(b"FLV"):
         return "flv"
+    if head.startswith(b"fLaC"):
+        return "flac"
+    if head.startswith(b"ID3") or head[:2] in (b"\xff\xfb", b"\xff\xf3", b"\xff\xf2"):
+        return "mp3"
     if head[:1] == b"\x47" and len(data) > 376 and data[188] == 0x47 and data[376] == 0x47:
         return "mpegts"
     return "unknown"
@@ -98,23 +136,15 @@ def _looks_like_text(data: bytes) -> str | None:
     return None
 
 
-def _stream_info(stream) -> dict:
-    info = {"index": stream.stream_index, "codec": stream.codec}
-    if stream.media_type == "video":
-        info.update(
-            width=stream.width,
-            height=stream.height,
-            fps=_finite(stream.average_fps_from_header or stream.average_fps),
-            num_frames=stream.num_frames,
-            duration_s=_finite(stream.duration_seconds),
-        )
-    elif stream.media_type == "audio":
-        info.update(
-            sample_rate=stream.sample_rate,
-            channels=stream.num_channels,
-            duration_s=_finite(stream.duration_seconds),
-        )
-    return info
+def refuse_early(head: bytes) -> str | None:
+    """Why a member whose first bytes are `head` cannot be media, before the rest is read; None if it may be.
+
+    A compressed shard can hold a member of a gigabyte of one repeated byte in a megabyte: such a
+    member is refused here, before it is held in memory.
+    """
+    if len(head) >= 4096 and head.count(head[:1]) == len(head):
+        return f"the file is one byte value (0x{head[0]:02x}) repeated, not media"
+    return _looks_like_text(head)
 
 
 def _reason(exc: Exception, limit: int = 200) -> str:
@@ -128,138 +158,331 @@ def _finite(value) -> float | None:
     return float(value) if value is not None and math.isfinite(value) else None
 
 
-def sample_times(begin: float, duration: float, spec: MediaSpec) -> list[float]:
-    """Presentation times to sample: N uniformly (centre of N equal spans) or at `spec.fps`."""
-    if spec.num_frames > 0:
-        count = spec.num_frames
+def _seconds(value) -> float | None:
+    value = _finite(value)
+    return round(value, 6) if value is not None else None
+
+
+# ---------------------------------------------------------------------------- container and streams
+
+
+def _video_decoder(data: bytes, stream_index: int | None = None):
+    """torchcodec's decoder of a video stream, frames in [H, W, 3]. Without a duration in its headers (a piped
+    Matroska) the approximate mode refuses a file that the exact mode (one scan of the packets) opens."""
+    try:
+        return VideoDecoder(data, seek_mode="approximate", dimension_order="NHWC", stream_index=stream_index)._decoder
+    except ValueError:
+        return VideoDecoder(data, seek_mode="exact", dimension_order="NHWC", stream_index=stream_index)._decoder
+
+
+def _container_info(data: bytes) -> dict:
+    """Container and per-stream metadata from the headers; DecodeFailure(not_media) if ffmpeg cannot open it."""
+    try:
+        try:
+            decoder = _video_decoder(data)
+        except Exception as exc:
+            if "no valid stream" not in str(exc).lower() and "best video stream is unknown" not in str(exc).lower():
+                raise
+            decoder = AudioDecoder(data)._decoder  # no video stream: the container's metadata comes through its audio
+        container = codec_core.get_container_metadata(decoder)
+    except Exception as exc:  # torchcodec raises RuntimeError/ValueError for unreadable input
+        container = sniff_container(data)
+        if container != "unknown":  # a known container that does not open: cut short or corrupt
+            raise DecodeFailure("decode_error", f"the {container} file cannot be read, truncated or corrupt ({_reason(exc)})") from exc
+        raise DecodeFailure("not_media", _looks_like_text(data) or f"ffmpeg cannot read it as media ({_reason(exc)})") from exc
+    video, audio = [], []
+    for stream in container.streams:
+        if stream.media_type == "video":
+            fps_header = _seconds(stream.average_fps_from_header)
+            # fps, num_frames, duration_s and first_frame_s are measured when the stream is decoded
+            video.append({"index": stream.stream_index, "codec": stream.codec, "width": stream.width, "height": stream.height,
+                          "fps": fps_header, "fps_header": fps_header, "num_frames": stream.num_frames_from_header,
+                          "num_frames_header": stream.num_frames_from_header, "duration_s": None,
+                          "duration_s_header": _seconds(stream.duration_seconds_from_header),
+                          "start_s": _seconds(stream.begin_stream_seconds_from_header), "first_frame_s": None})
+        elif stream.media_type == "audio":
+            audio.append({"index": stream.stream_index, "codec": stream.codec, "sample_rate": stream.sample_rate,
+                          "channels": stream.num_channels, "start_s": _seconds(stream.begin_stream_seconds_from_header),
+                          "duration_s_header": _seconds(stream.duration_seconds_from_header)})
+    if not video and not audio:
+        raise DecodeFailure("not_media", "the file has neither a video nor an audio stream")
+    return {"container": sniff_container(data), "duration_s": _seconds(container.duration_seconds_from_header),
+            "bit_rate": container.bit_rate_from_header, "video_streams": video, "audio_streams": audio,
+            "video_stream_index": container.best_video_stream_index, "audio_stream_index": container.best_audio_stream_index}
+
+
+@dataclass
+class _Timeline:
+    """Where the video stream's frames are, before decoding them: from a scan of its packets, else its headers."""
+
+    begin: float
+    end: float
+    count: int | None
+    exact: bool
+
+    @classmethod
+    def of(cls, data: bytes, stream: dict, container_duration: float | None) -> "_Timeline":
+        try:  # the exact mode reads every packet's timestamp (no decoding)
+            meta = VideoDecoder(data, seek_mode="exact", stream_index=stream["index"]).metadata
+            begin, end = meta.begin_stream_seconds_from_content, meta.end_stream_seconds_from_content
+            if begin is not None and end is not None and end > begin and meta.num_frames_from_content:
+                return cls(float(begin), float(end), int(meta.num_frames_from_content), True)
+        except Exception:  # some valid files refuse the scan's seek (negative start times): fall back to the headers
+            pass
+        begin = stream["start_s"] or 0.0
+        duration = stream["duration_s_header"] or container_duration
+        count = stream["num_frames_header"]
+        if not duration and count and stream["fps_header"]:
+            duration = count / stream["fps_header"]
+        if not count and duration and stream["fps_header"]:
+            count = int(round(duration * stream["fps_header"]))
+        return cls(begin, begin + (duration or 0.0), count or None, False)
+
+
+class _ViewFrames:
+    """The frames one view selects during the sequential pass, resized as they arrive."""
+
+    def __init__(self, spec: MediaSpec, timeline: _Timeline, height: int, width: int, max_decoded_bytes: int):
+        self.spec = spec
+        self.height, self.width = _target_size(spec, height, width)
+        self.times: list[float] = []  # wanted presentation times (time-based views)
+        self.indices: list[int] = []  # wanted frame indices (index-based views)
+        duration = timeline.end - timeline.begin
+        if spec.every_frame:
+            self.indices = list(range(spec.max_frames if timeline.count is None else min(spec.max_frames, timeline.count)))
+        elif spec.sampling == "linspace" and spec.num_frames > 0:
+            if not timeline.count:
+                raise DecodeFailure("decode_error", "the video stream's frame count is unknown")
+            self.indices = [int(i) for i in np.linspace(0, timeline.count - 1, spec.num_frames)]
+        else:
+            if duration <= 0:
+                raise DecodeFailure("decode_error", "the video stream has no duration (no decodable frames)")
+            count = spec.num_frames or min(spec.max_frames, max(1, int(duration * spec.fps)))
+            step = duration / count
+            self.times = [timeline.begin + (i + 0.5) * step for i in range(count)]
+        count = len(self.times) + len(self.indices)
+        decoded_bytes = count * self.height * self.width * 3
+        if decoded_bytes > max_decoded_bytes:
+            raise DecodeFailure("too_large", f"{count} frames of {self.width}x{self.height} would take "
+                                f"{decoded_bytes / 2**30:.1f} GiB (limit {max_decoded_bytes / 2**30:.1f} GiB, max_decoded_gb)")
+        self.frames: list[torch.Tensor] = []
+        self.frame_times: list[float] = []
+        self.frame_indices: list[int] = []
+        self._next_time = self._next_index = 0
+
+    def offer(self, index: int, pts: float, next_pts: float | None, frame: torch.Tensor, cache: dict) -> None:
+        """The frame shown from `pts` until `next_pts` (None: the last frame)."""
+        copies = 0
+        while self._next_time < len(self.times) and (next_pts is None or self.times[self._next_time] < next_pts):
+            copies, self._next_time = copies + 1, self._next_time + 1
+        # past the end, the frames an index-based sample still wants are the last one (the count was an estimate);
+        # a view of every frame simply has fewer
+        fill = next_pts is None and not self.spec.every_frame
+        while self._next_index < len(self.indices) and (self.indices[self._next_index] <= index or fill):
+            copies, self._next_index = copies + 1, self._next_index + 1
+        if copies:
+            key = (self.height, self.width, self.spec.resample)
+            if key not in cache:
+                cache[key] = _resize(frame, self.height, self.width, self.spec.resample)
+            self.frames += [cache[key]] * copies
+            self.frame_times += [round(pts, 4)] * copies
+            self.frame_indices += [index] * copies
+
+    @property
+    def satisfied(self) -> bool:
+        return self._next_time >= len(self.times) and self._next_index >= len(self.indices)
+
+    def result(self) -> tuple[np.ndarray, list[float], list[int]]:
+        return torch.stack(self.frames).numpy(), self.frame_times, self.frame_indices
+
+    def finish(self) -> None:
+        """Past the last frame: a view of every frame wants no more."""
+        if self.spec.every_frame:
+            self._next_index = len(self.indices)
+
+
+def _target_size(spec: MediaSpec, height: int, width: int) -> tuple[int, int]:
+    if spec.size:
+        return spec.size
+    if spec.short_side and min(height, width) > spec.short_side:
+        scale = spec.short_side / min(height, width)
+        return max(2, round(height * scale / 2) * 2), max(2, round(width * scale / 2) * 2)
+    return height, width
+
+
+def _resize(frame: torch.Tensor, height: int, width: int, resample: str) -> torch.Tensor:
+    """uint8 [H, W, 3] -> [height, width, 3], antialiased (torch's uint8 kernels; bicubic is PIL's to one level)."""
+    if frame.shape[0] == height and frame.shape[1] == width:
+        return frame.clone()
+    resized = F.interpolate(frame.permute(2, 0, 1)[None], size=(height, width), mode=resample, antialias=True)
+    return resized[0].permute(1, 2, 0).contiguous()
+
+
+_NO_PTS = -1e12  # ffmpeg's "no timestamp" arrives as about -9.2e15 s
+
+
+def _decode_video(data: bytes, info: dict, specs: list[MediaSpec], max_decoded_bytes: int) -> dict:
+    """{spec: (frames, times, indices) or DecodeFailure} from one sequential pass over the video stream."""
+    stream = next(s for s in info["video_streams"] if s["index"] == info["video_stream_index"])
+    timeline = _Timeline.of(data, stream, info["duration_s"])
+    views, outcome = {}, {}
+    for spec in specs:
+        try:
+            views[spec] = _ViewFrames(spec, timeline, stream["height"], stream["width"], max_decoded_bytes)
+        except DecodeFailure as exc:
+            outcome[spec] = exc
+    try:
+        decoder = _video_decoder(data, stream["index"])
+    except Exception as exc:
+        raise DecodeFailure("decode_error", f"the video stream cannot be opened: {_reason(exc)}") from exc
+
+    if not views:
+        return outcome
+    index, pending, last_pts, first_pts, step = 0, None, None, None, 1.0 / (stream["fps_header"] or 25.0)
+    reached_end = False
+    while not all(view.satisfied for view in views.values()):
+        try:
+            frame, pts, _ = codec_core.get_next_frame(decoder)
+        except (IndexError, StopIteration):
+            reached_end = True
+            break
+        except RuntimeError as exc:
+            if "no more frames" in str(exc):
+                reached_end = True
+                break
+            raise DecodeFailure("decode_error", f"frames could not be decoded: {_reason(exc)}") from exc
+        pts = float(pts)
+        if pts < _NO_PTS:
+            if last_pts is None:
+                continue  # pre-roll before the first timed frame (a cut made without fixing timestamps): never shown
+            pts = last_pts + step
+        pts = pts if last_pts is None else max(pts, last_pts + 1e-6)
+        first_pts = pts if first_pts is None else first_pts
+        if pending is not None:
+            cache = {}
+            for view in views.values():
+                view.offer(index - 1, pending[1], pts, pending[0], cache)
+        pending, last_pts, index = (frame, pts), pts, index + 1
+    if pending is None:
+        raise DecodeFailure("decode_error", "the video stream has no decodable frames")
+    cache = {}
+    for view in views.values():
+        if not view.satisfied:
+            view.offer(index - 1, pending[1], None, pending[0], cache)
+        view.finish()
+    for spec, view in views.items():
+        outcome[spec] = view.result()
+    # measured from the stream itself: frames and duration from the packet scan (or from the pass when it saw
+    # every frame), the rate from the spacing of the frames decoded (a header's nominal rate can be far off)
+    spacing = (last_pts - first_pts) / (index - 1) if index > 1 and last_pts > first_pts else None
+    if timeline.exact:
+        count, duration = timeline.count, timeline.end - timeline.begin
+    elif reached_end and spacing:
+        count, duration = index, spacing * index
     else:
-        count = min(spec.max_frames, max(1, int(duration * spec.fps)))
-    step = duration / count
-    return [begin + (i + 0.5) * step for i in range(count)]
+        count, duration = timeline.count, None
+    stream.update(num_frames=count, first_frame_s=round(first_pts, 6), duration_s=_seconds(duration),
+                  fps=round(1 / spacing, 3) if spacing else stream["fps_header"])
+    return outcome
+
+
+def _decode_audio(data: bytes, info: dict, sample_rate: int) -> tuple[np.ndarray, float]:
+    """(mean of the channels at `sample_rate`, time of the first sample)."""
+    samples = AudioDecoder(data, stream_index=info["audio_stream_index"], sample_rate=sample_rate).get_all_samples()
+    return samples.data.mean(dim=0).numpy().astype(np.float32), float(samples.pts_seconds)
+
+
+def decode_views(data: bytes, specs: list[MediaSpec], max_decoded_bytes: int = 4 << 30) -> dict:
+    """{spec: Media or DecodeFailure} for every view, from one opening of the clip.
+
+    A clip that cannot be opened raises DecodeFailure (every view fails). A view that needs video
+    fails alone when the video does not decode; audio that does not decode is `Media.audio_error`,
+    for the heads that need it to report.
+    """
+    if not data:
+        raise DecodeFailure("empty_file", "the file is empty (0 bytes)")
+    refused = refuse_early(data[:SNIFF_BYTES])
+    if refused:
+        raise DecodeFailure("not_media", refused)
+    specs = list(dict.fromkeys(specs))
+    info = _container_info(data)
+    video_specs = [s for s in specs if s.wants_video]
+    frames: dict = {}
+    if video_specs:
+        if info["video_stream_index"] is None:
+            frames = {s: DecodeFailure("no_video_stream", "the file has no video stream") for s in video_specs}
+        else:
+            try:
+                frames = _decode_video(data, info, video_specs, max_decoded_bytes)
+            except DecodeFailure as exc:
+                frames = {s: exc for s in video_specs}
+    audio: dict = {}
+    for rate in sorted({s.sample_rate for s in specs if s.audio}):
+        if info["audio_stream_index"] is None:
+            audio[rate] = (None, None, None)
+            continue
+        try:
+            samples, start = _decode_audio(data, info, rate)
+            audio[rate] = (samples, start, None)
+        except Exception as exc:
+            audio[rate] = (None, None, ("audio_decode_error", f"the audio stream could not be decoded: {_reason(exc)}"))
+
+    ends = [s["first_frame_s"] + s["duration_s"] for s in info["video_streams"] if s.get("duration_s")]
+    ends += [start + len(samples) / rate for rate, (samples, start, _) in audio.items() if samples is not None]
+    starts = [s["first_frame_s"] for s in info["video_streams"] if s.get("first_frame_s") is not None]
+    starts += [start for samples, start, _ in audio.values() if start is not None]
+    info["duration_s_measured"] = round(max(ends) - min(starts), 6) if ends and starts else None
+
+    out = {}
+    for spec in specs:
+        picked = frames.get(spec)
+        if isinstance(picked, DecodeFailure):
+            out[spec] = picked
+            continue
+        media = Media(info=info)
+        if picked is not None:
+            media.frames, media.frame_times, media.frame_indices = picked
+        if spec.audio:
+            media.audio, media.audio_start, media.audio_error = audio[spec.sample_rate]
+            media.sample_rate = spec.sample_rate
+        out[spec] = media
+    return out
 
 
 def decode_media(data: bytes, spec: MediaSpec, max_decoded_bytes: int = 4 << 30) -> Media:
-    """Decode one clip's bytes; raises DecodeFailure with a readable message."""
-    if not data:
-        raise DecodeFailure("empty_file", "the file is empty (0 bytes)")
-    try:
-        # exact mode scans the packets once: it works without a duration in the header (piped mkv)
-        probe = VideoDecoder(data, seek_mode="exact", dimension_order="NHWC") if spec.wants_video else None
-        container = get_container_metadata(probe._decoder) if probe else None
-    except Exception as exc:  # torchcodec raises RuntimeError/ValueError for unreadable input
-        if spec.wants_video and any(words in str(exc).lower() for words in ("no valid stream", "best video stream is unknown")):
-            raise DecodeFailure("no_video_stream", "the file has no video stream") from exc
-        reason = _looks_like_text(data) or f"ffmpeg cannot read it as media ({_reason(exc)})"
-        raise DecodeFailure("not_media", reason) from exc
-
-    media = Media(info={})
-    if container is not None:
-        video_streams = [s for s in container.streams if s.media_type == "video"]
-        audio_streams = [s for s in container.streams if s.media_type == "audio"]
-        media.info = {
-            "container": sniff_container(data),
-            "duration_s": _finite(container.duration_seconds_from_header),
-            "bit_rate": container.bit_rate_from_header,
-            "video_streams": [_stream_info(s) for s in video_streams],
-            "audio_streams": [_stream_info(s) for s in audio_streams],
-        }
-
-    if spec.wants_video:
-        media.frames, media.frame_times, exact_count = _decode_frames(data, probe, spec, max_decoded_bytes)
-        media.info["video_stream_index"] = probe.stream_index
-        for stream in media.info["video_streams"]:
-            if stream["index"] == probe.stream_index:  # the exact decoder's scan counted its frames
-                stream["num_frames"] = exact_count
-
-    if spec.audio and (container is None or media.info["audio_streams"]):
-        try:
-            decoder = AudioDecoder(data, sample_rate=spec.sample_rate, num_channels=1)
-            if container is None:
-                media.info = {"container": sniff_container(data), "audio_streams": [_stream_info(decoder.metadata)]}
-            media.audio = decoder.get_all_samples().data[0].numpy()
-            media.sample_rate = spec.sample_rate
-        except Exception as exc:
-            if container is None and "best audio stream is unknown" in str(exc) and _has_video_stream(data):
-                media.info = {"container": sniff_container(data), "audio_streams": []}  # a clip without sound
-                return media
-            if container is None:
-                reason = _looks_like_text(data) or f"ffmpeg cannot read its audio ({_reason(exc)})"
-                raise DecodeFailure("not_media", reason) from exc
-            raise DecodeFailure("audio_decode_error", f"audio stream could not be decoded: {_reason(exc)}") from exc
+    """One view of one clip; raises DecodeFailure with a readable message."""
+    media = decode_views(data, [spec], max_decoded_bytes)[spec]
+    if isinstance(media, DecodeFailure):
+        raise media
     return media
-
-
-def _has_video_stream(data: bytes) -> bool:
-    try:
-        VideoDecoder(data, seek_mode="approximate")
-        return True
-    except Exception:  # not media at all
-        return False
-
-
-def _decode_frames(data, probe, spec, max_decoded_bytes):
-    meta = probe.metadata
-    height, width = meta.height, meta.width
-    if spec.size:
-        height, width = spec.size
-    elif spec.short_side and min(height, width) > spec.short_side:
-        scale = spec.short_side / min(height, width)
-        height, width = max(2, round(height * scale / 2) * 2), max(2, round(width * scale / 2) * 2)
-    begin = meta.begin_stream_seconds or 0.0
-    end = meta.end_stream_seconds_from_content or meta.end_stream_seconds or 0.0
-    if not end or end <= begin:
-        raise DecodeFailure("decode_error", "the video stream has no duration (no decodable frames)")
-    if spec.every_frame:
-        count = min(spec.max_frames, probe.metadata.num_frames or 0)
-    else:
-        times = sample_times(begin, end - begin, spec)
-        count = len(times)
-    decoded_bytes = count * height * width * 3
-    if decoded_bytes > max_decoded_bytes:
-        raise DecodeFailure(
-            "too_large",
-            f"{count} frames of {width}x{height} would take {decoded_bytes / 2**30:.1f} GiB "
-            f"(limit {max_decoded_bytes / 2**30:.1f} GiB, max_decoded_gb)",
-        )
-    try:
-        decoder = probe
-        if (height, width) != (meta.height, meta.width):
-            decoder = VideoDecoder(data, seek_mode="exact", dimension_order="NHWC", transforms=[Resize((height, width))])
-        if spec.every_frame:
-            batch = decoder.get_frames_in_range(start=0, stop=count)
-        else:
-            end = decoder.metadata.end_stream_seconds or end
-            batch = decoder.get_frames_played_at(seconds=[min(t, end - 1e-6) for t in times])
-    except Exception as exc:
-        raise DecodeFailure("decode_error", f"frames could not be decoded: {_reason(exc)}") from exc
-    return batch.data.numpy(), [round(float(t), 4) for t in batch.pts_seconds], decoder.metadata.num_frames
 
 
 # ---------------------------------------------------------------------------- watchdog
 
 
 class DecodeWatchdog:
-    """Runs `decode(data, spec)` in a forked child with a time limit and an address-space limit.
+    """Runs `decode(data, specs)` in a forked child with a time limit and an address-space limit.
 
     A DataLoader worker is a daemon process and may not start `multiprocessing` children, so the
     child is a plain fork. It is started lazily, kept for the next clips, and replaced after a
     timeout or a crash. `timeout_s <= 0` decodes in-process without a watchdog.
     """
 
-    def __init__(self, decode: Callable[[bytes, MediaSpec], Media], timeout_s: float, memory_limit_bytes: int = 0):
+    def __init__(self, decode: Callable, timeout_s: float, memory_limit_bytes: int = 0):
         self.decode = decode
         self.timeout_s = timeout_s
         self.memory_limit_bytes = memory_limit_bytes
         self._pid: int | None = None
         self._conn = None
 
-    def __call__(self, data: bytes, spec: MediaSpec) -> Media:
+    def __call__(self, data: bytes, specs):
         if self.timeout_s <= 0:
-            return self.decode(data, spec)
+            return self.decode(data, specs)
         if self._pid is None:
             self._start()
         try:
-            self._conn.send_bytes(pickle.dumps((data, spec), protocol=5))
+            self._conn.send_bytes(pickle.dumps(specs))
+            self._conn.send_bytes(data)  # as is: pickling it would copy the clip once more
             ready = self._conn.poll(self.timeout_s)
         except (BrokenPipeError, ConnectionResetError, EOFError):
             ready = True  # the child is gone; recv below reports it
@@ -325,8 +548,6 @@ def die_with_parent(_worker_id: int | None = None) -> None:
 
 
 def _serve_decodes(conn, decode, memory_limit_bytes: int) -> None:
-    import torch
-
     die_with_parent()
     torch.set_num_threads(1)  # the parent's thread pools did not survive the fork
     sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__  # drop wrappers (loggers) installed in the parent
@@ -339,13 +560,14 @@ def _serve_decodes(conn, decode, memory_limit_bytes: int) -> None:
         resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
     while True:
         try:
-            data, spec = pickle.loads(conn.recv_bytes())
+            specs = pickle.loads(conn.recv_bytes())
+            data = conn.recv_bytes()
         except EOFError:
             return
         try:
-            reply = ("ok", decode(data, spec))
+            reply = ("ok", decode(data, specs))
         except DecodeFailure as exc:
-            reply = ("error", (exc.error_type, str(exc)))
+            reply = ("error", (exc.error_type, exc.message))
         except MemoryError:
             reply = ("error", ("too_large", "decoding ran out of the memory allowed to it (decode_memory_gb)"))
         except Exception as exc:

@@ -21,6 +21,18 @@ class Generated:
                 "num_tokens": self.num_tokens, "finish_reason": self.finish_reason}
 
 
+def left_pad(sequences: list[torch.Tensor], pad_id: int) -> dict:
+    """A batch of token sequences padded on the left (generation continues every row from the right),
+    as a tokenizer pads a batch of prompts."""
+    longest = max(len(s) for s in sequences)
+    input_ids = torch.full((len(sequences), longest), pad_id, dtype=sequences[0].dtype)
+    attention_mask = torch.zeros((len(sequences), longest), dtype=torch.long)
+    for row, sequence in enumerate(sequences):
+        input_ids[row, longest - len(sequence):] = sequence
+        attention_mask[row, longest - len(sequence):] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
 def greedy_generate(model, tokenizer, inputs: dict, max_new_tokens: int) -> tuple[list[Generated], torch.Tensor]:
     """Generate for a left-padded batch; each row's text is cut at its first end-of-sequence token.
 

@@ -14,11 +14,11 @@ log = logging.getLogger(__name__)
 class Progress:
     def __init__(self, enabled: bool, wandb_cfg: dict | None, run_config: dict, output_dir: str, every_s: float = 10.0):
         self.enabled = enabled
-        self.clips = self.errors = 0
+        self.records = self.errors = 0
         self.started = time.monotonic()
         self.every_s = every_s
         self._last_log = 0.0
-        self.bar = tqdm(desc="clips", unit="clip", dynamic_ncols=True, disable=not enabled)
+        self.bar = tqdm(desc="records", unit="record", dynamic_ncols=True, disable=not enabled)
         self.wandb = self._start_wandb(wandb_cfg or {}, run_config, output_dir) if enabled else None
 
     @staticmethod
@@ -27,6 +27,12 @@ class Progress:
         if mode == "disabled":
             return None
         try:
+            # W&B keeps caches, settings and logs under the home folder unless told otherwise: a run writes
+            # nothing outside output_dir unless the user set W&B's own variables
+            local = os.path.join(os.path.abspath(output_dir), "wandb")
+            for variable, sub in (("WANDB_DIR", ""), ("WANDB_CACHE_DIR", "cache"), ("WANDB_CONFIG_DIR", "config"),
+                                  ("WANDB_DATA_DIR", "data"), ("WANDB_ARTIFACT_DIR", "artifacts")):
+                os.environ.setdefault(variable, os.path.join(local, sub) if sub else os.path.abspath(output_dir))
             import wandb
 
             os.makedirs(output_dir, exist_ok=True)
@@ -39,24 +45,25 @@ class Progress:
             log.warning("W&B is off for this run (%s: %s)", type(exc).__name__, exc)
             return None
 
-    def update(self, clips: int, errors: int) -> None:
-        self.clips += clips
-        self.errors += errors
-        if not self.enabled:
+    def update(self, records: list[dict]) -> None:
+        """Records just written (every head's)."""
+        self.records += len(records)
+        self.errors += sum(1 for record in records if record["status"] in ("error", "rejected"))
+        if not self.enabled or not records:
             return
-        self.bar.update(clips)
+        self.bar.update(len(records))
         elapsed = time.monotonic() - self.started
         self.bar.set_postfix(errors=self.errors, refresh=False)
         if self.wandb is not None and time.monotonic() - self._last_log >= self.every_s:
             self._last_log = time.monotonic()
-            self.wandb.log({"clips": self.clips, "errors": self.errors, "clips_per_s": self.clips / max(elapsed, 1e-9)})
+            self.wandb.log({"records": self.records, "errors": self.errors, "records_per_s": self.records / max(elapsed, 1e-9)})
 
     def close(self, summary: dict | None = None) -> None:
         self.bar.close()
         if self.wandb is not None:
             try:
-                if summary:
-                    self.wandb.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float))})
+                for head, this_run in (summary or {}).items():
+                    self.wandb.summary.update({f"{head}/{k}": v for k, v in this_run.items() if isinstance(v, (int, float))})
                 self.wandb.finish()
             except Exception as exc:
                 log.warning("W&B did not close cleanly (%s)", exc)

@@ -1,4 +1,4 @@
-"""`run(cfg)`: one loop from shards to output on every rank, callable in-process or via torchrun."""
+"""`run(cfg)`: one loop from shards to every chosen head's output, on every rank, in-process or under torchrun."""
 
 from __future__ import annotations
 
@@ -6,22 +6,25 @@ import datetime
 import json
 import logging
 import os
+import signal
+import threading
 import time
 from collections import Counter
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
-from extract import heads
+from extract import heads as registry
 from extract.catalog import Catalog
-from extract.data import make_loader, resolve_shards, shard_stem
+from extract.data import ClipItem, ShardEnd, ShardPlan, make_loader, resolve_shards, shard_stem
 from extract.errors import ConfigError
-from extract.heads import Clip, Result
+from extract.heads import Clip, Head, Result
 from extract.progress import Progress
+from extract.records import BaseRecord, UndeclaredField, head_record
 from extract.writer import OutputWriter, drop_cross_shard_duplicates, output_totals
 
 log = logging.getLogger(__name__)
@@ -53,6 +56,22 @@ def _attempt_store(rank: int, world: int) -> dist.Store:
     return dist.PrefixStore(f"extract/attempt-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
+def _stop_when_the_agent_dies(poll_s: float = 1.0) -> None:
+    """torchrun starts each rank in a session of its own, so a killed agent (a lost node, a scheduler's
+    SIGKILL) leaves its ranks running, writing files that a rerun is about to resume. A rank that
+    finds itself orphaned kills itself (its workers and decode children follow: they die with it)."""
+    agent = os.getppid()
+
+    def watch():
+        while True:
+            time.sleep(poll_s)
+            if os.getppid() != agent:
+                log.error("the torchrun agent (pid %d) is gone; stopping this rank", agent)
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="agent-watch", daemon=True).start()
+
+
 @dataclass
 class Distributed:
     rank: int
@@ -65,6 +84,8 @@ class Distributed:
         """Rank and world from torchrun's environment; a single process without it."""
         rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
         local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        if "TORCHELASTIC_RUN_ID" in os.environ:
+            _stop_when_the_agent_dies()
         use_cuda = device_choice == "cuda" or (device_choice == "auto" and torch.cuda.is_available())
         device = torch.device(f"cuda:{local_rank}") if use_cuda else torch.device("cpu")
         if use_cuda:
@@ -87,40 +108,41 @@ class Distributed:
             dist.destroy_process_group()
 
 
-def check_inputs(cfg: DictConfig) -> tuple[list[str], Catalog, heads.Head]:
+# ---------------------------------------------------------------------------- configuration
+
+
+def chosen_heads(cfg: DictConfig) -> dict[str, Head]:
+    """The heads of `+model=...`, built from their options (`model.<head>.<option>`), with their batch sizes."""
+    if "model" not in cfg or not cfg.model:
+        raise ConfigError(f"choose heads with +model=<head> or +model=[<head>,<head>]; available: {', '.join(registry.available())}")
+    heads = {}
+    for name, node in cfg.model.items():
+        options = OmegaConf.to_container(node, resolve=True) if node is not None else {}
+        batch_size = options.pop("batch_size", None) or cfg.batch_size
+        head = registry.build(str(name), options)
+        head.batch_size = int(batch_size)
+        heads[str(name)] = head
+    return heads
+
+
+def check_inputs(cfg: DictConfig) -> tuple[list[str], Catalog, dict[str, Head]]:
     """Everything that can be wrong with the command line, found before any work starts."""
-    if "model" not in cfg or cfg.model is None:
-        raise ConfigError(f"choose a head with +model=<head>; available: {', '.join(heads.available())}")
-    options = OmegaConf.to_container(cfg.model, resolve=True)
-    name = options.pop("name", None)
-    try:
-        head = heads.build(name, options)
-    except KeyError:
-        raise ConfigError(f"unknown head {name!r}; available: {', '.join(heads.available())}") from None
-    except TypeError as exc:
-        raise ConfigError(f"model options for {name}: {exc}") from None
+    heads = chosen_heads(cfg)
     shards = resolve_shards(cfg.tar_folder, cfg.shards)
     stems = Counter(shard_stem(url) for url in shards)
     clashes = [stem for stem, count in stems.items() if count > 1]
     if clashes:
         raise ConfigError(f"several input shards share the output name {clashes[0]!r}; rename them")
     catalog = Catalog.load(cfg.dataset_csv, cfg.csv_tolerance) if cfg.dataset_csv else Catalog.empty()
-    if cfg.batch_size < 1 or cfg.num_workers < 0:
+    if cfg.batch_size < 1 or cfg.num_workers < 0 or any(h.batch_size < 1 for h in heads.values()):
         raise ConfigError("batch_size must be >= 1 and num_workers >= 0")
-    return shards, catalog, head
+    return shards, catalog, heads
 
 
-def base_record(item: dict, head: heads.Head, catalog: Catalog) -> dict:
-    row = catalog.match(item["video_id"], item["start"], item["end"]) if item["video_id"] is not None else None
-    return {
-        "key": item["key"], "video_id": item["video_id"], "start": item["start"], "end": item["end"],
-        "duration": catalog.rows[row]["duration"] if row is not None else None, "in_csv": row is not None,
-        "shard": item["shard"], "member": item["member"], "head": head.name, "model": head.model_id,
-        "status": item["status"], "error_type": item["error_type"], "error": item["error"], "arrays": [],
-    }
+# ---------------------------------------------------------------------------- one head's batch
 
 
-def infer_isolated(head: heads.Head, clips: list[Clip]) -> list[Result]:
+def infer_isolated(head: Head, clips: list[Clip]) -> list[Result]:
     """Run the head on a batch; if the batch fails, run each clip alone so one bad clip fails alone."""
     try:
         results = head.infer(clips)
@@ -129,105 +151,161 @@ def infer_isolated(head: heads.Head, clips: list[Clip]) -> list[Result]:
         return results
     except Exception:
         if len(clips) == 1:
-            raise
-    results = []
-    for clip in clips:
+            return [_head_error(head, clips[0])]
+    return [infer_isolated(head, [clip])[0] for clip in clips]
+
+
+def _head_error(head: Head, clip: Clip) -> Result:
+    import traceback
+
+    exc = traceback.format_exc(limit=0).strip().splitlines()[-1]
+    log.warning("clip %s failed in %s: %s", clip.key, head.name, exc)
+    return Result(status="error", error_type="head_error", error=exc[:500])
+
+
+class HeadRunner:
+    """One head's queue of clips, its batches through the model, and its records to its writer."""
+
+    def __init__(self, head: Head, writer: OutputWriter, catalog: Catalog):
+        self.head, self.writer, self.catalog = head, writer, catalog
+        self.queue: list[ClipItem] = []
+        self.counts: Counter = Counter()
+
+    def add(self, item: ClipItem) -> list[dict]:
+        """Queue a clip; when the head's batch is full, run it and return the records written."""
+        self.queue.append(item)
+        return self.flush() if len(self.queue) >= self.head.batch_size else []
+
+    def flush(self) -> list[dict]:
+        items, self.queue = self.queue, []
+        if not items:
+            return []
+        name = self.head.name
+        ready = [item for item in items if item.status == "ok" and name in item.media and not isinstance(item.prepared.get(name), Result)]
+        clips = [Clip(i.key, i.video_id, i.start, i.end, i.media.pop(name), i.prepared.pop(name)) for i in ready]
+        results = dict(zip(map(id, ready), infer_isolated(self.head, clips))) if clips else {}
+        records = []
+        for item in items:
+            result = results.get(id(item)) or item.prepared.pop(name, None)  # or the Result `prepare` gave
+            record, arrays = self._record(item, result if isinstance(result, Result) else None)
+            self.writer.write(item.shard, record, arrays)
+            self.counts[record["status"]] += 1
+            records.append(record)
+        self.writer.flush()
+        return records
+
+    def _record(self, item: ClipItem, result: Result | None) -> tuple[dict, dict]:
+        row = self.catalog.match(item.video_id, item.start, item.end) if item.video_id is not None else None
+        base = BaseRecord(key=item.key, video_id=item.video_id, start=item.start, end=item.end,
+                          duration=self.catalog.rows[row]["duration"] if row is not None else None, in_csv=row is not None,
+                          shard=item.shard, member=item.member, head=self.head.name, model=self.head.model_id,
+                          status=item.status, error_type=item.error_type, error=item.error)
+        failure = item.failures.get(self.head.name)
+        if item.status == "ok" and failure is not None:
+            base = replace(base, status="error", error_type=failure.error_type, error=failure.message)
+        if item.status != "ok" or failure is not None or result is None:
+            return head_record(base, self.head.fields, {}), {}
+        base = replace(base, status=result.status, error_type=result.error_type, error=result.error, arrays=sorted(result.arrays))
         try:
-            results.extend(head.infer([clip]))
-        except Exception as exc:
-            log.warning("clip %s failed in %s: %s", clip.key, head.name, exc)
-            results.append(Result(status="error", error_type="head_error", error=f"{type(exc).__name__}: {exc}"[:500]))
-    return results
+            return head_record(base, self.head.fields, result.fields), result.arrays
+        except UndeclaredField as exc:
+            base = replace(base, status="error", error_type="head_error", error=str(exc), arrays=[])
+            return head_record(base, self.head.fields, {}), {}
 
 
-def records_for(head: heads.Head, clips: list[dict], catalog: Catalog) -> list[tuple[dict, dict]]:
-    """(record, arrays) for every clip item of a batch: the head's answer for decoded clips,
-    the decoding or input error for the rest."""
-    decoded = [item for item in clips if item["status"] == "ok"]
-    results = infer_isolated(head, [Clip(i["key"], i["video_id"], i["start"], i["end"], i.pop("media")) for i in decoded]) if decoded else []
-    result_of = {id(item): result for item, result in zip(decoded, results)}
-    records = []
-    for item in clips:
-        record, result = base_record(item, head, catalog), result_of.get(id(item))
-        if result is None:
-            records.append((record, {}))
-            continue
-        record.update({k: v for k, v in result.fields.items() if k not in record})
-        record.update(status=result.status, error_type=result.error_type, error=result.error, arrays=sorted(result.arrays))
-        records.append((record, result.arrays))
-    return records
+# ---------------------------------------------------------------------------- the run
 
 
-def finish_shard(writer: OutputWriter, end: dict, head_name: str, shard_faults: dict) -> None:
-    stats = writer.finish(end["shard"], end["fault"], end["duplicates"], head_name)
-    if end["fault"]:
-        shard_faults[end["shard"]] = end["fault"]
-        log.warning("shard %s: %s (clips read before the fault are kept)", end["shard"], end["fault"])
-    if stats["duplicates"]:
-        log.warning("shard %s: %d duplicate member(s) not written twice", end["shard"], len(stats["duplicates"]))
+def plan_shards(runners: dict[str, HeadRunner], mine: list[str]) -> tuple[ShardPlan, dict]:
+    """Which shards each head still needs, and the keys it already has of each (resume per head)."""
+    done: dict[str, dict[str, set[str]]] = {url: {} for url in mine}
+    report = {"shards_already_complete": {}, "clips_resumed": {}}
+    for name, runner in runners.items():
+        todo, done_keys, complete = runner.writer.plan(mine)
+        report["shards_already_complete"][name] = complete
+        report["clips_resumed"][name] = sum(len(keys) for keys in done_keys.values())
+        for url in todo:
+            done[url][name] = done_keys[url]
+    return ShardPlan({url: heads for url, heads in done.items() if heads}), report
 
 
 def run(cfg: DictConfig) -> dict:
     started = time.monotonic()
-    shards, catalog, head = check_inputs(cfg)
-    out_folder = Path(cfg.output_dir) / head.name
-    writer = OutputWriter(out_folder)
+    shards, catalog, heads = check_inputs(cfg)
+    output_dir = Path(cfg.output_dir)
+    runners = {name: HeadRunner(head, OutputWriter(output_dir / name), catalog) for name, head in heads.items()}
     ranks = Distributed.start(cfg.device, cfg.dist_timeout_s)
     progress = None
     try:
         mine = shards[ranks.rank :: ranks.world]
-        todo, done_keys, complete = writer.plan(mine)
-        head.load(ranks.device)
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if ranks.device.type == "cuda" else nullcontext()
-        loader = make_loader(todo, done_keys, head.media_spec, Limits.from_cfg(cfg), cfg.batch_size, cfg.num_workers)
-        batches = iter(loader)  # workers fork here, before W&B starts: its hooks must not run in them
+        plan, resumed = plan_shards(runners, mine)
+        for head in heads.values():
+            head.open(ranks.device)
+        loader = make_loader(plan, heads, Limits.from_cfg(cfg), cfg.batch_size, cfg.num_workers)
+        batches = iter(loader)  # workers fork here, before the models load and before W&B starts (its hooks must not run in them)
+        for head in heads.values():
+            head.load(ranks.device)
         progress = Progress(ranks.rank == 0, OmegaConf.to_container(cfg.wandb), OmegaConf.to_container(cfg, resolve=True),
-                            str(cfg.output_dir), cfg.log_every_s)
-        counts, shard_faults = Counter(), {}
+                            str(output_dir), cfg.log_every_s)
+        shard_faults, clips_read = {}, 0
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if ranks.device.type == "cuda" else nullcontext()
         with torch.inference_mode(), autocast:
             for batch in batches:
-                clips = [item for item in batch if item["kind"] == "clip"]
-                records = records_for(head, clips, catalog)
-                for record, arrays in records:
-                    writer.write(record["shard"], record, arrays)
-                    counts[record["status"]] += 1
-                writer.flush()
                 for item in batch:
-                    if item["kind"] == "shard_end":
-                        finish_shard(writer, item, head.name, shard_faults)
-                progress.update(len(records), sum(1 for record, _ in records if record["status"] in ("error", "rejected")))
+                    if isinstance(item, ShardEnd):
+                        records = [r for runner in runners.values() for r in runner.flush()]
+                        finish_shard(runners, plan, item, shard_faults)
+                    else:
+                        clips_read += 1
+                        records = [r for name in item.heads for r in runners[name].add(item)]
+                    progress.update(records)
         wall = time.monotonic() - started
-        rank_report = {"rank": ranks.rank, "shards": len(mine), "shards_already_complete": complete, "shards_done": len(todo),
-                       "clips_resumed": sum(len(k) for k in done_keys.values()), "records": sum(counts.values()),
-                       "by_status": dict(counts), "shard_faults": shard_faults, "wall_s": round(wall, 2),
-                       "clips_per_s": round(sum(counts.values()) / wall, 2) if wall > 0 else None}
+        rank_report = {"rank": ranks.rank, "shards": len(mine), "shards_to_do": len(plan.urls), **resumed,
+                       "clips_read": clips_read, "records": {n: sum(r.counts.values()) for n, r in runners.items()},
+                       "by_status": {n: dict(r.counts) for n, r in runners.items()}, "shard_faults": shard_faults,
+                       "wall_s": round(wall, 2), "clips_per_s": round(clips_read / wall, 2) if wall > 0 else None}
         reports = ranks.gather(rank_report)
-        summary = None
+        summaries = {}
         if ranks.rank == 0:
-            summary = write_summary(out_folder, head, catalog, reports, wall)
-            log.info("output: %s (summary %s)", out_folder, out_folder / "summary.json")
-        progress.close(summary and summary["this_run"])
+            for name, runner in runners.items():
+                summaries[name] = write_summary(runner.writer.folder, runner.head, catalog, reports, wall)
+                log.info("%s: %s (summary %s)", name, runner.writer.folder, runner.writer.folder / "summary.json")
+        progress.close({name: s["this_run"] for name, s in summaries.items()})
         progress = None
-        return summary or rank_report
+        return (summaries[next(iter(summaries))] if len(summaries) == 1 else summaries) if summaries else rank_report
     finally:
         if progress is not None:
             progress.close()
-        writer.close()
+        for runner in runners.values():
+            runner.writer.close()
         ranks.stop()
 
 
-def write_summary(folder: Path, head: heads.Head, catalog: Catalog, reports: list[dict], wall: float) -> dict:
-    for shard, notes in drop_cross_shard_duplicates(folder).items():
-        log.warning("shard %s: %d clip(s) already written from an earlier shard were dropped", shard, len(notes))
+def finish_shard(runners: dict[str, HeadRunner], plan: ShardPlan, end: ShardEnd, shard_faults: dict) -> None:
+    for name in plan.done_keys.get(end.shard, {}):
+        stats = runners[name].writer.finish(end.shard, end.fault, end.duplicates, name)
+        if stats["duplicates"]:
+            log.warning("%s, shard %s: %d duplicate member(s) not written twice", name, end.shard, len(stats["duplicates"]))
+    if end.fault:
+        shard_faults[end.shard] = end.fault
+        log.warning("shard %s: %s (clips read before the fault are kept)", end.shard, end.fault)
+
+
+def write_summary(folder: Path, head: Head, catalog: Catalog, reports: list[dict], wall: float) -> dict:
+    dropped = drop_cross_shard_duplicates(folder)
+    for shard, notes in dropped.items():
+        log.warning("%s, shard %s: %d clip(s) already written from an earlier shard were dropped", head.name, shard, len(notes))
     totals = output_totals(folder)
     clips = totals.pop("clips")
     missing = catalog.rows_without_clips([tuple(c) for c in clips])
-    records = sum(r["records"] for r in reports)
+    by_status = sum((Counter(r["by_status"].get(head.name, {})) for r in reports), Counter())
+    records = sum(by_status.values())
     summary = {
         "head": head.name, "model": head.model_id, "output": str(folder),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "this_run": {"records": records, "wall_s": round(wall, 2), "clips_per_s": round(records / wall, 2) if wall else None,
-                     "by_status": dict(sum((Counter(r["by_status"]) for r in reports), Counter()))},
+                     "by_status": dict(by_status), "clips_read": sum(r["clips_read"] for r in reports),
+                     "clips_resumed": sum(r["clips_resumed"].get(head.name, 0) for r in reports)},
         "output_totals": totals,
         "csv_rows_without_clips": {"count": len(missing), "rows": missing[:1000]},
         "ranks": reports,

@@ -9,10 +9,12 @@ missing clips are redone. `<stem>.stats.json` beside each tar keeps its counts f
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import math
 import os
+import socket
 import tarfile
 import time
 from collections import Counter
@@ -24,9 +26,6 @@ import numpy as np
 from extract.data import shard_stem
 from extract.errors import ConfigError
 
-# the fields every record carries, whatever its status
-BASE_FIELDS = ("key", "video_id", "start", "end", "duration", "in_csv", "shard", "member", "head", "model",
-               "status", "error_type", "error", "arrays")
 
 
 def jsonable(value):
@@ -141,12 +140,44 @@ def ensure_writable(folder: Path) -> None:
         raise ConfigError(f"output folder {folder} is not writable: {exc.strerror or exc}") from None
 
 
+class OutputBusy(ConfigError):
+    """Another live run is writing the same output shard."""
+
+
+class ShardLock:
+    """An exclusive lock on one output shard, held while a run may write it.
+
+    `flock` locks belong to the open file: the kernel drops them when the process dies however it
+    dies, so a killed run's lock files never block the rerun, while a live run's always do.
+    """
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(path, "a+")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.seek(0)
+            holder = self.file.read().strip() or "another process"
+            self.file.close()
+            raise OutputBusy(f"{path.parent.parent / path.stem}.tar is being written by another run ({holder}); wait for it "
+                             "to finish or stop it, or give this run another output_dir") from None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        self.file.flush()
+
+    def release(self) -> None:
+        self.file.close()  # closing drops the lock; the file stays for the next run to lock
+
+
 class OutputWriter:
     def __init__(self, folder: Path):
         self.folder = Path(folder)
         ensure_writable(self.folder)
         self._resume: dict[str, tuple[int, ShardTally]] = {}
         self._open: dict[str, _OpenShard] = {}
+        self._locks: dict[str, ShardLock] = {}
 
     def paths(self, url: str) -> tuple[Path, Path, Path]:
         stem = shard_stem(url)
@@ -160,7 +191,13 @@ class OutputWriter:
             if final.exists():
                 complete += 1
                 continue
+            self._locks[url] = ShardLock(self.folder / ".locks" / f"{shard_stem(url)}.lock")
+            if final.exists():  # finished by a run that released its lock a moment ago
+                self._locks.pop(url).release()
+                complete += 1
+                continue
             todo.append(url)
+            done_keys[url] = set()
             if partial.exists():
                 keep, tally, keys = salvage(partial)
                 self._resume[url] = (keep, tally)
@@ -216,6 +253,8 @@ class OutputWriter:
         }
         _replace_bytes(stats_path, encode_record(stats))
         os.replace(partial, final)
+        if url in self._locks:
+            self._locks.pop(url).release()
         return stats
 
     def close(self) -> None:
@@ -227,6 +266,9 @@ class OutputWriter:
             except OSError:
                 pass
         self._open.clear()
+        for lock in self._locks.values():
+            lock.release()
+        self._locks.clear()
 
 
 def _replace_bytes(path: Path, data: bytes) -> None:

@@ -11,8 +11,10 @@ import tarfile
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
+from extract.cli import normalise_overrides
 from extract.synthetic import lavfi_clip as make_clip  # noqa: F401 (used by the tests)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,8 +42,9 @@ def read_records(folder: Path) -> list[dict]:
 
 
 def compose_cfg(*overrides: str):
+    """The config a command line would give (checked and expanded as the CLI does: `model.<option>` for one head)."""
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
+        return compose(config_name="config", overrides=normalise_overrides(list(overrides)))
 
 
 def run_cli(*args: str, torchrun: int = 0, timeout: float = 300, **popen) -> subprocess.CompletedProcess:
@@ -54,3 +57,10 @@ def run_cli(*args: str, torchrun: int = 0, timeout: float = 300, **popen) -> sub
 @pytest.fixture(scope="session")
 def clip_bytes() -> bytes:
     return make_clip()
+
+
+def ready(head, device: str = "cpu"):
+    """A head set up as the runner sets it up: processor (`open`), then weights (`load`)."""
+    head.open(torch.device(device))
+    head.load(torch.device(device))
+    return head

@@ -7,14 +7,14 @@ import pytest
 import torch
 import webdataset as wds
 
-from conftest import compose_cfg, make_clip, read_records, write_shard
+from conftest import compose_cfg, make_clip, read_records, write_shard, ready
 from extract.beats_conformer_bart import CheckpointMismatch, kaldi_fbank, load_state
 from extract.decode import decode_media
 from extract.errors import ConfigError
 from extract.heads import Clip, build
 from extract.heads.audio_caption import windows_of
 from extract.runner import run
-from extract.tiny import TINY_CAPTIONER, released_layout, random_released_state, save_tiny_audio_captioner
+from tiny import TINY_CAPTIONER, released_layout, random_released_state, save_tiny_audio_captioner, tiny_bart_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def checkpoint(tmp_path_factory):
 def _head(checkpoint, **options):
     head = build("audio_caption", {"checkpoint": str(checkpoint), "tokenizer": str(checkpoint), "max_length": 20,
                                    "dtype": "float32", **options})
-    head.load(torch.device("cpu"))
+    ready(head)
     return head
 
 
@@ -85,7 +85,6 @@ def test_windows_are_equal_and_cover_the_audio():
 # ---------------------------------------------------------------------------- release loader
 def _layout():
     from extract.beats_conformer_bart import BEATS_CONFIG
-    from extract.tiny import tiny_bart_tokenizer
 
     return released_layout(TINY_CAPTIONER["bart"], {**BEATS_CONFIG, **TINY_CAPTIONER["beats_config"]},
                            {"num_hidden_layers": 2, **TINY_CAPTIONER["conformer_config"]}, len(tiny_bart_tokenizer()))

@@ -5,7 +5,7 @@ from extract.decode import decode_media
 from extract.heads import Clip, build
 from extract.runner import run
 from extract.synthetic import flash_click_clip
-from extract.writer import BASE_FIELDS
+from extract.records import BASE_FIELDS
 from conftest import compose_cfg
 
 

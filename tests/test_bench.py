@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from extract.bench import decoder_sizes, llava_floor
-from extract.fullsize import QWEN2_7B, QWEN3_8B
+from extract.random_models import QWEN2_7B, QWEN3_8B
 
 
 def _built(config: dict):

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import save_file
 
 from extract.convert import ConversionError, convert_llava_video
-from extract.tiny import save_tiny_llava_video
+from tiny import save_tiny_llava_video
 
 # transformers' names -> LLaVA-NeXT's (LlavaQwenForCausalLM: Qwen2 `model.*`, SigLIP tower, mm_projector)
 TO_ORIGINAL = [("model.vision_tower.", "model.vision_tower.vision_tower.vision_model."),

@@ -6,7 +6,7 @@ from pycocotools import mask as mask_utils
 from conftest import compose_cfg, make_clip, read_records, write_shard
 from extract.heads.grounding_sam import normalise_labels
 from extract.runner import run
-from extract.tiny import save_tiny_grounding_dino, save_tiny_sam
+from tiny import save_tiny_grounding_dino, save_tiny_sam
 
 
 @pytest.fixture(scope="module")

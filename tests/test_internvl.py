@@ -7,11 +7,11 @@ import pytest
 import torch
 import webdataset as wds
 
-from conftest import compose_cfg, make_clip, read_records, write_shard
+from conftest import compose_cfg, make_clip, read_records, write_shard, ready
 from extract.decode import decode_media
 from extract.heads import Clip, build
 from extract.runner import run
-from extract.tiny import save_tiny_internvl
+from tiny import save_tiny_internvl
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def _clips(head):
 
 def test_greedy_output_and_features_do_not_depend_on_the_batch(checkpoint):
     head = build("internvl", {"checkpoint": str(checkpoint), "num_keyframes": 2, "max_new_tokens": 6, "dtype": "float32"})
-    head.load(torch.device("cpu"))
+    ready(head)
     clips = _clips(head)
     alone = [head.infer([clip])[0] for clip in clips]
     together = head.infer(clips)
@@ -55,6 +55,6 @@ def test_greedy_output_and_features_do_not_depend_on_the_batch(checkpoint):
 
 def test_tiling_pools_each_keyframe_over_its_tiles(checkpoint):
     head = build("internvl", {"checkpoint": str(checkpoint), "num_keyframes": 2, "max_new_tokens": 3, "max_patches": 4})
-    head.load(torch.device("cpu"))
+    ready(head)
     [result] = head.infer(_clips(head)[:1])
     assert result.arrays["features"].shape == (2, 32)

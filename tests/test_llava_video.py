@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from conftest import compose_cfg, make_clip, read_records, run_cli, write_shard
+from conftest import compose_cfg, make_clip, read_records, run_cli, write_shard, ready
 from extract.decode import decode_media
 from extract.heads import Clip, build
 from extract.runner import run
-from extract.tiny import save_tiny_llava_video
+from tiny import save_tiny_llava_video
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def test_end_to_end_records(checkpoint, tmp_path, clip_bytes):
 
 def test_prompt_has_the_frame_times(checkpoint):
     head = build("llava_video", {"checkpoint": str(checkpoint), "num_frames": 4})
-    head.load(torch.device("cpu"))
+    ready(head)
     [clip] = _clips(head, 1)
     prompt = head.prompt_for(clip)
     times = ",".join(f"{t:.2f}s" for t in clip.media.frame_times)
@@ -53,7 +53,7 @@ def test_prompt_has_the_frame_times(checkpoint):
 
 def test_greedy_captions_do_not_depend_on_the_batch(checkpoint):
     head = build("llava_video", {"checkpoint": str(checkpoint), "num_frames": 4, "max_new_tokens": 8, "dtype": "float32"})
-    head.load(torch.device("cpu"))
+    ready(head)
     clips = _clips(head, 4)
     one_by_one = [head.infer([clip])[0].fields for clip in clips]
     batched = [result.fields for result in head.infer(clips)]
@@ -71,7 +71,7 @@ def test_missing_checkpoint_is_one_clear_error(tmp_path):
 
 def test_out_of_memory_batch_is_retried_in_halves(checkpoint, monkeypatch):
     head = build("llava_video", {"checkpoint": str(checkpoint), "num_frames": 4, "max_new_tokens": 4})
-    head.load(torch.device("cpu"))
+    ready(head)
     clips = _clips(head, 4)
     real_generate, sizes = head._generate, []
 

@@ -16,10 +16,12 @@ import time
 import pytest
 
 from conftest import REPO, compose_cfg, make_clip, read_records, run_cli, write_shard
+from processes import descendants, kill_tree, wait_gone
 from extract import data as data_module
-from extract.decode import decode_media
+from extract.decode import decode_views
 from extract.runner import run
-from extract.writer import BASE_FIELDS, OutputError, encode_record
+from extract.records import BASE_FIELDS
+from extract.writer import OutputError, encode_record
 
 
 def _cfg(tmp_path, *extra):
@@ -93,16 +95,19 @@ def test_hostile_members_are_reported_and_never_escape(tmp_path, clip_bytes):
     assert written == {"in", "out"} and not (REPO / "escape (0-1).mp4").exists()
 
 
-def _hangs_on_marker(data, spec, **kwargs):
-    if data == b"HANG":
+HANG = b"\x00\xffHANG"  # not text: the reader would refuse text before decoding
+
+
+def _hangs_on_marker(data, specs, **kwargs):
+    if bytes(data) == HANG:
         time.sleep(3600)
-    return decode_media(data, spec, **kwargs)
+    return decode_views(data, specs, **kwargs)
 
 
 def test_a_hung_decode_is_abandoned_and_the_run_goes_on(tmp_path, clip_bytes, monkeypatch):
-    monkeypatch.setattr(data_module, "decode_media", _hangs_on_marker)  # the forked workers inherit it
+    monkeypatch.setattr(data_module, "decode_views", _hangs_on_marker)  # the forked workers inherit it
     (tmp_path / "in").mkdir()
-    write_shard(tmp_path / "in" / "a.tar", [("before (0-1).mp4", clip_bytes), ("hangs (0-1).mp4", b"HANG"),
+    write_shard(tmp_path / "in" / "a.tar", [("before (0-1).mp4", clip_bytes), ("hangs (0-1).mp4", HANG),
                                              ("after (0-1).mp4", clip_bytes)])
     started = time.monotonic()
     run(_cfg(tmp_path, "decode_timeout=2"))
@@ -159,17 +164,21 @@ def test_unwritable_output_dir_is_a_one_line_error(tmp_path):
 
 # ---------------------------------------------------------------- kills and restarts under torchrun
 
-def _kill_dataset(tmp_path) -> tuple[list[str], list[str]]:
-    shards = tmp_path / "in"
-    shards.mkdir()
-    clip = make_clip(seconds=3, size="320x240", rate=24)
+HEADS = ("probe", "av_sync")
+
+
+def _kill_dataset(tmp_path, shards: int = 4, clips: int = 8, seconds: float = 3) -> tuple[list[str], list[str]]:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    clip = make_clip(seconds=seconds, size="320x240", rate=24)
     names = []
-    for s in range(4):
-        members = [f"vid.{s}.{j} ({j}-{j + 1}).mp4" for j in range(8)]
-        write_shard(shards / f"s-{s:03d}.tar.gz", [(n, clip) for n in members])
+    for s in range(shards):
+        members = [f"vid.{s}.{j} ({j}-{j + 1}).mp4" for j in range(clips)]
+        write_shard(folder / f"s-{s:03d}.tar.gz", [(n, clip) for n in members])
         names += members
-    args = ["+model=probe", f"tar_folder={shards}", f"output_dir={tmp_path / 'out'}", "batch_size=1", "num_workers=1",
-            "model.fps=24", "wandb.mode=disabled"]
+    # two heads in one pass; av_sync writes in batches of 3, so a kill leaves the heads at different points
+    args = [f"+model=[{','.join(HEADS)}]", f"tar_folder={folder}", f"output_dir={tmp_path / 'out'}", "batch_size=1",
+            "model.av_sync.batch_size=3", "num_workers=1", "model.probe.fps=24", "wandb.mode=disabled"]
     return names, args
 
 
@@ -179,43 +188,129 @@ def _launch(args, *torchrun_args) -> subprocess.Popen:
     return subprocess.Popen(command, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-def _check_complete_tars_read_to_the_end(folder) -> None:
-    for path in folder.glob("*.tar"):
+def _complete_keys(path) -> set[str]:
+    """Keys whose JSON record a (possibly cut) output tar holds in full, read without the product's code."""
+    keys = set()
+    try:
+        with tarfile.open(path, "r:") as tar:
+            for info in tar:
+                data = tar.extractfile(info).read()
+                if info.name.endswith(".json") and len(data) == info.size:
+                    json.loads(data)
+                    keys.add(info.name[: -len(".json")])
+    except (tarfile.TarError, EOFError, ValueError, OSError):
+        pass  # the cut tail
+    return keys
+
+
+def _saved(out) -> dict[str, dict[str, set[str]]]:
+    """Per head: the keys in complete tars and the keys a kill left complete in partial ones."""
+    return {head: {"complete": set().union(*(_complete_keys(p) for p in (out / head).glob("*.tar"))),
+                   "partial": set().union(*(_complete_keys(p) for p in (out / head).glob("*.tar.partial")))} for head in HEADS}
+
+
+def _wait_for_partial_records(out, timeout: float = 120) -> None:
+    """Until a partial output tar holds a record it did not hold before: output is being written."""
+    before = {p: _complete_keys(p) for p in out.glob("*/*.tar.partial")}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(_complete_keys(p) - before.get(p, set()) for p in out.glob("*/*.tar.partial")):
+            return
+        time.sleep(0.05)
+    raise AssertionError("no output was being written: the kill would prove nothing")
+
+
+def _check_complete_tars_read_to_the_end(out) -> None:
+    for path in out.glob("*/*.tar"):
         with tarfile.open(path) as tar:
             for info in tar:
                 assert len(tar.extractfile(info).read()) == info.size
 
 
-def test_kills_at_random_points_then_rerun_gives_every_clip_once(tmp_path):
+def _check_every_clip_once(out, names) -> None:
+    from extract.clips import parse_member_name
+
+    for head in HEADS:
+        records = read_records(out / head)
+        assert sorted(r["member"] for r in records) == sorted(names), head
+        assert [(r["key"], r["error"]) for r in records if r["status"] == "error"] == [], head
+        assert not list((out / head).glob("*.partial")), head
+        assert {r["key"] for r in records} == {parse_member_name(n).key for n in names}
+
+
+def test_node_failures_mid_write_then_the_rerun_redoes_only_what_is_missing(tmp_path):
+    """A node failure kills the agent, its ranks, their workers and decode children at once. The rerun must
+    keep every record the partial tars hold, and read and decode only the clips some head still lacks."""
     names, args = _kill_dataset(tmp_path)
-    folder = tmp_path / "out" / "probe"
+    out = tmp_path / "out"
     rng = random.Random(int(os.environ.get("EXTRACT_KILL_SEED", "0")))
     for _ in range(int(os.environ.get("EXTRACT_KILLS", "3"))):
         job = _launch(args)
-        time.sleep(rng.uniform(2.0, 9.0))
-        os.killpg(job.pid, signal.SIGKILL)  # every rank and worker at once, no cleanup
+        _wait_for_partial_records(out)
+        time.sleep(rng.uniform(0.0, 0.5))
+        killed = kill_tree(job.pid)
         job.wait()
-        _check_complete_tars_read_to_the_end(folder)
+        assert len(killed) >= 5 and wait_gone(killed, timeout=10) == set()  # agent, 2 ranks, their workers, decode children
+        _check_complete_tars_read_to_the_end(out)
+    assert list(out.glob("*/.locks/*.lock")), "the killed runs' lock files are there; they must not block the rerun"
+
+    saved = _saved(out)
+    assert sum(len(s["partial"]) for s in saved.values()) > 0, "the kills left nothing to resume; the test proves nothing"
     job = _launch(args)
     _, stderr = job.communicate(timeout=300)
     assert job.returncode == 0, stderr.decode()[-3000:]
-    _check_complete_tars_read_to_the_end(folder)
-    records = read_records(folder)
-    assert sorted(r["member"] for r in records) == sorted(names)
-    assert all(r["status"] == "ok" for r in records) and not list(folder.glob("*.partial"))
+    _check_complete_tars_read_to_the_end(out)
+    _check_every_clip_once(out, names)
+    from extract.clips import parse_member_name
+
+    keys = {parse_member_name(n).key for n in names}
+    still_needed = {key for key in keys if any(key not in saved[h]["complete"] | saved[h]["partial"] for h in HEADS)}
+    for head in HEADS:
+        this_run = json.loads((out / head / "summary.json").read_text())["this_run"]
+        assert this_run["clips_resumed"] == len(saved[head]["partial"]), head  # every saved record was kept
+        assert this_run["records"] == len(keys) - len(saved[head]["complete"] | saved[head]["partial"]), head
+        assert this_run["clips_read"] == len(still_needed)  # only clips some head still lacked were read
+
+
+def test_ranks_stop_when_their_agent_is_killed_and_the_rerun_finishes(tmp_path):
+    names, args = _kill_dataset(tmp_path)
+    out = tmp_path / "out"
+    job = _launch(args)
+    _wait_for_partial_records(out)
+    below = descendants(job.pid)
+    os.kill(job.pid, signal.SIGKILL)  # the agent alone: its ranks live in sessions of their own
+    job.wait()
+    assert wait_gone(below, timeout=15) == set(), "ranks (or their workers) outlived their agent"
+    job = _launch(args)
+    _, stderr = job.communicate(timeout=300)
+    assert job.returncode == 0, stderr.decode()[-3000:]
+    _check_every_clip_once(out, names)
+
+
+def test_a_second_run_on_the_same_output_is_refused_while_the_first_writes(tmp_path):
+    names, args = _kill_dataset(tmp_path, shards=4, clips=16, seconds=8)  # long enough to still run when the second starts
+    out = tmp_path / "out"
+    first = _launch(args)
+    _wait_for_partial_records(out)
+    started = time.monotonic()
+    second = run_cli(*args)
+    assert first.poll() is None, "the first run ended before the second started: the test proves nothing"
+    assert second.returncode == 2 and time.monotonic() - started < 60
+    [line] = second.stderr.strip().splitlines()
+    assert line.startswith("error: ") and "is being written by another run" in line and f"pid {first.pid}" not in line
+    _, stderr = first.communicate(timeout=300)
+    assert first.returncode == 0, stderr.decode()[-3000:]
+    _check_every_clip_once(out, names)
 
 
 def test_a_crashed_rank_is_restarted_by_torchrun_and_the_job_completes(tmp_path):
     names, args = _kill_dataset(tmp_path)
-    folder = tmp_path / "out" / "probe"
+    out = tmp_path / "out"
     job = _launch(args, "--max-restarts=2")
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not any(p.stat().st_size > 2048 for p in folder.glob("*.partial")):
-        time.sleep(0.05)
+    _wait_for_partial_records(out)
     ranks = subprocess.run(["pgrep", "-P", str(job.pid)], capture_output=True, text=True).stdout.split()
-    assert ranks and not list(folder.glob("*.tar")), "the crash must come mid-run"
+    assert ranks and not list(out.glob("*/*.tar")), "the crash must come mid-run"
     os.kill(int(ranks[-1]), signal.SIGKILL)
     _, stderr = job.communicate(timeout=300)
     assert job.returncode == 0, stderr.decode()[-3000:]
-    records = read_records(folder)
-    assert sorted(r["member"] for r in records) == sorted(names)
+    _check_every_clip_once(out, names)

@@ -1,9 +1,19 @@
 """The registry of heads and the contract every head follows.
 
-A head says what it needs decoded (`media_spec`), loads its model once (`load`), and turns a batch
-of decoded clips into one `Result` per clip (`infer`). It never reads the environment or touches
-ranks: the runner owns distribution and the writer owns output. Every module in this package is
-imported on first use, so a new head is one file here plus one YAML in `conf/model/`.
+A head is one module here (named as the head) plus one YAML in `conf/model/`. It declares:
+
+- `media_spec`: the view of each clip it needs decoded (frames, size, audio). The decoder makes
+  every view the chosen heads asked for from one opening of the clip.
+- `fields`: its record fields and their types (`str`, `float`, `list[float]`, TypedDicts...), so
+  every record of the head has the same fields, null where a clip gave nothing.
+- `prepare(clip)`: its per-clip CPU step (processor, tokenising, windowing), run in the DataLoader
+  workers. It may return a `Result` at once (a clip with nothing to do is `skipped` there).
+- `load(device)` and `infer(clips)`: the model step in the main process, on a batch of prepared
+  clips; one `Result` per clip, same order.
+
+A head never reads environment variables or touches ranks: the runner owns distribution, bf16
+autocast, batching and per-clip error isolation, the writer owns the output, the data module owns
+shards and decoding. A head's module is imported only when the head is chosen.
 """
 
 from __future__ import annotations
@@ -13,7 +23,7 @@ import importlib.util
 import logging
 import pkgutil
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -24,19 +34,24 @@ from extract.errors import ConfigError
 log = logging.getLogger(__name__)
 _HEADS: dict[str, type["Head"]] = {}
 
+# the extra of setup.cfg that brings each optional package a head may need
+EXTRA_OF_PACKAGE = {"transformers": "models", "tokenizers": "models", "pycocotools": "models", "torchvision": "models",
+                    "PIL": "models", "huggingface_hub": "models"}
+
 
 @dataclass
 class Clip:
     key: str
-    video_id: str
-    start: float
-    end: float
+    video_id: str | None
+    start: float | None
+    end: float | None
     media: Media
+    prepared: Any = None  # what the head's `prepare` made of this clip in a worker
 
 
 @dataclass
 class Result:
-    """A head's answer for one clip: JSON fields, optional arrays (`{key}.{name}.npy`), a status."""
+    """A head's answer for one clip: declared fields, optional arrays (`{key}.{name}.npy`), a status."""
 
     fields: dict = field(default_factory=dict)
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
@@ -47,14 +62,73 @@ class Result:
 
 class Head:
     name: ClassVar[str]
+    fields: ClassVar[dict[str, Any]] = {}  # record field -> type; every record of the head carries each one
+    requires: ClassVar[tuple[str, ...]] = ()  # optional packages (import names) the head needs
     model_id: str | None = None  # the checkpoint, recorded in every record
     media_spec: MediaSpec
+    # whether `infer` reads the decoded frames, or only what `prepare` made of them (then they stay in the worker)
+    frames_in_model_step: ClassVar[bool] = True
+
+    def open(self, device: torch.device) -> None:
+        """CPU-side set-up that `prepare` needs (processor, tokenizer); runs before the workers start."""
+
+    def prepare(self, clip: Clip) -> Any:
+        """The per-clip CPU step, in a DataLoader worker; its value arrives as `clip.prepared` in `infer`."""
+        return None
 
     def load(self, device: torch.device) -> None:
         """Load weights onto `device`; heads without a model do nothing."""
 
     def infer(self, clips: list[Clip]) -> list[Result]:
         raise NotImplementedError
+
+
+def register(cls: type[Head]) -> type[Head]:
+    from extract.records import BASE_FIELDS
+
+    clashes = sorted(set(cls.fields) & set(BASE_FIELDS))
+    if clashes:
+        raise TypeError(f"head {cls.name}: field(s) {', '.join(clashes)} collide with the base record fields")
+    _HEADS[cls.name] = cls
+    return cls
+
+
+def available() -> list[str]:
+    """Every head's name, without importing any (a head's optional packages may be missing)."""
+    return sorted(module.name for module in pkgutil.iter_modules(__path__) if not module.name.startswith("_"))
+
+
+def head_class(name: str) -> type[Head]:
+    """The class of head `name`; ConfigError if there is none or a package it needs is missing."""
+    if name not in available():
+        raise ConfigError(f"unknown head {name!r}; available: {', '.join(available())}")
+    try:
+        importlib.import_module(f"{__name__}.{name}")
+    except ModuleNotFoundError as exc:
+        raise _missing_package(name, exc.name) from None
+    cls = _HEADS[name]
+    for package in cls.requires:
+        if importlib.util.find_spec(package) is None:
+            raise _missing_package(name, package)
+    return cls
+
+
+def _missing_package(head: str, package: str | None) -> ConfigError:
+    top = (package or "").split(".")[0]
+    extra = EXTRA_OF_PACKAGE.get(top)
+    how = f"pip install 'extract[{extra}]'" if extra else f"pip install {top}"
+    return ConfigError(f"head {head} needs the package {top!r}, which is not installed: {how}")
+
+
+def build(name: str, options: dict) -> Head:
+    cls = head_class(name)
+    try:
+        return cls(**options)
+    except TypeError as exc:
+        raise ConfigError(f"options of head {name}: {exc}") from None
+
+
+# ---------------------------------------------------------------------------- helpers the model heads share
 
 
 def checkpoint_error(checkpoint: str, exc: Exception) -> ConfigError:
@@ -73,17 +147,24 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[name]
 
 
-def load_pretrained(model_class, checkpoint: str, device: torch.device, dtype: torch.dtype, revision: str | None = None,
-                    processor_class=None, **model_options):
-    """(processor, model) from a hub id or a local folder, on `device` in eval mode; one clear error if absent."""
+def load_processor(checkpoint: str, revision: str | None = None, processor_class=None):
+    """A checkpoint's processor (CPU only, light): what `prepare` runs in the workers."""
     from transformers import AutoProcessor
 
     try:
-        processor = (processor_class or AutoProcessor).from_pretrained(checkpoint, revision=revision)
+        return (processor_class or AutoProcessor).from_pretrained(checkpoint, revision=revision)
+    except (OSError, ValueError) as exc:
+        raise checkpoint_error(checkpoint, exc) from exc
+
+
+def load_model(model_class, checkpoint: str, device: torch.device, dtype: torch.dtype, revision: str | None = None,
+               **model_options):
+    """A model from a hub id or a local folder, on `device` in eval mode; one clear error if absent."""
+    try:
         model = model_class.from_pretrained(checkpoint, revision=revision, dtype=dtype, **model_options)
     except (OSError, ValueError) as exc:
         raise checkpoint_error(checkpoint, exc) from exc
-    return processor, model.to(device).eval()
+    return model.to(device).eval()
 
 
 def pick_attention(requested: str) -> str:
@@ -91,12 +172,6 @@ def pick_attention(requested: str) -> str:
     if requested != "auto":
         return requested
     return "flash_attention_2" if importlib.util.find_spec("flash_attn") else "sdpa"
-
-
-def load_generative(model_class, head: "Head", device: torch.device):
-    """(processor, model) of a captioning head from its checkpoint, revision, dtype and attention options."""
-    return load_pretrained(model_class, head.model_id, device, resolve_dtype(head.dtype_name, device), head.revision,
-                           attn_implementation=pick_attention(head.attn_implementation))
 
 
 def split_on_oom(run, items: list) -> list:
@@ -110,25 +185,3 @@ def split_on_oom(run, items: list) -> list:
         log.warning("out of GPU memory on a batch of %d; retrying in halves", len(items))
         half = len(items) // 2
         return split_on_oom(run, items[:half]) + split_on_oom(run, items[half:])
-
-
-def register(cls: type[Head]) -> type[Head]:
-    _HEADS[cls.name] = cls
-    return cls
-
-
-def _import_all() -> None:
-    for module in pkgutil.iter_modules(__path__):
-        importlib.import_module(f"{__name__}.{module.name}")
-
-
-def available() -> list[str]:
-    _import_all()
-    return sorted(_HEADS)
-
-
-def build(name: str, options: dict) -> Head:
-    _import_all()
-    if name not in _HEADS:
-        raise KeyError(name)
-    return _HEADS[name](**options)

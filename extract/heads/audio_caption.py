@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 import torch
@@ -44,9 +45,24 @@ def windows_of(samples: int, window_s: float) -> list[tuple[int, int]]:
     return list(zip(bounds[:-1], bounds[1:]))
 
 
+class Window(TypedDict):
+    start: float  # seconds into the clip's audio
+    end: float
+    caption: str
+    confidence: float
+    mean_logprob: float
+    num_tokens: int
+    finish_reason: str
+
+
 @register
 class AudioCaption(Head):
     name = "audio_caption"
+    requires = ("transformers",)
+    fields = {"caption": str, "confidence": float, "mean_logprob": float, "num_tokens": int, "finish_reason": str,
+              "has_audio": bool, "audio_s": float, "num_windows": int, "windows": list[Window], "feature_dim": int,
+              "feature_layer": int, "tokenizer": str, "revision": str}
+    frames_in_model_step = False
 
     def __init__(self, checkpoint: str, tokenizer: str = "facebook/bart-base", revision: str | None = None,
                  window_s: float = 30.0, window_batch: int = 16, num_beams: int = BEAM_SEARCH["num_beams"],
@@ -55,6 +71,10 @@ class AudioCaption(Head):
         self.window_s, self.window_batch, self.dtype_name = window_s, window_batch, dtype
         self.beam_search = {**BEAM_SEARCH, "num_beams": num_beams, "max_length": max_length}
         self.media_spec = MediaSpec(audio=True, sample_rate=SAMPLE_RATE)
+        self.fbank_device: torch.device | None = None
+
+    def open(self, device: torch.device) -> None:
+        self.fbank_device = device if device.type == "cpu" else None  # CPU work belongs in the workers; a GPU does it in the model step
 
     def load(self, device: torch.device) -> None:
         from transformers import AutoTokenizer
@@ -86,27 +106,39 @@ class AudioCaption(Head):
         frames = (tokens // per_column) * self.model.encoder.patch + self.model.encoder.patch - 1
         return 400 + (frames - 1) * 160
 
-    def infer(self, clips: list[Clip]) -> list[Result]:
-        results = [self._skipped(clip.media) for clip in clips]
-        windows = []  # (clip index, start s, end s, samples)
-        for index, clip in enumerate(clips):
-            if results[index] is None:
-                for start, end in windows_of(len(clip.media.audio), self.window_s):
-                    windows.append((index, start / SAMPLE_RATE, end / SAMPLE_RATE, clip.media.audio[start:end]))
+    def prepare(self, clip: Clip) -> Result | dict:
+        """In a worker: a skip when there is nothing to caption, else the windows (and their fbanks on a CPU run)."""
+        skipped = self._skipped(clip.media)
+        if skipped is not None:
+            return skipped
+        audio = torch.as_tensor(clip.media.audio)
+        windows = [{"start": start / SAMPLE_RATE, "end": end / SAMPLE_RATE, "audio": audio[start:end]}
+                   for start, end in windows_of(len(audio), self.window_s)]
+        if self.fbank_device is not None:
+            for window in windows:
+                window["fbank"] = normalised_fbank(window["audio"].to(self.fbank_device))
+        return {"windows": windows, "audio_s": round(len(audio) / SAMPLE_RATE, 3)}
 
+    def infer(self, clips: list[Clip]) -> list[Result]:
+        prepared = [clip.prepared if clip.prepared is not None else self.prepare(clip) for clip in clips]
+        windows = [(index, window) for index, p in enumerate(prepared) if isinstance(p, dict) for window in p["windows"]]
         outputs = []
         for first in range(0, len(windows), self.window_batch):
-            outputs += split_on_oom(self._caption_windows, [w[3] for w in windows[first : first + self.window_batch]])
-
-        for index, clip in enumerate(clips):
-            if results[index] is None:
-                mine = [(w, out) for w, out in zip(windows, outputs) if w[0] == index]
-                results[index] = self._clip_result(clip, mine)
+            outputs += split_on_oom(self._caption_windows, [w for _, w in windows[first : first + self.window_batch]])
+        results = []
+        for index, p in enumerate(prepared):
+            if isinstance(p, Result):
+                results.append(p)
+            else:
+                results.append(self._clip_result(p, [(w, out) for (i, w), out in zip(windows, outputs) if i == index]))
         return results
 
     @staticmethod
     def _skipped(media) -> Result | None:
-        """The reason a clip has nothing to caption, as a skipped result; None when it has."""
+        """The reason a clip has nothing to caption, as a skipped (or error) result; None when it has."""
+        if media.audio_error:
+            return Result(fields={"has_audio": True, "num_windows": 0}, status="error", error_type=media.audio_error[0],
+                          error=media.audio_error[1])
         if not media.has_audio or media.audio is None:
             return Result(fields={"has_audio": False, "num_windows": 0}, status="skipped", error_type="no_audio",
                           error="the clip has no audio stream")
@@ -116,23 +148,23 @@ class AudioCaption(Head):
                           error_type="too_short", error=f"{seconds:.3f} s of audio; captioning needs at least {MIN_SAMPLES / SAMPLE_RATE:.3f} s")
         return None
 
-    def _clip_result(self, clip: Clip, windows: list) -> Result:
-        entries = [{"start": round(start, 3), "end": round(end, 3), "caption": out["generated"].text, **out["generated"].fields()}
-                   for (_, start, end, _), out in windows]
+    def _clip_result(self, prepared: dict, windows: list) -> Result:
+        entries = [{"start": round(w["start"], 3), "end": round(w["end"], 3), "caption": out["generated"].text, **out["generated"].fields()}
+                   for w, out in windows]
         best = max(range(len(entries)), key=lambda i: entries[i]["confidence"])
         weights = np.array([out["tokens"] for _, out in windows], dtype=np.float64)
         pooled = (np.stack([out["pooled"] for _, out in windows]) * weights[:, None]).sum(0) / weights.sum()
         fields = {key: entries[best][key] for key in ("caption", "confidence", "mean_logprob", "num_tokens", "finish_reason")}
-        fields |= {"has_audio": True, "audio_s": round(len(clip.media.audio) / SAMPLE_RATE, 3), "num_windows": len(entries),
+        fields |= {"has_audio": True, "audio_s": prepared["audio_s"], "num_windows": len(entries),
                    "windows": entries, "feature_dim": int(pooled.shape[0]), "feature_layer": self.model.repr_layer,
                    "tokenizer": self.tokenizer_id, "revision": self.revision}
         return Result(fields=fields, arrays={"features": pooled.astype(np.float16)})
 
     @torch.no_grad()
-    def _caption_windows(self, audio: list[np.ndarray]) -> list[dict]:
+    def _caption_windows(self, windows: list[dict]) -> list[dict]:
         from transformers.modeling_outputs import BaseModelOutput
 
-        fbanks = [normalised_fbank(torch.from_numpy(np.ascontiguousarray(a)).to(self.device)) for a in audio]
+        fbanks = [(w["fbank"] if "fbank" in w else normalised_fbank(w["audio"].to(self.device))).to(self.device) for w in windows]
         frames = torch.tensor([len(f) for f in fbanks], device=self.device)
         batch = torch.nn.utils.rnn.pad_sequence(fbanks, batch_first=True).to(self.model.bart.dtype)
         encoded = self.model.encode(batch, frames)

@@ -100,6 +100,8 @@ METHODS = {"onset_xcorr": onset_xcorr}
 @register
 class AVSync(Head):
     name = "av_sync"
+    fields = {"offset_s": float, "candidate_offset_s": float, "confidence": float, "method": str, "fps": float,
+              "frames_used": int, "max_offset_s": float, "peak_correlation": float, "rival_correlation": float}
 
     def __init__(self, method: str = "onset_xcorr", max_offset: float = 2.0, max_frames: int = 900,
                  short_side: int = 64, min_motion: float = 1.0, min_sound_dbfs: float = -60.0,
@@ -111,10 +113,10 @@ class AVSync(Head):
         self.media_spec = MediaSpec(every_frame=True, max_frames=max_frames, short_side=short_side, audio=True,
                                     sample_rate=SAMPLE_RATE)
 
-    def infer(self, clips: list[Clip]) -> list[Result]:
-        return [self._one(clip) for clip in clips]
-
-    def _one(self, clip: Clip) -> Result:
+    def prepare(self, clip: Clip) -> Result:
+        """All of it is CPU work: it runs in the workers."""
+        if clip.media.audio_error:
+            return Result(status="error", error_type=clip.media.audio_error[0], error=clip.media.audio_error[1])
         estimate = METHODS[self.method](clip.media, self.max_offset, self.min_motion, self.min_sound_dbfs)
         times = clip.media.frame_times
         fields = {"offset_s": estimate.offset_s, "confidence": estimate.confidence, "method": self.method,
@@ -127,3 +129,6 @@ class AVSync(Head):
         if estimate.skip_reason:
             return Result(fields=fields, status="skipped", error_type=estimate.skip_type, error=estimate.skip_reason)
         return Result(fields=fields)
+
+    def infer(self, clips: list[Clip]) -> list[Result]:
+        return [self.prepare(clip) for clip in clips]

@@ -1,17 +1,20 @@
 """grounding_sam: open-vocabulary boxes (Grounding DINO) and their masks (SAM) on keyframes.
 
 As in transformers' Grounding DINO + SAM recipe: the detector finds boxes for the text queries,
-then SAM is prompted with those boxes. Masks are written as COCO RLE (pycocotools).
+then SAM is prompted with those boxes. Both processors (resizing, normalising) run in the
+workers; SAM's prompts need the detector's boxes, so that part stays in the model step. Masks
+are written as COCO RLE (pycocotools).
 """
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 import numpy as np
 import torch
-from pycocotools import mask as mask_utils
 
 from extract.decode import MediaSpec
-from extract.heads import Clip, Head, Result, load_pretrained, register, resolve_dtype
+from extract.heads import Clip, Head, Result, load_model, load_processor, register, resolve_dtype
 
 
 def normalise_labels(labels: str | list[str]) -> str:
@@ -22,13 +25,38 @@ def normalise_labels(labels: str | list[str]) -> str:
 
 
 def encode_mask(mask: np.ndarray) -> dict:
+    from pycocotools import mask as mask_utils
+
     rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
     return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+class Mask(TypedDict):
+    size: list[int]  # [height, width]
+    counts: str  # COCO RLE, compressed
+
+
+class Detection(TypedDict):
+    label: str
+    score: float
+    box: list[float]  # x0, y0, x1, y1 in the frame's pixels
+    mask: Mask
+    area: int  # pixels in the mask
+
+
+class Keyframe(TypedDict):
+    time: float  # presentation time (s)
+    width: int
+    height: int
+    detections: list[Detection]
 
 
 @register
 class GroundingSam(Head):
     name = "grounding_sam"
+    requires = ("transformers", "pycocotools")
+    fields = {"labels": str, "keyframes": list[Keyframe], "num_detections": int}
+    frames_in_model_step = False
 
     def __init__(self, detector: str = "IDEA-Research/grounding-dino-base", segmenter: str = "facebook/sam-vit-base",
                  labels: str = "person. face. hand. animal. vehicle. building. text.", box_threshold: float = 0.35,
@@ -40,27 +68,46 @@ class GroundingSam(Head):
         self.max_detections, self.dtype_name = max_detections, dtype
         self.media_spec = MediaSpec(num_frames=num_keyframes)  # full resolution: boxes are in the frame's pixels
 
-    def load(self, device: torch.device) -> None:
-        from transformers import GroundingDinoForObjectDetection, SamModel, SamProcessor
+    def open(self, device: torch.device) -> None:
+        from transformers import SamProcessor
 
-        dtype = resolve_dtype(self.dtype_name, device)
-        self.attach(load_pretrained(GroundingDinoForObjectDetection, self.detector_id, device, dtype),
-                    load_pretrained(SamModel, self.segmenter_id, device, dtype, processor_class=SamProcessor), device)
+        self._use_processors(load_processor(self.detector_id), load_processor(self.segmenter_id, processor_class=SamProcessor),
+                             resolve_dtype(self.dtype_name, device))
+
+    def load(self, device: torch.device) -> None:
+        from transformers import GroundingDinoForObjectDetection, SamModel
+
+        self.detector = load_model(GroundingDinoForObjectDetection, self.detector_id, device, self.dtype)
+        self.sam = load_model(SamModel, self.segmenter_id, device, self.dtype)
+        self.device = device
 
     def attach(self, detector: tuple, segmenter: tuple, device: torch.device) -> None:
         """Use these (processor, model) pairs (benchmarks attach full-size random ones built on the device)."""
-        (self.detector_processor, self.detector), (self.sam_processor, self.sam) = detector, segmenter
-        self.dtype, self.device = self.detector.dtype, device
+        self._use_processors(detector[0], segmenter[0], detector[1].dtype)
+        self.detector, self.sam, self.device = detector[1], segmenter[1], device
+
+    def _use_processors(self, detector_processor, sam_processor, dtype: torch.dtype) -> None:
+        self.detector_processor, self.sam_processor, self.dtype = detector_processor, sam_processor, dtype
+        self.text = self.detector_processor.tokenizer([self.labels], return_tensors="pt")
+
+    def prepare(self, clip: Clip) -> dict:
+        """In a worker: both models' pixels for every keyframe, in the model's dtype."""
+        frames = list(np.asarray(clip.media.frames))
+        detector = self.detector_processor.image_processor(frames, return_tensors="pt")
+        sam = self.sam_processor(images=frames, return_tensors="pt")
+        sizes = [frame.shape[:2] for frame in frames]
+        return {"detector_pixels": [p[:, : h, : w].to(self.dtype) for p, (h, w) in zip(detector["pixel_values"], _unpadded(detector))],
+                "sam_pixels": sam["pixel_values"].to(self.dtype), "original_sizes": sam["original_sizes"],
+                "reshaped_input_sizes": sam["reshaped_input_sizes"], "sizes": sizes, "frame_times": clip.media.frame_times}
 
     def infer(self, clips: list[Clip]) -> list[Result]:
-        frames = [frame for clip in clips for frame in clip.media.frames]  # every keyframe of the batch at once
-        detections = self._detect(frames)
-        masks = self._segment(frames, detections)
+        prepared = [clip.prepared if clip.prepared is not None else self.prepare(clip) for clip in clips]
+        detections = self._detect(prepared)
+        masks = self._segment(prepared, detections)
         results, index = [], 0
-        for clip in clips:
+        for p in prepared:
             keyframes = []
-            for time_s, frame in zip(clip.media.frame_times, clip.media.frames):
-                height, width = frame.shape[:2]
+            for time_s, (height, width) in zip(p["frame_times"], p["sizes"]):
                 found = [dict(d, mask=encode_mask(m), area=int(m.sum())) for d, m in zip(detections[index], masks[index])]
                 keyframes.append({"time": time_s, "width": width, "height": height, "detections": found})
                 index += 1
@@ -68,14 +115,16 @@ class GroundingSam(Head):
                                           "num_detections": sum(len(k["detections"]) for k in keyframes)}))
         return results
 
-    def _detect(self, frames: list[np.ndarray]) -> list[list[dict]]:
-        inputs = self.detector_processor(images=frames, text=[self.labels] * len(frames), return_tensors="pt").to(self.device)
-        inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
-        outputs = self.detector(**inputs)
+    def _detect(self, prepared: list[dict]) -> list[list[dict]]:
+        pixels = [image for p in prepared for image in p["detector_pixels"]]
+        pixel_values, pixel_mask = pad_images(pixels)
+        count = len(pixels)
+        text = {name: value.expand(count, -1).to(self.device) for name, value in self.text.items()}
+        outputs = self.detector(pixel_values=pixel_values.to(self.device), pixel_mask=pixel_mask.to(self.device), **text)
         outputs.logits, outputs.pred_boxes = outputs.logits.float(), outputs.pred_boxes.float()
-        sizes = [frame.shape[:2] for frame in frames]
+        sizes = [size for p in prepared for size in p["sizes"]]
         found = self.detector_processor.post_process_grounded_object_detection(
-            outputs, inputs["input_ids"], threshold=self.box_threshold, text_threshold=self.text_threshold, target_sizes=sizes)
+            outputs, text["input_ids"], threshold=self.box_threshold, text_threshold=self.text_threshold, target_sizes=sizes)
         detections = []
         for (height, width), result in zip(sizes, found):
             order = result["scores"].argsort(descending=True)[: self.max_detections].tolist()
@@ -88,21 +137,41 @@ class GroundingSam(Head):
             detections.append(frame_detections)
         return detections
 
-    def _segment(self, frames: list[np.ndarray], detections: list[list[dict]]) -> list[list[np.ndarray]]:
-        masks: list[list[np.ndarray]] = [[] for _ in frames]
-        wanted = [i for i, found in enumerate(detections) if found]
+    def _segment(self, prepared: list[dict], detections: list[list[dict]]) -> list[list[np.ndarray]]:
+        masks: list[list[np.ndarray]] = [[] for _ in detections]
+        frames = [(p, i) for p in prepared for i in range(len(p["sizes"]))]
+        wanted = [n for n, found in enumerate(detections) if found]
         if not wanted:
             return masks
-        inputs = self.sam_processor(images=[frames[i] for i in wanted], return_tensors="pt")
-        embeddings = self.sam.get_image_embeddings(inputs["pixel_values"].to(self.device, self.dtype))  # batched
+        pixels = torch.stack([frames[n][0]["sam_pixels"][frames[n][1]] for n in wanted])
+        embeddings = self.sam.get_image_embeddings(pixels.to(self.device))  # batched
         longest = self.sam_processor.image_processor.size["longest_edge"]
-        for row, i in enumerate(wanted):
-            height, width = frames[i].shape[:2]
+        for row, n in enumerate(wanted):
+            p, i = frames[n]
+            height, width = p["sizes"][i]
             scale = longest / max(height, width)  # boxes in the resized image's pixels, as SamProcessor scales them
-            boxes = torch.tensor([[d["box"] for d in detections[i]]], dtype=torch.float32) * scale
+            boxes = torch.tensor([[d["box"] for d in detections[n]]], dtype=torch.float32) * scale
             output = self.sam(image_embeddings=embeddings[row : row + 1], input_boxes=boxes.to(self.device, self.dtype),
                               multimask_output=False)
-            [frame_masks] = self.sam_processor.post_process_masks(output.pred_masks.float().cpu(), inputs["original_sizes"][row : row + 1],
-                                                                  inputs["reshaped_input_sizes"][row : row + 1])
-            masks[i] = [m[0].numpy() for m in frame_masks]
+            [frame_masks] = self.sam_processor.post_process_masks(output.pred_masks.float().cpu(), p["original_sizes"][i : i + 1],
+                                                                  p["reshaped_input_sizes"][i : i + 1])
+            masks[n] = [m[0].numpy() for m in frame_masks]
         return masks
+
+
+def _unpadded(processed) -> list[tuple[int, int]]:
+    """Each image's size inside the processor's padded batch (from its pixel mask)."""
+    mask = processed["pixel_mask"]
+    return [(int(m.any(dim=1).sum()), int(m.any(dim=0).sum())) for m in mask]
+
+
+def pad_images(images: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """[3, H, W] images padded bottom-right with zeros to one size, and the mask of real pixels, as the
+    Grounding DINO processor pads a batch."""
+    height, width = max(i.shape[1] for i in images), max(i.shape[2] for i in images)
+    batch = images[0].new_zeros((len(images), 3, height, width))
+    mask = torch.zeros((len(images), height, width), dtype=torch.long)
+    for row, image in enumerate(images):
+        batch[row, :, : image.shape[1], : image.shape[2]] = image
+        mask[row, : image.shape[1], : image.shape[2]] = 1
+    return batch, mask

@@ -1,16 +1,112 @@
-"""Tiny randomly initialised checkpoints, saved in the same format as the real ones.
+"""Random-weight models for the benchmarks, built without a download.
 
-No weights can be downloaded in tests or CI, so each model head is exercised end to end with a
-tiny model of the real architecture, written with `save_pretrained` and read back by the head
-through the same `from_pretrained` path a real checkpoint takes.
+- The heads' real architectures at full size (`llava_video`, `internvl`, `grounding_sam`), built
+  from their published configurations and initialised in place on a device (bf16 on CUDA), with a
+  processor whose image sizes and token counts match the real one and a small offline tokenizer
+  carrying the model's special tokens. `layers` cuts the transformer depth for a quick check of
+  the whole path on a small machine; benchmark numbers use full depth.
+- A tiny LLaVA-Video saved with `save_pretrained`, for timing the pipeline around a model.
+- The audio captioner at full size in its authors' release format (`released_layout` names every
+  tensor as their modules do), read back by the head's own loader.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from extract.generation import QWEN_CHAT_TEMPLATE, qwen_chat_template
 
+# Qwen2-7B, LLaVA-Video-7B-Qwen2's language model
+QWEN2_7B = {"model_type": "qwen2", "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
+            "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 152064, "max_position_embeddings": 32768,
+            "rope_theta": 1000000.0, "tie_word_embeddings": False}
+# Qwen3-8B, InternVL3.5-8B's language model
+QWEN3_8B = {"model_type": "qwen3", "hidden_size": 4096, "intermediate_size": 12288, "num_hidden_layers": 36,
+            "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 151936,
+            "max_position_embeddings": 40960, "rope_theta": 1000000.0, "tie_word_embeddings": False}
+# Swin-B at 384 with window 12, grounding-dino-base's backbone
+SWIN_B_384 = {"model_type": "swin", "embed_dim": 128, "depths": [2, 2, 18, 2], "num_heads": [4, 8, 16, 32], "window_size": 12,
+              "image_size": 384, "out_features": ["stage2", "stage3", "stage4"]}
+
+
+def _shallow(config: dict, layers: int | None, key: str = "num_hidden_layers") -> dict:
+    return {**config, key: min(config[key], layers)} if layers else config
+
+
+def _build(model_class, config, device: torch.device, dtype: torch.dtype, attn_implementation: str | None = None):
+    torch.manual_seed(0)
+    if attn_implementation:
+        config._attn_implementation = attn_implementation
+    with torch.device(device):
+        model = model_class._from_config(config, dtype=dtype)
+    # some modules build parameters with the legacy torch.Tensor(...), which ignores the device context
+    return model.to(device).eval()
+
+
+def llava_video(device: torch.device, dtype: torch.dtype, attn_implementation: str, layers: int | None = None):
+    """(processor, model): LLaVA-OneVision with SigLIP-so400m-384 (26 layers, as LLaVA uses it) and Qwen2-7B."""
+    from transformers import (LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, LlavaOnevisionImageProcessor,
+                              LlavaOnevisionProcessor, LlavaOnevisionVideoProcessor)
+
+    from extract.generation import QWEN_CHAT_TEMPLATE
+    tokenizer = tiny_tokenizer()
+    config = LlavaOnevisionConfig(
+        text_config=_shallow(QWEN2_7B, layers),
+        vision_config={"model_type": "siglip_vision_model", "hidden_size": 1152, "intermediate_size": 4304, "patch_size": 14,
+                       "image_size": 384, "num_hidden_layers": min(26, layers or 26), "num_attention_heads": 16, "vision_use_head": False},
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"), video_token_index=tokenizer.convert_tokens_to_ids("<video>"))
+    model = _build(LlavaOnevisionForConditionalGeneration, config, device, dtype, attn_implementation)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    size = {"height": 384, "width": 384}
+    processor = LlavaOnevisionProcessor(
+        image_processor=LlavaOnevisionImageProcessor(size=size, crop_size=size, image_grid_pinpoints=config.image_grid_pinpoints),
+        video_processor=LlavaOnevisionVideoProcessor(size=size, crop_size=size), tokenizer=tokenizer, num_image_tokens=729,
+        vision_feature_select_strategy="full", chat_template=QWEN_CHAT_TEMPLATE)
+    return processor, model
+
+
+def internvl(device: torch.device, dtype: torch.dtype, attn_implementation: str, layers: int | None = None):
+    """(processor, model): InternVL3.5-8B's shape, InternViT-300M-448 + Qwen3-8B, 256 tokens per tile."""
+    from transformers import GotOcr2ImageProcessor, InternVLConfig, InternVLForConditionalGeneration, InternVLProcessor, InternVLVideoProcessor
+
+    from extract.generation import qwen_chat_template
+    template = qwen_chat_template("<IMG_CONTEXT>")
+    tokenizer = tiny_tokenizer({"start_image_token": "<img>", "end_image_token": "</img>",
+                                "context_image_token": "<IMG_CONTEXT>", "video_token": "<video>"}, template)
+    config = InternVLConfig(vision_config={"model_type": "internvl_vision", "num_hidden_layers": min(24, layers or 24)},
+                            text_config=_shallow(QWEN3_8B, layers), image_token_id=tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>"),
+                            tie_word_embeddings=False)
+    model = _build(InternVLForConditionalGeneration, config, device, dtype, attn_implementation)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    size = {"height": 448, "width": 448}
+    processor = InternVLProcessor(image_processor=GotOcr2ImageProcessor(size=size, crop_to_patches=False),
+                                  video_processor=InternVLVideoProcessor(size=size), tokenizer=tokenizer, image_seq_length=256,
+                                  chat_template=template)
+    return processor, model
+
+
+def grounding_sam(device: torch.device, dtype: torch.dtype, layers: int | None = None):
+    """((processor, model), (processor, model)): grounding-dino-base (Swin-B, BERT-base) and sam-vit-base."""
+    from transformers import (GroundingDinoConfig, GroundingDinoForObjectDetection, GroundingDinoImageProcessor,
+                              GroundingDinoProcessor, SamConfig, SamImageProcessor, SamModel, SamProcessor)
+
+    detector_config = GroundingDinoConfig(
+        backbone_config={**SWIN_B_384, "depths": [min(d, layers or d) for d in SWIN_B_384["depths"]]},
+        text_config={"model_type": "bert", "num_hidden_layers": min(12, layers or 12)},
+        encoder_layers=min(6, layers or 6), decoder_layers=max(2, min(6, layers or 6)))
+    detector = _build(GroundingDinoForObjectDetection, detector_config, device, dtype)
+    segmenter_config = SamConfig(vision_config={"num_hidden_layers": min(12, layers or 12),
+                                                "global_attn_indexes": [i for i in (2, 5, 8, 11) if i < min(12, layers or 12)] or [0]})
+    segmenter = _build(SamModel, segmenter_config, device, dtype)
+    detector_processor = GroundingDinoProcessor(image_processor=GroundingDinoImageProcessor(), tokenizer=tiny_bert_tokenizer())
+    return (detector_processor, detector), (SamProcessor(image_processor=SamImageProcessor()), segmenter)
+
+
+# ---------------------------------------------------------------------------- tokenizers and tiny models
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>"]
 
 
@@ -35,13 +131,13 @@ def tiny_tokenizer(extra_special_tokens: dict[str, str] | None = None, chat_temp
                                    padding_side="left", chat_template=chat_template, extra_special_tokens=extra)
 
 
-def _tiny_qwen2_text_config(tokenizer) -> dict:
+def tiny_qwen2_text_config(tokenizer) -> dict:
     return {"model_type": "qwen2", "vocab_size": len(tokenizer), "hidden_size": 64, "intermediate_size": 128,
             "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 4096,
             "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
 
 
-def _save_generative(model_class, config, tokenizer, folder: Path, seed: int) -> None:
+def save_generative(model_class, config, tokenizer, folder: Path, seed: int) -> None:
     import torch
 
     torch.manual_seed(seed)
@@ -59,7 +155,7 @@ def save_tiny_llava_video(folder: str | Path, seed: int = 0) -> Path:
     folder = Path(folder)
     tokenizer = tiny_tokenizer()
     config = LlavaOnevisionConfig(
-        text_config=_tiny_qwen2_text_config(tokenizer),
+        text_config=tiny_qwen2_text_config(tokenizer),
         vision_config={"model_type": "siglip_vision_model", "hidden_size": 32, "intermediate_size": 64,
                        "num_hidden_layers": 2, "num_attention_heads": 2, "image_size": 32, "patch_size": 8,
                        "vision_use_head": False},  # LLaVA drops SigLIP's pooling head
@@ -68,7 +164,7 @@ def save_tiny_llava_video(folder: str | Path, seed: int = 0) -> Path:
         vision_feature_select_strategy="full", vision_feature_layer=-1,
         image_grid_pinpoints=[[32, 32], [32, 64], [64, 32], [64, 64]],
     )
-    _save_generative(LlavaOnevisionForConditionalGeneration, config, tokenizer, folder, seed)
+    save_generative(LlavaOnevisionForConditionalGeneration, config, tokenizer, folder, seed)
     size = {"height": 32, "width": 32}
     processor = LlavaOnevisionProcessor(
         image_processor=LlavaOnevisionImageProcessor(size=size, crop_size=size, image_grid_pinpoints=config.image_grid_pinpoints),
@@ -103,86 +199,6 @@ def tiny_bert_tokenizer():
     tokenizer.decoder = decoders.WordPiece()
     return BertTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]",
                              cls_token="[CLS]", mask_token="[MASK]")
-
-
-def save_tiny_grounding_dino(folder: str | Path, seed: int = 0) -> Path:
-    import torch
-    from transformers import GroundingDinoConfig, GroundingDinoForObjectDetection, GroundingDinoImageProcessor, GroundingDinoProcessor
-
-    folder = Path(folder)
-    tokenizer = tiny_bert_tokenizer()
-    config = GroundingDinoConfig(
-        backbone_config={"model_type": "swin", "embed_dim": 16, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 2, 2],
-                         "window_size": 4, "image_size": 64, "out_features": ["stage2", "stage3", "stage4"]},
-        text_config={"model_type": "bert", "vocab_size": 1100, "hidden_size": 32, "num_hidden_layers": 1,
-                     "num_attention_heads": 2, "intermediate_size": 64, "max_position_embeddings": 64},
-        d_model=32, encoder_layers=1, decoder_layers=2, encoder_attention_heads=2, decoder_attention_heads=2,
-        encoder_ffn_dim=64, decoder_ffn_dim=64, num_queries=30, max_text_len=64, num_feature_levels=4,
-        encoder_n_points=2, decoder_n_points=2,
-    )
-    torch.manual_seed(seed)
-    GroundingDinoForObjectDetection(config).eval().save_pretrained(folder)
-    processor = GroundingDinoProcessor(
-        image_processor=GroundingDinoImageProcessor(size={"shortest_edge": 64, "longest_edge": 96}), tokenizer=tokenizer)
-    processor.save_pretrained(folder)
-    return folder
-
-
-def save_tiny_sam(folder: str | Path, seed: int = 0) -> Path:
-    import torch
-    from transformers import SamConfig, SamImageProcessor, SamModel, SamProcessor
-
-    folder = Path(folder)
-    config = SamConfig(
-        vision_config={"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "image_size": 64,
-                       "patch_size": 8, "output_channels": 16, "mlp_dim": 64, "global_attn_indexes": [1], "num_pos_feats": 8,
-                       "window_size": 4},
-        prompt_encoder_config={"hidden_size": 16, "image_size": 64, "patch_size": 8, "image_embedding_size": 8,
-                               "mask_input_channels": 4},
-        mask_decoder_config={"hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2, "mlp_dim": 32,
-                             "iou_head_hidden_dim": 16, "iou_head_depth": 2},
-    )
-    torch.manual_seed(seed)
-    SamModel(config).eval().save_pretrained(folder)
-    SamProcessor(image_processor=SamImageProcessor(size={"longest_edge": 64}, pad_size={"height": 64, "width": 64})).save_pretrained(folder)
-    return folder
-
-
-def save_tiny_internvl(folder: str | Path, seed: int = 0) -> Path:
-    """Native-transformers InternVL (InternViT-style vision + Qwen2 text) at toy size, with its processor."""
-    from transformers import GotOcr2ImageProcessor, InternVLConfig, InternVLForConditionalGeneration, InternVLProcessor, InternVLVideoProcessor
-
-    folder = Path(folder)
-    template = qwen_chat_template("<IMG_CONTEXT>")
-    tokenizer = tiny_tokenizer({"start_image_token": "<img>", "end_image_token": "</img>",
-                                "context_image_token": "<IMG_CONTEXT>", "video_token": "<video>"}, template)
-    config = InternVLConfig(
-        vision_config={"model_type": "internvl_vision", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-                       "num_attention_heads": 2, "image_size": [32, 32], "patch_size": [8, 8]},
-        text_config=_tiny_qwen2_text_config(tokenizer),
-        image_token_id=tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>"), downsample_ratio=0.5,
-    )
-    _save_generative(InternVLForConditionalGeneration, config, tokenizer, folder, seed)
-    size = {"height": 32, "width": 32}
-    InternVLProcessor(image_processor=GotOcr2ImageProcessor(size=size, crop_to_patches=False),
-                      video_processor=InternVLVideoProcessor(size=size), tokenizer=tokenizer,
-                      image_seq_length=4, chat_template=template).save_pretrained(folder)
-    return folder
-
-
-# ---------------------------------------------------------------------------- BEATs-Conformer-BART
-TINY_CAPTIONER = {
-    "bart": {"d_model": 48, "decoder_layers": 2, "decoder_attention_heads": 4, "decoder_ffn_dim": 64,
-             "max_position_embeddings": 128, "max_cross_position_embeddings": 512, "encoder_repr_layer_idx": 2,
-             "encoder_downsample_rate": 3, "use_conv_downsample": True, "embed_predictor_ffn_dim": 32,
-             "embed_predictor_out_dim": 16, "decoder_start_token_id": 2, "pad_token_id": 1, "bos_token_id": 0,
-             "eos_token_id": 2},
-    "beats_config": {"embed_dim": 32, "encoder_layers": 3, "encoder_embed_dim": 48, "encoder_ffn_embed_dim": 64,
-                     "encoder_attention_heads": 4, "conv_pos": 8, "conv_pos_groups": 4, "num_buckets": 16,
-                     "max_distance": 40, "predictor_class": 5},
-    "conformer_config": {"hidden_size": 48, "intermediate_size": 64, "num_attention_heads": 4, "num_conv_pos_embeddings": 8,
-                         "num_conv_pos_embedding_groups": 4, "conv_depthwise_kernel_size": 5},
-}
 
 
 def released_layout(bart: dict, beats: dict, conformer: dict, vocab: int) -> dict[str, tuple]:
@@ -270,23 +286,6 @@ def random_released_state(layout: dict[str, tuple], seed: int = 0, scale: float 
     return state
 
 
-def tiny_bart_tokenizer():
-    """A byte-level BPE with BART's special tokens at BART's ids (<s>=0, <pad>=1, </s>=2, <unk>=3)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
-    tokenizer.decoder = decoders.ByteLevel()
-    corpus = ["a dog barks while birds chirp in the background", "rain falls on a metal roof as thunder rumbles",
-              "a car engine starts and drives away on a wet road", "people talk and laugh in a crowded room"]
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<s>", "<pad>", "</s>", "<unk>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tokenizer.train_from_iterator(corpus, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", pad_token="<pad>", eos_token="</s>",
-                                   unk_token="<unk>")
-
-
 def word_tokenizer(size: int):
     """A word-level tokenizer of `size` made-up words with BART's special ids, to decode full-size random models."""
     from tokenizers import Tokenizer, models, pre_tokenizers
@@ -318,29 +317,3 @@ def save_random_audio_captioner(folder: str | Path, seed: int = 0) -> Path:
     torch.save(random_released_state(layout, seed, scale=0.02), folder / "pytorch_model.bin")
     word_tokenizer(bart["vocab_size"]).save_pretrained(folder)
     return folder
-
-
-def save_tiny_audio_captioner(folder: str | Path, seed: int = 0) -> Path:
-    """A tiny BEATs-Conformer-BART as the authors release theirs: config.json (a BartConfig with the
-    captioner's fields) and pytorch_model.bin under their key names; plus a tokenizer in the same folder."""
-    import json
-
-    import torch
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    tokenizer = tiny_bart_tokenizer()
-    tokenizer.save_pretrained(folder)
-    config = {**TINY_CAPTIONER["bart"], "vocab_size": len(tokenizer), "model_type": "bart",
-              "beats_config": TINY_CAPTIONER["beats_config"], "conformer_config": TINY_CAPTIONER["conformer_config"]}
-    (folder / "config.json").write_text(json.dumps(config, indent=2))
-    layout = released_layout(TINY_CAPTIONER["bart"], {**_beats_defaults(), **TINY_CAPTIONER["beats_config"]},
-                             {"num_hidden_layers": 2, **TINY_CAPTIONER["conformer_config"]}, len(tokenizer))
-    torch.save(random_released_state(layout, seed), folder / "pytorch_model.bin")
-    return folder
-
-
-def _beats_defaults() -> dict:
-    from extract.beats_conformer_bart import BEATS_CONFIG
-
-    return BEATS_CONFIG

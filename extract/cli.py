@@ -1,0 +1,89 @@
+"""The command line before Hydra sees it: one-line errors for what Hydra would answer in a page, and
+the one-head shorthand `model.<option>=...` for `model.<head>.<option>=...`."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from extract.errors import ConfigError
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def head_names() -> list[str]:
+    return sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
+
+
+def _parse(arguments: list[str]):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        return OverridesParser.create().parse_overrides(arguments)
+    except Exception as exc:  # Hydra's grammar errors: its own message, on one line
+        raise ConfigError(" ".join(str(exc).split())) from None
+
+
+def _selected_heads(overrides) -> tuple[list[str], bool]:
+    """The heads `+model=` names and whether they are swept (`+model=a,b` under --multirun)."""
+    for override in overrides:
+        if override.key_or_group == "model" and not override.is_delete():
+            value = override.value()
+            if override.is_sweep_override():
+                return [str(v) for v in override.sweep_string_iterator()], True
+            return ([str(v) for v in value] if isinstance(value, list) else [str(value)]), False
+    return [], False
+
+
+def _unknown(kind: str, name: str, known: list[str]) -> ConfigError:
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return ConfigError(f"unknown {kind} {name!r}{hint}; known: {', '.join(known)}")
+
+
+def _paths(node: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key, value in node.items():
+        path = f"{prefix}{key}"
+        out.append(path)
+        if isinstance(value, dict):
+            out += _paths(value, path + ".")
+    return out
+
+
+def normalise_overrides(arguments: list[str]) -> list[str]:
+    """Check the overrides against the configs and expand the one-head shorthand; ConfigError on one line."""
+    flags = [a for a in arguments if a.startswith("-")]
+    overrides = [a for a in arguments if not a.startswith("-")]
+    parsed = _parse(overrides)
+    heads, swept = _selected_heads(parsed)
+    names = head_names()
+    for head in heads:
+        if head not in names:
+            raise _unknown("head", head, names)
+    root_paths = _paths(OmegaConf.to_container(OmegaConf.load(CONF / "config.yaml"), resolve=False))
+    options = {head: list(OmegaConf.load(CONF / "model" / f"{head}.yaml").keys()) for head in heads}
+    out = []
+    for argument, override in zip(overrides, parsed):
+        key = override.key_or_group
+        if key == "model" and not (override.is_add() or override.is_force_add() or override.is_delete()):
+            argument = "+" + argument  # the group is not in the defaults list: choosing it is an addition
+        if key == "model" or key.startswith("hydra") or override.is_add() or override.is_force_add():
+            out.append(argument)
+            continue
+        if key.startswith("model."):
+            head, _, option = key[len("model."):].partition(".")
+            if head not in heads and len(heads) == 1 and not swept:  # model.<option>: the one head's option
+                head, option = heads[0], key[len("model."):]
+                argument = argument.replace(key, f"model.{head}.{option}", 1)
+            if head not in heads:
+                raise ConfigError(f"{key}: {head!r} is not among the chosen heads ({', '.join(heads) or 'none; add +model=<head>'})")
+            top = option.split(".")[0]
+            if top and top not in options[head]:
+                raise _unknown(f"option of head {head}", top, options[head])
+        elif key not in root_paths and key.split(".")[0] not in ("model",):
+            raise _unknown("option", key, [p for p in root_paths if p != "hydra" and not p.startswith("hydra.")])
+        out.append(argument)
+    return flags + out
