@@ -28,8 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from extract.data import as_list, make_loader
+from extract.data import ClipItem, ShardPlan, as_list, make_loader, resolve_shards
 from extract.decode import Media, MediaSpec, decode_media
+from extract.heads import Head
 from extract.runner import Limits
 from extract.synthetic import lavfi_clip
 
@@ -68,13 +69,23 @@ class _Decode(torch.utils.data.Dataset):
         return decode_media(data, SPEC)
 
 
+class _DecodeOnly(Head):
+    """A head that only asks for the data benchmark's view."""
+
+    name = "decode"
+
+    def __init__(self, spec: MediaSpec):
+        self.media_spec = spec
+
+
 def _count(loader) -> int:
-    return sum(1 for batch in loader for item in batch if item.__class__.__name__ == "Media" or item.get("kind") == "clip")
+    return sum(1 for batch in loader for item in batch if isinstance(item, Media) or (isinstance(item, ClipItem) and item.media))
 
 
 def time_streaming(urls, workers: int, limits: Limits = LIMITS) -> tuple[int, float]:
     started = time.perf_counter()
-    count = _count(make_loader(urls, {}, SPEC, limits, batch_size=4, num_workers=workers))
+    plan = ShardPlan({url: {"decode": set()} for url in urls})
+    count = _count(make_loader(plan, {"decode": _DecodeOnly(SPEC)}, limits, batch_size=4, num_workers=workers))
     return count, time.perf_counter() - started
 
 
@@ -147,6 +158,128 @@ def bench_av_sync(args) -> None:
         within = sum(err <= 1 / fps for err in errors) / len(errors)
         print(f"{fps:>4}  {len(clips):>5}  {1000 * sum(errors) / len(errors):>13.1f}  {1000 * max(errors):>12.1f}  "
               f"{max(errors) * fps:>16.2f}  {100 * within:>13.0f}%  {len(clips) / elapsed:>7.1f}")
+
+
+# ---------------------------------------------------------------------------- pipeline
+
+
+def _run_heads(heads: dict, urls: list[str], output_dir: Path, workers: int, batch_size: int) -> tuple[float, dict]:
+    """(wall seconds, summary of the first head) of one in-process run of these heads over these shards."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import open_dict
+
+    from extract.cli import CONF
+    from extract.runner import run
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"output_dir={output_dir}", f"num_workers={workers}",
+                                                       f"batch_size={batch_size}", "wandb.mode=disabled"])
+    with open_dict(cfg):
+        cfg.shards = urls
+        cfg.model = heads
+    started = time.perf_counter()
+    summary = run(cfg)
+    return time.perf_counter() - started, summary if "this_run" in summary else next(iter(summary.values()))
+
+
+class StandInModel:
+    """Stands in for a captioning model on the device: each call waits a fixed time per clip (the GPU's
+    share, spent asleep so the process uses no CPU meanwhile), then says `new_tokens` tokens."""
+
+    def __init__(self, wait_per_clip_s: float, new_tokens: int, token_id: int, eos_id: int):
+        from types import SimpleNamespace
+
+        self.wait_per_clip_s, self.new_tokens, self.token_id = wait_per_clip_s, new_tokens, token_id
+        self.dtype = torch.float32
+        self.config = SimpleNamespace(_commit_hash=None)
+        self.generation_config = SimpleNamespace(eos_token_id=eos_id)
+        self.waited_s = 0.0
+
+    def generate(self, input_ids, max_new_tokens, **unused):
+        from types import SimpleNamespace
+
+        rows = input_ids.shape[0]
+        if input_ids.is_cuda:
+            torch.cuda.synchronize()  # the inputs' copies are done: what follows is the model's share
+        time.sleep(self.wait_per_clip_s * rows)
+        self.waited_s += self.wait_per_clip_s * rows
+        said = torch.full((rows, self.new_tokens), self.token_id, dtype=input_ids.dtype, device=input_ids.device)
+        return SimpleNamespace(sequences=torch.cat([input_ids, said], dim=1), scores=[None] * self.new_tokens)
+
+    def compute_transition_scores(self, sequences, scores, normalize_logits=True):
+        return torch.full((sequences.shape[0], self.new_tokens), -0.5, device=sequences.device)
+
+
+def _stand_in_llava_heads(wait_per_clip_s: float):
+    """Two llava_video heads with the real full-size processor and a stand-in model: one preparing in the
+    workers (this project's way), one running the processor in the main loop (the way before)."""
+    from extract import random_models
+    from extract.heads import register
+    from extract.heads.llava_video import LlavaVideo
+
+    class StandInLlava(LlavaVideo):
+        name = "llava_video_stand_in"
+
+        def open(self, device):
+            self._use_processor(random_models.llava_video_processor(), torch.float32, device)
+
+        def load(self, device):
+            tokenizer = self.processor.tokenizer
+            self.model = StandInModel(wait_per_clip_s, 8, tokenizer.convert_tokens_to_ids("<video>"), tokenizer.eos_token_id)
+            self.device = device
+
+    class StandInLlavaMainLoop(StandInLlava):
+        name = "llava_video_stand_in_main_loop"
+        frames_in_model_step = True
+
+        def prepare(self, clip):
+            return None  # nothing in the workers: the frames travel to the main process
+
+        def infer(self, clips):
+            for clip in clips:
+                clip.prepared = LlavaVideo.prepare(self, clip)  # the processor, in the main loop
+            return super().infer(clips)
+
+    return register(StandInLlava), register(StandInLlavaMainLoop)
+
+
+def bench_pipeline(args) -> None:
+    """One pass for several heads against the single-head runs it replaces; then the main process's own
+    time per clip outside the model call, with llava_video's processor in the workers or in the main loop."""
+    from extract.random_models import save_tiny_llava_video
+
+    with tempfile.TemporaryDirectory() as tmp:
+        scratch = Path(tmp)
+        urls = resolve_shards(args.input, None) if args.input else make_shards(scratch, args.clips, args.shards, args.seconds)
+        tiny = str(save_tiny_llava_video(scratch / "tiny-llava"))
+        llava = {"checkpoint": tiny, "max_new_tokens": 8}
+        what = f"the shards in {args.input}" if args.input else \
+            f"{args.clips} clips of {args.seconds:g}s 640x360 h264+aac in {args.shards} tar.gz shards"
+        print(f"# extract.bench pipeline: {what}, {args.workers} workers, batches of {args.batch_size}")
+        print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+              f"{time.strftime('%Y-%m-%d')}; llava_video here is a TINY random model (32x32 frames)")
+        print(f"{'heads':<34}  {'single runs':>11}  {'one pass':>9}  {'one/single':>10}")
+        for names in (("probe", "av_sync"), ("probe", "av_sync", "llava_video")):
+            options = {name: (llava if name == "llava_video" else {}) for name in names}
+            singles = sum(_run_heads({name: options[name]}, urls, scratch / f"single-{name}-{len(names)}", args.workers,
+                                     args.batch_size)[0] for name in names)
+            together, _ = _run_heads(options, urls, scratch / f"pass-{len(names)}", args.workers, args.batch_size)
+            print(f"{'[' + ','.join(names) + ']':<34}  {singles:>9.1f} s  {together:>7.1f} s  {together / singles:>10.2f}")
+
+        wait_s = args.model_wait_ms / 1000
+        in_workers, in_main = _stand_in_llava_heads(wait_s)
+        print(f"# llava_video with its full-size processor ({args.frames} frames at 384x384) and a stand-in model that waits "
+              f"{args.model_wait_ms:g} ms a clip: the main process's own time per clip, outside the model call and the wait for data")
+        print(f"{'processor runs in':<18}  {'main own ms/clip':>16}  {'main CPU ms/clip':>16}  {'waiting for data':>16}  {'clips/s':>7}")
+        for where, head in (("the main loop", in_main), ("the workers", in_workers)):
+            _, summary = _run_heads({head.name: {"checkpoint": "stand-in", "num_frames": args.frames}}, urls,
+                                    scratch / f"stand-in-{head.name}", args.workers, args.batch_size)
+            [rank] = summary["ranks"]
+            timing, clips = rank["timing"], rank["clips_read"]
+            waited = wait_s * clips
+            own = (timing["loop_s"] - timing["waiting_for_data_s"] - waited) / clips
+            print(f"{where:<18}  {1000 * own:>16.1f}  {1000 * timing['loop_cpu_s'] / clips:>15.1f}  "
+                  f"{timing['waiting_for_data_s']:>14.1f} s  {clips / timing['loop_s']:>7.2f}")
 
 
 # dense bf16 tensor-core FLOP/s and HBM bytes/s from the vendors' datasheets, matched on the device name
@@ -242,7 +375,7 @@ def _time_llava(head, device: torch.device, args, peaks) -> None:
         prompt_tokens = inputs["input_ids"].shape[1]
         try:
             with torch.inference_mode():
-                generate = partial(head.model.generate, **inputs, do_sample=False)
+                generate = partial(head.model.generate, **inputs, do_sample=False, cache_implementation="static")  # as the head does
                 generate(max_new_tokens=1)  # warm-up
                 prefill = _timed(generate, device, max_new_tokens=1)  # prefill and the first token
                 total = _timed(generate, device, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens)
@@ -351,7 +484,7 @@ def bench_audio_caption(args) -> None:
         media = moving_pattern(head.media_spec, seconds=args.seconds)
         print(f"{'clips':>5}  {'clips/s':>8}  {'audio s/s':>9}  {'peak memory':>11}")
         for batch in batches:
-            elapsed = _time_infer(head, [Clip(f"k{i}", "v", 0.0, args.seconds, media) for i in range(batch)], device)
+            elapsed, _ = _time_infer(head, [Clip(f"k{i}", "v", 0.0, args.seconds, media) for i in range(batch)], device)
             print(f"{batch:>5}  {batch / elapsed:>8.2f}  {batch * args.seconds / elapsed:>9.1f}  {_peak_memory(device) / 2**30:>9.2f} GiB")
 
 
@@ -381,25 +514,33 @@ def moving_pattern(spec: MediaSpec, seconds: float, height: int = 360, width: in
 
 
 def _time_keyframes(head, device: torch.device, batches: str) -> None:
-    """Print keyframes/s and peak memory of `head.infer` on batches of the same decoded clip."""
+    """Print keyframes/s and peak memory of the head's model step on batches of the same clip, and the CPU time
+    of its `prepare` per clip (a worker's share, off the model's path)."""
     from extract.heads import Clip
 
     media = moving_pattern(head.media_spec, seconds=4.0)
-    print(f"{'clips':>5}  {'keyframes/s':>11}  {'peak memory':>11}")
+    print(f"{'clips':>5}  {'keyframes/s':>11}  {'peak memory':>11}  {'prepare ms/clip':>15}")
     for batch in [int(b) for b in batches.split(",")]:
-        elapsed = _time_infer(head, [Clip(f"k{i}", "v", 0.0, 4.0, media) for i in range(batch)], device)
-        print(f"{batch:>5}  {batch * head.media_spec.num_frames / elapsed:>11.1f}  {_peak_memory(device) / 2**30:>9.2f} GiB")
+        clips = [Clip(f"k{i}", "v", 0.0, 4.0, media) for i in range(batch)]
+        elapsed, prepare = _time_infer(head, clips, device)
+        print(f"{batch:>5}  {batch * head.media_spec.num_frames / elapsed:>11.1f}  {_peak_memory(device) / 2**30:>9.2f} GiB  "
+              f"{1000 * prepare / batch:>15.0f}")
 
 
-def _time_infer(head, clips: list, device: torch.device) -> float:
-    """Seconds for one `head.infer(clips)` after a warm-up call."""
+def _time_infer(head, clips: list, device: torch.device) -> tuple[float, float]:
+    """(seconds for one `head.infer(clips)` after a warm-up call, seconds of `head.prepare` for the clips): the model
+    step gets its clips prepared, as the workers prepare them."""
+    started = time.perf_counter()
+    for clip in clips:
+        clip.prepared = head.prepare(clip)
+    prepare = time.perf_counter() - started
     with torch.inference_mode():
         head.infer(clips)
         _sync(device)
         started = time.perf_counter()
         head.infer(clips)
         _sync(device)
-        return time.perf_counter() - started
+        return time.perf_counter() - started, prepare
 
 
 def _peak_memory(device: torch.device) -> int:
@@ -416,6 +557,7 @@ def _sync(device: torch.device) -> None:
 
 
 def main() -> None:
+    os.environ.setdefault("TQDM_DISABLE", "1")  # the runs' progress bars would interleave with the tables
     parser = argparse.ArgumentParser(prog="python -m extract.bench", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="what", required=True)
     data = sub.add_parser("data", help="streaming decode vs in-memory floor vs extract-to-disk")
@@ -424,6 +566,15 @@ def main() -> None:
     data.add_argument("--seconds", type=float, default=4.0)
     data.add_argument("--workers", default="0,1,2")
     sub.add_parser("av_sync", help="av_sync accuracy over generated flash/click clips, and clips/s")
+    pipeline = sub.add_parser("pipeline", help="one pass for several heads vs single runs; main-process time per clip")
+    pipeline.add_argument("--clips", type=int, default=24)
+    pipeline.add_argument("--shards", type=int, default=2)
+    pipeline.add_argument("--seconds", type=float, default=4.0)
+    pipeline.add_argument("--workers", type=int, default=2)
+    pipeline.add_argument("--batch-size", type=int, default=4)
+    pipeline.add_argument("--frames", type=int, default=64)
+    pipeline.add_argument("--model-wait-ms", type=float, default=100.0)
+    pipeline.add_argument("--input", help="time these shards (a folder) instead of generated ones: machines without ffmpeg's command")
 
     llava = sub.add_parser("llava_video", help="llava_video generation speed and its floor per batch size and attention kernel")
     llava.add_argument("--checkpoint", help="a transformers-format checkpoint")
@@ -453,7 +604,7 @@ def main() -> None:
     audio.add_argument("--batches", default="1,4,16")
     audio.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
     args = parser.parse_args()
-    {"data": bench_data, "av_sync": bench_av_sync, "llava_video": bench_llava_video, "grounding_sam": bench_grounding_sam,
+    {"data": bench_data, "av_sync": bench_av_sync, "pipeline": bench_pipeline, "llava_video": bench_llava_video, "grounding_sam": bench_grounding_sam,
      "internvl": bench_internvl, "audio_caption": bench_audio_caption}[args.what](args)
 
 

@@ -6,6 +6,7 @@ import csv
 from collections import defaultdict
 from pathlib import Path
 
+from extract.clips import normalise_id
 from extract.errors import ConfigError
 
 REQUIRED_COLUMNS = ("video_id", "start", "end")
@@ -39,7 +40,7 @@ class Catalog:
                     try:
                         duration = row.get("duration")
                         rows.append({
-                            "video_id": row["video_id"],
+                            "video_id": normalise_id(row["video_id"]),
                             "start": float(row["start"]),
                             "end": float(row["end"]),
                             "duration": float(duration) if duration not in (None, "") else None,
@@ -53,7 +54,7 @@ class Catalog:
     def match(self, video_id: str, start: float, end: float) -> int | None:
         """Index of the CSV row for this clip, or None."""
         best, best_gap = None, None
-        for index in self._by_video.get(video_id, ()):
+        for index in self._by_video.get(normalise_id(video_id), ()):
             row = self.rows[index]
             gap = max(abs(row["start"] - start), abs(row["end"] - end))
             if gap <= self.tolerance and (best_gap is None or gap < best_gap):

@@ -3,12 +3,16 @@
 Input members are named ``{video_id} ({start}-{end}).{ext}``. A video_id may contain dots,
 spaces, dashes (a leading one too) and non-ASCII, so the name is parsed from the right: the
 extension is the last dot-free suffix and the time range is the last ``(start-end)`` group.
+Ids are compared in Unicode NFC (macOS writes names decomposed, NFD); a name holding a control
+character (a newline, a tab...) is refused: crawls produce them by accident, and they break every
+line-based tool downstream.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+import unicodedata
 from dataclasses import dataclass
 
 # `(start-end)` right before the extension; start/end are non-negative decimals.
@@ -39,6 +43,9 @@ def parse_member_name(name: str) -> ClipName:
     """Parse a tar member name, refusing anything that is not a plain clip file name."""
     if len(name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
         raise BadMemberName(f"member name is longer than {MAX_NAME_BYTES} bytes")
+    control = next((c for c in name if unicodedata.category(c) == "Cc"), None)
+    if control is not None:
+        raise BadMemberName(f"member name holds a control character ({control!r})")
     if name.startswith("/") or "/" in name or "\\" in name or name in (".", ".."):
         raise BadMemberName("member is in a sub-folder or has a path; clips must sit at the top of the tar")
     match = _CLIP_NAME.match(name)
@@ -47,7 +54,12 @@ def parse_member_name(name: str) -> ClipName:
     start, end = float(match["start"]), float(match["end"])
     if end <= start:
         raise BadMemberName(f"clip end {end} is not after its start {start}")
-    return ClipName(match["video_id"], start, end, match["ext"].lower())
+    return ClipName(normalise_id(match["video_id"]), start, end, match["ext"].lower())
+
+
+def normalise_id(video_id: str) -> str:
+    """The form ids are compared and keyed in: Unicode NFC."""
+    return unicodedata.normalize("NFC", video_id)
 
 
 def clip_key(video_id: str, start: float, end: float) -> str:

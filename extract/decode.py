@@ -192,7 +192,7 @@ def _container_info(data: bytes) -> dict:
         raise DecodeFailure("not_media", _looks_like_text(data) or f"ffmpeg cannot read it as media ({_reason(exc)})") from exc
     video, audio = [], []
     for stream in container.streams:
-        if stream.media_type == "video":
+        if isinstance(stream, codec_core.VideoStreamMetadata):
             fps_header = _seconds(stream.average_fps_from_header)
             # fps, num_frames, duration_s and first_frame_s are measured when the stream is decoded
             video.append({"index": stream.stream_index, "codec": stream.codec, "width": stream.width, "height": stream.height,
@@ -200,7 +200,7 @@ def _container_info(data: bytes) -> dict:
                           "num_frames_header": stream.num_frames_from_header, "duration_s": None,
                           "duration_s_header": _seconds(stream.duration_seconds_from_header),
                           "start_s": _seconds(stream.begin_stream_seconds_from_header), "first_frame_s": None})
-        elif stream.media_type == "audio":
+        elif isinstance(stream, codec_core.AudioStreamMetadata):
             audio.append({"index": stream.stream_index, "codec": stream.codec, "sample_rate": stream.sample_rate,
                           "channels": stream.num_channels, "start_s": _seconds(stream.begin_stream_seconds_from_header),
                           "duration_s_header": _seconds(stream.duration_seconds_from_header)})

@@ -38,8 +38,10 @@ def greedy_generate(model, tokenizer, inputs: dict, max_new_tokens: int) -> tupl
 
     Returns the generations and the log-probabilities of every generated token ([rows, steps]).
     """
+    # a static cache: the same tokens and scores as the dynamic one (tested), and 3 to 7 times faster decode steps on
+    # an H100 (measured with LLaVA-Video at 13k prompt tokens), where each step of a dynamic cache costs ~90 ms of overhead
     output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, output_scores=True,
-                            return_dict_in_generate=True)
+                            return_dict_in_generate=True, cache_implementation="static")
     logprobs = model.compute_transition_scores(output.sequences, output.scores, normalize_logits=True)
     generated = output.sequences[:, inputs["input_ids"].shape[1]:]
     eos = model.generation_config.eos_token_id

@@ -45,13 +45,24 @@ def _build(model_class, config, device: torch.device, dtype: torch.dtype, attn_i
     return model.to(device).eval()
 
 
+def llava_video_processor():
+    """LLaVA-Video's processor at full size (SigLIP at 384, 729 tokens a frame before pooling) with a small tokenizer."""
+    from transformers import LlavaOnevisionConfig, LlavaOnevisionImageProcessor, LlavaOnevisionProcessor, LlavaOnevisionVideoProcessor
+
+    size = {"height": 384, "width": 384}
+    pinpoints = LlavaOnevisionConfig().image_grid_pinpoints
+    return LlavaOnevisionProcessor(
+        image_processor=LlavaOnevisionImageProcessor(size=size, crop_size=size, image_grid_pinpoints=pinpoints),
+        video_processor=LlavaOnevisionVideoProcessor(size=size, crop_size=size), tokenizer=tiny_tokenizer(), num_image_tokens=729,
+        vision_feature_select_strategy="full", chat_template=QWEN_CHAT_TEMPLATE)
+
+
 def llava_video(device: torch.device, dtype: torch.dtype, attn_implementation: str, layers: int | None = None):
     """(processor, model): LLaVA-OneVision with SigLIP-so400m-384 (26 layers, as LLaVA uses it) and Qwen2-7B."""
-    from transformers import (LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, LlavaOnevisionImageProcessor,
-                              LlavaOnevisionProcessor, LlavaOnevisionVideoProcessor)
+    from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
 
-    from extract.generation import QWEN_CHAT_TEMPLATE
-    tokenizer = tiny_tokenizer()
+    processor = llava_video_processor()
+    tokenizer = processor.tokenizer
     config = LlavaOnevisionConfig(
         text_config=_shallow(QWEN2_7B, layers),
         vision_config={"model_type": "siglip_vision_model", "hidden_size": 1152, "intermediate_size": 4304, "patch_size": 14,
@@ -60,11 +71,6 @@ def llava_video(device: torch.device, dtype: torch.dtype, attn_implementation: s
     model = _build(LlavaOnevisionForConditionalGeneration, config, device, dtype, attn_implementation)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    size = {"height": 384, "width": 384}
-    processor = LlavaOnevisionProcessor(
-        image_processor=LlavaOnevisionImageProcessor(size=size, crop_size=size, image_grid_pinpoints=config.image_grid_pinpoints),
-        video_processor=LlavaOnevisionVideoProcessor(size=size, crop_size=size), tokenizer=tokenizer, num_image_tokens=729,
-        vision_feature_select_strategy="full", chat_template=QWEN_CHAT_TEMPLATE)
     return processor, model
 
 
@@ -72,7 +78,6 @@ def internvl(device: torch.device, dtype: torch.dtype, attn_implementation: str,
     """(processor, model): InternVL3.5-8B's shape, InternViT-300M-448 + Qwen3-8B, 256 tokens per tile."""
     from transformers import GotOcr2ImageProcessor, InternVLConfig, InternVLForConditionalGeneration, InternVLProcessor, InternVLVideoProcessor
 
-    from extract.generation import qwen_chat_template
     template = qwen_chat_template("<IMG_CONTEXT>")
     tokenizer = tiny_tokenizer({"start_image_token": "<img>", "end_image_token": "</img>",
                                 "context_image_token": "<IMG_CONTEXT>", "video_token": "<video>"}, template)

@@ -170,6 +170,8 @@ class HeadRunner:
         self.head, self.writer, self.catalog = head, writer, catalog
         self.queue: list[ClipItem] = []
         self.counts: Counter = Counter()
+        self.finished: list[str] = []  # shards this run completed
+        self.infer_s = 0.0  # time in the head's model step
 
     def add(self, item: ClipItem) -> list[dict]:
         """Queue a clip; when the head's batch is full, run it and return the records written."""
@@ -183,7 +185,9 @@ class HeadRunner:
         name = self.head.name
         ready = [item for item in items if item.status == "ok" and name in item.media and not isinstance(item.prepared.get(name), Result)]
         clips = [Clip(i.key, i.video_id, i.start, i.end, i.media.pop(name), i.prepared.pop(name)) for i in ready]
+        started = time.perf_counter()
         results = dict(zip(map(id, ready), infer_isolated(self.head, clips))) if clips else {}
+        self.infer_s += time.perf_counter() - started
         records = []
         for item in items:
             result = results.get(id(item)) or item.prepared.pop(name, None)  # or the Result `prepare` gave
@@ -241,16 +245,22 @@ def run(cfg: DictConfig) -> dict:
         plan, resumed = plan_shards(runners, mine)
         for head in heads.values():
             head.open(ranks.device)
-        loader = make_loader(plan, heads, Limits.from_cfg(cfg), cfg.batch_size, cfg.num_workers)
+        loader = make_loader(plan, heads, Limits.from_cfg(cfg), cfg.batch_size, cfg.num_workers, pin_memory=ranks.device.type == "cuda")
         batches = iter(loader)  # workers fork here, before the models load and before W&B starts (its hooks must not run in them)
         for head in heads.values():
             head.load(ranks.device)
-        progress = Progress(ranks.rank == 0, OmegaConf.to_container(cfg.wandb), OmegaConf.to_container(cfg, resolve=True),
+        progress = Progress(ranks.rank == 0, OmegaConf.to_container(cfg.wandb, resolve=True), OmegaConf.to_container(cfg, resolve=True),
                             str(output_dir), cfg.log_every_s)
-        shard_faults, clips_read = {}, 0
+        shard_faults, clips_read, waiting = {}, 0, 0.0
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if ranks.device.type == "cuda" else nullcontext()
+        loop_started, cpu_started = time.perf_counter(), time.process_time()
         with torch.inference_mode(), autocast:
-            for batch in batches:
+            while True:
+                wait_started = time.perf_counter()
+                batch = next(batches, None)
+                waiting += time.perf_counter() - wait_started
+                if batch is None:
+                    break
                 for item in batch:
                     if isinstance(item, ShardEnd):
                         records = [r for runner in runners.values() for r in runner.flush()]
@@ -259,10 +269,15 @@ def run(cfg: DictConfig) -> dict:
                         clips_read += 1
                         records = [r for name in item.heads for r in runners[name].add(item)]
                     progress.update(records)
+        loop, loop_cpu = time.perf_counter() - loop_started, time.process_time() - cpu_started
         wall = time.monotonic() - started
+        # where the main loop's time went: waiting for the workers, in each head's model step, the rest (records, batching)
+        timing = {"loop_s": round(loop, 3), "loop_cpu_s": round(loop_cpu, 3), "waiting_for_data_s": round(waiting, 3),
+                  "infer_s": {n: round(r.infer_s, 3) for n, r in runners.items()}}
         rank_report = {"rank": ranks.rank, "shards": len(mine), "shards_to_do": len(plan.urls), **resumed,
                        "clips_read": clips_read, "records": {n: sum(r.counts.values()) for n, r in runners.items()},
                        "by_status": {n: dict(r.counts) for n, r in runners.items()}, "shard_faults": shard_faults,
+                       "shards_finished": {n: r.finished for n, r in runners.items()}, "timing": timing,
                        "wall_s": round(wall, 2), "clips_per_s": round(clips_read / wall, 2) if wall > 0 else None}
         reports = ranks.gather(rank_report)
         summaries = {}
@@ -284,6 +299,7 @@ def run(cfg: DictConfig) -> dict:
 def finish_shard(runners: dict[str, HeadRunner], plan: ShardPlan, end: ShardEnd, shard_faults: dict) -> None:
     for name in plan.done_keys.get(end.shard, {}):
         stats = runners[name].writer.finish(end.shard, end.fault, end.duplicates, name)
+        runners[name].finished.append(end.shard)
         if stats["duplicates"]:
             log.warning("%s, shard %s: %d duplicate member(s) not written twice", name, end.shard, len(stats["duplicates"]))
     if end.fault:
@@ -293,12 +309,16 @@ def finish_shard(runners: dict[str, HeadRunner], plan: ShardPlan, end: ShardEnd,
 
 def write_summary(folder: Path, head: Head, catalog: Catalog, reports: list[dict], wall: float) -> dict:
     dropped = drop_cross_shard_duplicates(folder)
-    for shard, notes in dropped.items():
-        log.warning("%s, shard %s: %d clip(s) already written from an earlier shard were dropped", head.name, shard, len(notes))
+    finished_now = {url for r in reports for url in r["shards_finished"].get(head.name, [])}
+    by_status = sum((Counter(r["by_status"].get(head.name, {})) for r in reports), Counter())
+    for shard, records in dropped.items():
+        log.warning("%s, shard %s: %d clip(s) already written from an earlier shard were dropped", head.name, shard, len(records))
+        if shard in finished_now:  # written by this run, then dropped: not this run's records after all
+            by_status.subtract(Counter(record["status"] for record in records))
+    by_status = +by_status
     totals = output_totals(folder)
     clips = totals.pop("clips")
     missing = catalog.rows_without_clips([tuple(c) for c in clips])
-    by_status = sum((Counter(r["by_status"].get(head.name, {})) for r in reports), Counter())
     records = sum(by_status.values())
     summary = {
         "head": head.name, "model": head.model_id, "output": str(folder),

@@ -280,14 +280,15 @@ def _replace_bytes(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def drop_cross_shard_duplicates(folder: Path) -> dict[str, list[str]]:
-    """Keep each key in the first complete shard (by input order) that has it; rewrite later ones.
+def drop_cross_shard_duplicates(folder: Path) -> dict[str, list[dict]]:
+    """Keep each key in the first complete shard (by input order) that has it; rewrite later ones, and
+    return the records dropped from each.
 
     Ranks cannot see each other's shards while they work, so this runs once on rank 0 after all
     ranks finish. The tar is replaced before its stats, so a crash in between is redone next run.
     """
     seen: dict[str, str] = {}
-    dropped: dict[str, list[str]] = {}
+    dropped: dict[str, list[dict]] = {}
     for stats_path in sorted(Path(folder).glob("*.stats.json"), key=lambda p: json.loads(p.read_text())["shard"]):
         stats = json.loads(stats_path.read_text(encoding="utf-8"))
         repeated = [key for key in stats.get("keys", []) if key in seen]
@@ -297,12 +298,14 @@ def drop_cross_shard_duplicates(folder: Path) -> dict[str, list[str]]:
             continue
         tar_path = folder / stats["output"]
         drop = set(repeated)
-        kept_members, kept_records = [], []
+        kept_members, kept_records, dropped_records = [], [], []
         with tarfile.open(tar_path) as tar:
             for info in tar:
-                if info.name.partition(".")[0] in drop:
-                    continue
                 data = tar.extractfile(info).read()
+                if info.name.partition(".")[0] in drop:
+                    if info.name.endswith(".json"):
+                        dropped_records.append(json.loads(data))
+                    continue
                 kept_members.append((info, data))
                 if info.name.endswith(".json"):
                     kept_records.append(json.loads(data))
@@ -318,7 +321,7 @@ def drop_cross_shard_duplicates(folder: Path) -> dict[str, list[str]]:
         stats.update(records=len(kept_records), by_status=dict(tally.by_status), by_error_type=dict(tally.by_error_type),
                      clips=tally.clips, keys=tally.keys, duplicates=stats["duplicates"] + notes)
         _replace_bytes(stats_path, encode_record(stats))
-        dropped[stats["shard"]] = notes
+        dropped[stats["shard"]] = dropped_records
     return dropped
 
 

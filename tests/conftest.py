@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import tarfile
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -64,3 +65,20 @@ def ready(head, device: str = "cpu"):
     head.open(torch.device(device))
     head.load(torch.device(device))
     return head
+
+
+def ffmpeg_output(*arguments: str, suffix: str = ".mp4", source: bytes | None = None, seek: str | None = None) -> bytes:
+    """ffmpeg's output as bytes, written to a real file (an mp4's index goes at its end)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        inputs = []
+        if source is not None:
+            (Path(tmp) / "in").write_bytes(source)
+            inputs = [*(["-ss", seek] if seek else []), "-i", str(Path(tmp) / "in")]
+        target = Path(tmp) / f"out{suffix}"
+        subprocess.run(["ffmpeg", "-loglevel", "error", *inputs, *arguments, str(target)], check=True)
+        return target.read_bytes()
+
+
+def plain_mp4(seconds: float = 2.0, rate: int = 12) -> bytes:
+    return ffmpeg_output("-f", "lavfi", "-i", f"testsrc=size=96x64:rate={rate}:duration={seconds}", "-f", "lavfi", "-i",
+                   f"sine=duration={seconds}", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest")

@@ -7,7 +7,7 @@ import pytest
 import torch
 import webdataset as wds
 
-from conftest import compose_cfg, make_clip, read_records, write_shard, ready
+from conftest import compose_cfg, ffmpeg_output, make_clip, plain_mp4, read_records, ready, write_shard
 from extract.beats_conformer_bart import CheckpointMismatch, kaldi_fbank, load_state
 from extract.decode import decode_media
 from extract.errors import ConfigError
@@ -172,33 +172,43 @@ def test_padding_is_masked_before_the_conformer_convolution(checkpoint):
 
 def test_end_to_end_records_windows_and_features(checkpoint, tmp_path):
     (tmp_path / "in").mkdir()
+    # a rising tone, so the long clip's three windows sound (and are captioned) differently
+    chirp = ffmpeg_output("-f", "lavfi", "-i", "color=c=gray:s=32x32:r=1:d=65", "-f", "lavfi", "-i",
+                          "aevalsrc=0.5*sin(2*PI*(200+30*t)*t):s=16000:d=65", "-c:v", "libx264", "-c:a", "aac", "-shortest")
     members = [("tone a (0-2).mp4", make_clip(2.0, tone=440, size="32x32", rate=4)),
-               ("long one (0-65).mp4", make_clip(65.0, tone=700, size="32x32", rate=1)),
+               ("long one (0-65).mp4", chirp),
                ("silent film (0-1).mp4", make_clip(1.0, tone=None, size="32x32", rate=4)),
                ("tiny blip (0-0.1).mkv", make_clip(0.1, tone=440, size="32x32", rate=10, fmt="matroska")),
-               ("broken (0-1).mp4", np.random.default_rng(0).bytes(5000))]
+               ("broken (0-1).mp4", np.random.default_rng(0).bytes(5000)),
+               ("garbage audio (0-2).mkv", ffmpeg_output("-c", "copy", "-bsf:a", "noise=amount=2", suffix=".mkv", source=plain_mp4()))]
     write_shard(tmp_path / "in" / "a.tar", members)
-    cfg = compose_cfg("+model=audio_caption", f"model.checkpoint={checkpoint}", f"model.tokenizer={checkpoint}",
-                      "model.max_length=12", f"tar_folder={tmp_path / 'in'}", f"output_dir={tmp_path / 'out'}",
-                      "num_workers=1", "batch_size=2", "wandb.mode=disabled")
+    cfg = compose_cfg("+model=[probe,audio_caption]", f"model.audio_caption.checkpoint={checkpoint}",
+                      f"model.audio_caption.tokenizer={checkpoint}", "model.audio_caption.max_length=12",
+                      f"tar_folder={tmp_path / 'in'}", f"output_dir={tmp_path / 'out'}", "num_workers=1", "batch_size=2",
+                      "wandb.mode=disabled")
     run(cfg)
+    probe = {r["video_id"]: r for r in read_records(tmp_path / "out" / "probe")}
+    assert [video_id for video_id, r in probe.items() if r["status"] != "ok"] == ["broken"]  # the picture heads go on
     folder = tmp_path / "out" / "audio_caption"
     records = {r["video_id"]: r for r in read_records(folder)}
-    assert len(records) == 5
+    assert len(records) == 6
     samples = {s["__key__"]: s for s in wds.WebDataset(str(folder / "a.tar"), shardshuffle=False)}
     for video_id, windows in (("tone a", 1), ("long one", 3)):
         record = records[video_id]
         assert record["status"] == "ok" and record["has_audio"] and record["num_windows"] == windows
         assert record["caption"] and 0 <= record["confidence"] <= 1 and record["finish_reason"] in ("eos", "length")
         assert record["windows"][0]["start"] == 0 and record["windows"][-1]["end"] == pytest.approx(record["audio_s"], abs=1e-3)
-        assert record["caption"] in [w["caption"] for w in record["windows"]]
+        best = max(record["windows"], key=lambda w: w["confidence"])  # the clip's caption is its most confident window's
+        assert (record["caption"], record["confidence"], record["num_tokens"]) == (best["caption"], best["confidence"], best["num_tokens"])
         assert record["feature_dim"] == 48 and record["feature_layer"] == 2 and record["arrays"] == ["features"]
         features = np.load(io.BytesIO(samples[record["key"]]["features.npy"]))
         assert features.dtype == np.float16 and features.shape == (48,) and np.isfinite(features).all()
+    assert len({w["confidence"] for w in records["long one"]["windows"]}) == 3  # so choosing the best one is tested
     silent = records["silent film"]
     assert (silent["status"], silent["error_type"], silent["has_audio"]) == ("skipped", "no_audio", False)
     assert records["tiny blip"]["status"] == "skipped" and records["tiny blip"]["error_type"] == "too_short"
     assert records["broken"]["status"] == "error" and records["broken"]["error"]
+    assert (records["garbage audio"]["status"], records["garbage audio"]["error_type"]) == ("error", "audio_decode_error")
 
 
 # ---------------------------------------------------------------------------- BEATs pieces against their definitions

@@ -22,3 +22,9 @@ def test_bad_csv_is_a_one_line_config_error(tmp_path, content):
     with pytest.raises(ConfigError) as info:
         Catalog.load(path, 0.01)
     assert "\n" not in str(info.value) and str(path) in str(info.value)
+
+
+def test_an_nfd_clip_id_joins_its_nfc_row(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text("video_id,start,end,duration\ncaf\u00e9,0,1,1\n", encoding="utf-8")
+    assert Catalog.load(path, tolerance=0.01).match("cafe\u0301", 0, 1) == 0

@@ -6,23 +6,42 @@ from conftest import compose_cfg, read_records, run_cli, write_shard
 from extract.runner import run
 
 
+def _one_line_error(result, *words):
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-2000:]
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
 def test_without_a_head_it_lists_the_heads():
-    result = run_cli("tar_folder=shards")
-    assert result.returncode == 2
-    assert "+model=<head>" in result.stderr and "probe" in result.stderr
+    _one_line_error(run_cli("tar_folder=shards"), "+model=<head>", "probe", "llava_video")
 
 
 def test_missing_folder_and_unreadable_csv_are_one_line_errors(tmp_path):
-    result = run_cli("+model=probe", f"tar_folder={tmp_path / 'nope'}")
-    assert result.returncode == 2 and "is not a folder" in result.stderr
-    result = run_cli("+model=probe", "tar_folder=shards", f"dataset_csv={tmp_path / 'nope.csv'}")
-    assert result.returncode == 2 and "nope.csv cannot be read" in result.stderr
+    _one_line_error(run_cli("+model=probe", f"tar_folder={tmp_path / 'nope'}"), "is not a folder")
+    _one_line_error(run_cli("+model=probe", "tar_folder=shards", f"dataset_csv={tmp_path / 'nope.csv'}"), "nope.csv cannot be read")
     assert not (tmp_path / "outputs").exists()
 
 
-def test_unknown_key_is_refused():
-    result = run_cli("+model=probe", "tar_folder=shards", "batchsize=3")
-    assert result.returncode != 0 and "batchsize" in result.stderr
+def test_unknown_names_are_one_line_errors_with_a_suggestion():
+    _one_line_error(run_cli("+model=probe", "tar_folder=shards", "batchsize=3"), "unknown option 'batchsize'", "batch_size")
+    _one_line_error(run_cli("+model=prob", "tar_folder=shards"), "unknown head 'prob'", "probe")
+    _one_line_error(run_cli("+model=[probe,av_sink]", "tar_folder=shards"), "unknown head 'av_sink'", "av_sync")
+    _one_line_error(run_cli("+model=probe", "tar_folder=shards", "model.fsp=2"), "unknown option of head probe 'fsp'", "fps")
+    _one_line_error(run_cli("+model=[probe,av_sync]", "tar_folder=shards", "model.llava_video.num_frames=8"),
+                    "not among the chosen heads")
+    _one_line_error(run_cli("+model=[probe,av_sync]", "tar_folder=shards", "model.fps=2"), "not among the chosen heads")
+
+
+def test_one_head_takes_its_options_with_or_without_its_name(tmp_path, clip_bytes):
+    write_shard(tmp_path / "x.tar", [("v (0-1).mp4", clip_bytes)], gz=False)
+    for n, option in enumerate(("model.fps=2", "model.probe.fps=2")):
+        out = tmp_path / f"out{n}"
+        result = run_cli("+model=probe", f"tar_folder={tmp_path}", f"output_dir={out}", "num_workers=0", option)
+        assert result.returncode == 0, result.stderr[-2000:]
+        [record] = read_records(out / "probe")
+        assert record["stats"]["frames_sampled"] == 2  # 2 fps over 1 s
 
 
 def test_multirun_sweeps(tmp_path, clip_bytes):

@@ -34,3 +34,15 @@ def test_keys_are_unique_stable_and_dot_free():
     assert len(keys) == len(ids) * 3
     assert all("." not in k and "/" not in k for k in keys)
     assert clip_key("a.b", 1.0, 2.0) == clip_key("a.b", 1, 2) == parse_member_name("a.b (1.000-2).mp4").key
+
+
+def test_ids_are_compared_in_nfc():
+    composed, decomposed = "caf\u00e9", "cafe\u0301"  # é as one code point, and as e + a combining accent
+    assert parse_member_name(f"{decomposed} (0-1).mp4").video_id == composed
+    assert parse_member_name(f"{decomposed} (0-1).mp4").key == parse_member_name(f"{composed} (0-1).mp4").key
+
+
+@pytest.mark.parametrize("character", ["\n", "\t", "\r", "\x00", "\x1b", "\x7f"])
+def test_names_with_control_characters_are_refused(character):
+    with pytest.raises(BadMemberName, match="control character"):
+        parse_member_name(f"bad{character}id (0-1).mp4")

@@ -1,9 +1,10 @@
+import struct
 import time
 
 import pytest
 
-from conftest import make_clip
-from extract.decode import DecodeFailure, DecodeWatchdog, MediaSpec, decode_media
+from conftest import ffmpeg_output, make_clip, plain_mp4
+from extract.decode import DecodeFailure, DecodeWatchdog, MediaSpec, decode_media, decode_views, refuse_early
 
 SPEC = MediaSpec(num_frames=4, audio=True)
 
@@ -35,10 +36,11 @@ def test_bad_bytes_become_readable_errors(data, error_type, words):
     assert info.value.error_type == error_type and words in str(info.value)
 
 
-def test_truncated_file_is_an_error():
+def test_truncated_file_is_a_decode_error():
     whole = make_clip(seconds=2, fmt="matroska")
-    with pytest.raises(DecodeFailure):
+    with pytest.raises(DecodeFailure) as info:
         decode_media(whole[: len(whole) // 40], SPEC)
+    assert info.value.error_type == "decode_error" and "matroska" in str(info.value)
 
 
 def test_decoded_size_limit(clip_bytes):
@@ -47,16 +49,16 @@ def test_decoded_size_limit(clip_bytes):
     assert info.value.error_type == "too_large"
 
 
-def _blocks_on_marker(data, spec):
+def _blocks_on_marker(data, specs):
     if data == b"hang":
         time.sleep(3600)
-    return decode_media(data, spec)
+    return decode_media(data, specs)
 
 
-def _explodes_on_marker(data, spec):
+def _explodes_on_marker(data, specs):
     if data == b"explode":
         return bytearray(64 << 30)  # 64 GiB: over the decode's memory limit
-    return decode_media(data, spec)
+    return decode_media(data, specs)
 
 
 def test_watchdog_abandons_a_hung_decode_and_goes_on(clip_bytes):
@@ -81,3 +83,84 @@ def test_watchdog_stops_a_memory_explosion(clip_bytes):
         assert watchdog(clip_bytes, SPEC).frames.shape[0] == 4
     finally:
         watchdog.close()
+
+
+# ---------------------------------------------------------------------------- which frames, at what times
+
+
+def test_frames_are_the_ones_shown_at_the_centres_of_equal_spans():
+    # 2 s at 12 fps: spans of 0.5 s, centres 0.25, 0.75, 1.25, 1.75 s, shown by frames 3, 9, 15 and 21
+    media = decode_media(make_clip(seconds=2, rate=12, tone=None, fmt="matroska"), MediaSpec(num_frames=4))
+    assert media.frame_times == [0.25, 0.75, 1.25, 1.75] and media.frame_indices == [3, 9, 15, 21]
+    assert decode_media(make_clip(seconds=2, rate=12, tone=None, fmt="matroska"), MediaSpec(fps=2)).frame_indices == [3, 9, 15, 21]
+
+
+def test_linspace_sampling_takes_both_ends_by_index():
+    media = decode_media(make_clip(seconds=2, rate=12, tone=None, fmt="matroska"), MediaSpec(num_frames=4, sampling="linspace"))
+    assert media.frame_indices == [0, 7, 15, 23]  # int(linspace(0, 23, 4))
+    assert media.frame_times == [0.0, 0.583, 1.25, 1.917]
+
+
+def test_several_views_come_from_one_decode():
+    views = [MediaSpec(num_frames=2, size=(16, 24)), MediaSpec(every_frame=True, max_frames=5, short_side=32, audio=True),
+             MediaSpec(audio=True)]
+    out = decode_views(make_clip(seconds=1, rate=12, size="96x64"), views)
+    assert out[views[0]].frames.shape == (2, 16, 24, 3) and out[views[1]].frames.shape == (5, 32, 48, 3)
+    assert out[views[2]].frames is None and out[views[2]].audio.shape == out[views[1]].audio.shape
+
+
+# ---------------------------------------------------------------------------- odd but valid files
+
+
+def test_mpeg_ts_decodes_every_frame():
+    ts = ffmpeg_output("-c", "copy", "-f", "mpegts", suffix=".ts", source=plain_mp4())
+    every = decode_media(ts, MediaSpec(every_frame=True, max_frames=100))
+    assert every.frames.shape[0] == 24 and every.video["num_frames"] == 24
+    start = every.frame_times[0]
+    assert start > 1.0  # MPEG-TS timestamps start late; frames keep the file's own times
+    assert every.frame_times == pytest.approx([start + i / 12 for i in range(24)], abs=2e-3)
+    picked = decode_media(ts, MediaSpec(num_frames=4))
+    assert len(set(picked.frame_indices)) == 4 and set(picked.frame_times) <= set(every.frame_times)
+
+
+def test_variable_frame_rate_reports_the_rate_of_its_frames():
+    # 30 fps nominal; the first second keeps every frame, then one in three: 50 frames over 2.9 s
+    vfr = ffmpeg_output("-f", "lavfi", "-i", "testsrc=size=96x64:rate=30:duration=3", "-vf", "select='lt(n\\,30)+not(mod(n\\,3))'",
+                  "-fps_mode", "vfr", "-c:v", "libx264", "-pix_fmt", "yuv420p")
+    media = decode_media(vfr, MediaSpec(every_frame=True, max_frames=100))
+    assert media.frames.shape[0] == 50 and media.video["fps_header"] == 30.0
+    assert media.video["fps"] == pytest.approx(49 / 2.9, abs=0.05)
+
+
+def test_negative_start_timestamps_decode():
+    # cut from 1.3 s without re-encoding: the frames since the last keyframe come along with negative times
+    cut = ffmpeg_output("-c", "copy", "-avoid_negative_ts", "disabled", suffix=".mkv", seek="1.3",
+                  source=make_clip(seconds=3, rate=12, fmt="matroska"))
+    media = decode_media(cut, MediaSpec(num_frames=4, audio=True))
+    assert media.frames.shape[0] == 4 and media.audio is not None
+    assert 0 < media.frame_times[0] < media.frame_times[-1] < 1.8  # the frames shown, from the cut on
+
+
+def test_garbage_audio_keeps_the_picture_and_says_what_is_wrong():
+    garbage = ffmpeg_output("-c", "copy", "-bsf:a", "noise=amount=2", suffix=".mkv", source=plain_mp4())
+    media = decode_media(garbage, MediaSpec(num_frames=4, audio=True))
+    assert media.frames.shape[0] == 4 and media.has_audio and media.audio is None
+    assert media.audio_error[0] == "audio_decode_error" and "could not be decoded" in media.audio_error[1]
+
+
+def test_a_container_duration_edited_far_off_is_reported_beside_the_measured_one():
+    data = bytearray(plain_mp4())
+    at = data.index(b"mvhd") + 4
+    version = data[at]
+    assert version == 0
+    timescale, duration = struct.unpack(">II", data[at + 12 : at + 20])
+    data[at + 16 : at + 20] = struct.pack(">I", duration * 100)
+    media = decode_media(bytes(data), MediaSpec(num_frames=2, audio=True))
+    assert media.info["duration_s"] == pytest.approx(100 * duration / timescale, rel=1e-3)
+    assert media.info["duration_s_measured"] == pytest.approx(2.0, abs=0.1)
+
+
+def test_members_that_cannot_be_media_are_refused_from_their_first_bytes():
+    assert "repeated" in refuse_early(bytes(65536)) and "repeated" in refuse_early(b"\x07" * 65536)
+    assert "HTML" in refuse_early(b"<!DOCTYPE html><html>")
+    assert refuse_early(make_clip()[:65536]) is None

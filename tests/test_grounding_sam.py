@@ -50,3 +50,32 @@ def test_no_detections_is_ok_with_empty_lists(tmp_path, checkpoints):
 def test_labels_are_normalised():
     assert normalise_labels("Person.  Red  CAR. dog") == "person. red car. dog."
     assert normalise_labels(["a cat", "Tree"]) == "a cat. tree."
+
+
+def test_detections_are_the_best_scoring_of_the_full_post_processing(checkpoints):
+    """The head post-processes only each frame's max_detections best queries: the same boxes, labels and scores
+    as post-processing all of them and keeping the best."""
+    import torch
+
+    from conftest import ready
+    from extract.decode import decode_media
+    from extract.heads import Clip, build
+    from extract.heads.grounding_sam import pad_images
+
+    head = build("grounding_sam", {"detector": str(checkpoints[0]), "segmenter": str(checkpoints[1]), "box_threshold": 0.1,
+                                   "text_threshold": 0.1, "max_detections": 3, "labels": "person. dog. car."})
+    ready(head)
+    clip = Clip("k", "v", 0.0, 1.0, decode_media(make_clip(size="160x120"), head.media_spec))
+    prepared = head.prepare(clip)
+    ours = head._detect([prepared])
+    pixels, mask = pad_images(prepared["detector_pixels"])
+    count = len(prepared["detector_pixels"])
+    with torch.no_grad():
+        outputs = head.detector(pixel_values=pixels, pixel_mask=mask, **{k: v.expand(count, -1) for k, v in head.text.items()})
+    every = head.detector_processor.post_process_grounded_object_detection(
+        outputs, head.text["input_ids"].expand(count, -1), threshold=0.1, text_threshold=0.1, target_sizes=prepared["sizes"])
+    assert sum(len(found["scores"]) for found in every) > count * 3  # more boxes pass than are kept: the cut is tested
+    for frame, found in zip(ours, every):
+        order = found["scores"].argsort(descending=True)[:3].tolist()
+        assert [d["label"] for d in frame] == [found["text_labels"][i] for i in order]
+        assert [d["score"] for d in frame] == [round(float(found["scores"][i]), 4) for i in order]

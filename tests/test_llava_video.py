@@ -85,3 +85,61 @@ def test_out_of_memory_batch_is_retried_in_halves(checkpoint, monkeypatch):
     results = head.infer(clips)
     assert len(results) == 4 and all(r.status == "ok" for r in results)
     assert sizes == [4, 2, 1, 1, 2, 1, 1]
+
+
+def _free_running(head, clips, new_tokens):
+    """The tokens the model picks greedily with no end token, and their log-probabilities."""
+    from extract.generation import left_pad
+
+    prepared = [head.prepare(clip) for clip in clips]
+    inputs = left_pad([p["input_ids"] for p in prepared], head.processor.tokenizer.pad_token_id)
+    inputs["pixel_values_videos"] = torch.cat([p["pixel_values_videos"] for p in prepared])
+    out = head.model.generate(**inputs, max_new_tokens=new_tokens, do_sample=False,
+                              output_scores=True, return_dict_in_generate=True)
+    logprobs = head.model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)
+    return out.sequences[:, inputs["input_ids"].shape[1]:].tolist(), logprobs
+
+
+def test_a_caption_ends_at_its_first_end_of_sequence_token(checkpoint):
+    """Tiny random models never say their end token: make one of the tokens it says the end token, and the
+    caption, its length and its confidence must stop right before it."""
+    head = ready(build("llava_video", {"checkpoint": str(checkpoint), "num_frames": 4, "max_new_tokens": 8, "dtype": "float32"}))
+    clips = _clips(head, 2)
+    tokens, logprobs = _free_running(head, clips, 8)
+    end = next(t for k, t in enumerate(tokens[0]) if k >= 2 and t not in tokens[0][:k])
+    head.model.generation_config.eos_token_id = end
+    results = head.infer(clips)
+    for row, result in enumerate(results):
+        stop = tokens[row].index(end) if end in tokens[row] else None
+        length = 8 if stop is None else stop
+        fields = result.fields
+        assert fields["num_tokens"] == length and fields["finish_reason"] == ("length" if stop is None else "eos")
+        assert fields["caption"] == head.processor.tokenizer.decode(tokens[row][:length], skip_special_tokens=True).strip()
+        assert fields["confidence"] == pytest.approx(float(logprobs[row, :length].mean().exp()), abs=1e-6)  # rounded to 6 places
+    assert results[0].fields["finish_reason"] == "eos" and results[0].fields["num_tokens"] >= 2
+
+
+def test_the_users_question_is_in_the_prompt_after_the_frame_times(checkpoint):
+    question = "What colour is the car on the left?"
+    head = ready(build("llava_video", {"checkpoint": str(checkpoint), "num_frames": 4, "prompt": question}))
+    [clip] = _clips(head, 1)
+    prompt = head.prompt_for(clip)
+    assert "related to this video.\n" + question + "<|im_end|>\n<|im_start|>assistant\n" in prompt
+    tokens = head.prepare(clip)["input_ids"]
+    assert question in head.processor.tokenizer.decode(tokens)  # what the model reads
+    other = ready(build("llava_video", {"checkpoint": str(checkpoint), "num_frames": 4}))
+    assert other.prompt_hash != head.prompt_hash
+
+
+def test_prepared_inputs_are_the_processors(checkpoint):
+    """The worker hands over uint8 frames and the expanded prompt's tokens; normalised on the device they are
+    exactly what the processor makes."""
+    head = ready(build("llava_video", {"checkpoint": str(checkpoint), "num_frames": 4, "dtype": "float32"}))
+    [clip] = _clips(head, 1)
+    head.normalise_on_device = True  # as on a GPU: uint8 frames from the worker
+    prepared = head.prepare(clip)
+    reference = head.processor(text=[head.prompt_for(clip)], videos=[torch.as_tensor(clip.media.frames)], return_tensors="pt",
+                               do_sample_frames=False)
+    assert prepared["frames"].dtype == torch.uint8
+    assert torch.equal(prepared["input_ids"], reference["input_ids"][0])
+    torch.testing.assert_close(head.pixel_values(prepared["frames"]), reference["pixel_values_videos"], atol=1e-6, rtol=0)

@@ -54,6 +54,8 @@ def test_hostile_members_are_reported_and_never_escape(tmp_path, clip_bytes):
         _entry("device (0-1).mp4", tarfile.CHRTYPE, devmajor=1, devminor=3),
         _entry("fifo (0-1).mp4", tarfile.FIFOTYPE),
         _entry(long_name, data=clip_bytes),
+        _entry("new\nline (0-1).mp4", data=clip_bytes),
+        _entry("tab\there (0-1).mp4", data=clip_bytes),
         _entry("dup (0-1).mp4", data=clip_bytes),
         _entry("dup (0-1).mp4", data=clip_bytes),  # inside one shard
         _entry("audio only (0-1).mp4", data=_wav()),  # the extension lies: a WAV
@@ -79,6 +81,8 @@ def test_hostile_members_are_reported_and_never_escape(tmp_path, clip_bytes):
     for name, words in [("symlink", "symbolic link"), ("hardlink", "hard link"), ("device", "character device"), ("fifo", "FIFO")]:
         record = by_member[f"{name} (0-1).mp4"]
         assert record["status"] == "rejected" and record["error_type"] == "not_a_file" and words in record["error"]
+    for name in ["new\nline (0-1).mp4", "tab\there (0-1).mp4"]:
+        assert by_member[name]["error_type"] == "bad_name" and "control character" in by_member[name]["error"]
     long_record = by_member["x" * 60]
     assert long_record["error_type"] == "bad_name" and "longer than" in long_record["error"] and len(long_record["member"]) < 400
     assert by_member["audio only (0-1).mp4"]["error_type"] == "no_video_stream"
@@ -89,6 +93,9 @@ def test_hostile_members_are_reported_and_never_escape(tmp_path, clip_bytes):
     duplicates = summary["output_totals"]["duplicates"]
     assert duplicates[str(tmp_path / "in" / "a.tar")] == ["dup (0-1).mp4"]
     assert any("already in" in note for note in duplicates[str(tmp_path / "in" / "b.tar")])
+    # the copy dropped after the run is not counted among this run's records
+    assert summary["this_run"]["records"] == summary["output_totals"]["records"] == len(records)
+    assert sum(summary["this_run"]["by_status"].values()) == len(records)
     assert any(s.endswith("c.tar") for s in summary["output_totals"]["shard_faults"])
     # nothing was written anywhere but the output folder
     written = {p.relative_to(tmp_path).parts[0] for p in tmp_path.rglob("*")}
@@ -314,3 +321,66 @@ def test_a_crashed_rank_is_restarted_by_torchrun_and_the_job_completes(tmp_path)
     _, stderr = job.communicate(timeout=300)
     assert job.returncode == 0, stderr.decode()[-3000:]
     _check_every_clip_once(out, names)
+
+
+class _Zeros:
+    """A file of `size` zero bytes, read in chunks."""
+
+    def __init__(self, size: int):
+        self.left = size
+
+    def read(self, n: int = -1) -> bytes:
+        n = self.left if n < 0 else min(n, self.left)
+        self.left -= n
+        return bytes(n)
+
+
+def _peak_rss_mib(*arguments: str) -> float:
+    """The largest resident size among every process of a run (main, worker, decode child), as the kernel counts it."""
+    measure = "import resource, subprocess, sys; subprocess.run(sys.argv[1:]); print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+    command = [sys.executable, "-c", measure, sys.executable, "-m", "extract", "+model=probe", "num_workers=1",
+               "wandb.mode=disabled", *arguments]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    return int(result.stdout.strip().splitlines()[-1]) / 1024
+
+
+def test_a_gzip_bomb_is_refused_without_being_held_in_memory(tmp_path, clip_bytes):
+    """One member of 1 GiB of zeros is about 1 MB in a .tar.gz: it must be refused from its first bytes,
+    never held whole by the reader, a pipe or a decode."""
+    for folder, bomb in (("plain", False), ("bomb", True)):
+        (tmp_path / folder).mkdir()
+        with tarfile.open(tmp_path / folder / "s.tar.gz", "w:gz", compresslevel=1) as tar:
+            if bomb:
+                info = tarfile.TarInfo("bomb (0-1).mp4")
+                info.size = 1 << 30
+                tar.addfile(info, _Zeros(info.size))
+            info = tarfile.TarInfo("good (0-1).mp4")
+            info.size = len(clip_bytes)
+            tar.addfile(info, io.BytesIO(clip_bytes))
+    assert (tmp_path / "bomb" / "s.tar.gz").stat().st_size < 8 << 20
+    baseline = _peak_rss_mib(f"tar_folder={tmp_path / 'plain'}", f"output_dir={tmp_path / 'out-plain'}")
+    peak = _peak_rss_mib(f"tar_folder={tmp_path / 'bomb'}", f"output_dir={tmp_path / 'out'}")
+    records = {r["member"]: r for r in read_records(tmp_path / "out" / "probe")}
+    assert (records["bomb (0-1).mp4"]["status"], records["bomb (0-1).mp4"]["error_type"]) == ("error", "not_media")
+    assert "repeated" in records["bomb (0-1).mp4"]["error"] and records["good (0-1).mp4"]["status"] == "ok"
+    assert peak < baseline + 200, f"a process of the run held {peak:.0f} MiB, {peak - baseline:.0f} MiB over a run without the bomb"
+
+
+def test_wandb_follows_its_own_variables_and_writes_nothing_outside_output_dir(tmp_path, clip_bytes):
+    (tmp_path / "in").mkdir()
+    write_shard(tmp_path / "in" / "s.tar", [("a (0-1).mp4", clip_bytes)])
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "XDG_"))}
+    command = [sys.executable, "-m", "extract", "+model=probe", f"tar_folder={tmp_path / 'in'}", "num_workers=0"]
+    # WANDB_MODE=disabled in the environment: no W&B at all
+    result = subprocess.run([*command, f"output_dir={tmp_path / 'off'}"], cwd=REPO, capture_output=True, text=True,
+                            timeout=300, env={**env, "HOME": str(home), "WANDB_MODE": "disabled"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert not (tmp_path / "off" / "wandb").exists()
+    # the default (offline): W&B's files stay under output_dir, nothing lands in the home folder
+    result = subprocess.run([*command, f"output_dir={tmp_path / 'on'}"], cwd=REPO, capture_output=True, text=True,
+                            timeout=300, env={**env, "HOME": str(home)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert list((tmp_path / "on" / "wandb").glob("offline-run-*"))
+    assert [str(p.relative_to(home)) for p in home.rglob("*")] == []

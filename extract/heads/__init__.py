@@ -99,13 +99,15 @@ def available() -> list[str]:
 
 
 def head_class(name: str) -> type[Head]:
-    """The class of head `name`; ConfigError if there is none or a package it needs is missing."""
-    if name not in available():
-        raise ConfigError(f"unknown head {name!r}; available: {', '.join(available())}")
-    try:
-        importlib.import_module(f"{__name__}.{name}")
-    except ModuleNotFoundError as exc:
-        raise _missing_package(name, exc.name) from None
+    """The class of head `name` (registered already, or the module of that name here); ConfigError if there
+    is none or a package it needs is missing."""
+    if name not in _HEADS:
+        if name not in available():
+            raise ConfigError(f"unknown head {name!r}; available: {', '.join(available())}")
+        try:
+            importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as exc:
+            raise _missing_package(name, exc.name) from None
     cls = _HEADS[name]
     for package in cls.requires:
         if importlib.util.find_spec(package) is None:

@@ -117,14 +117,19 @@ class GroundingSam(Head):
 
     def _detect(self, prepared: list[dict]) -> list[list[dict]]:
         pixels = [image for p in prepared for image in p["detector_pixels"]]
-        pixel_values, pixel_mask = pad_images(pixels)
+        pixel_values, pixel_mask = pad_images([image.to(self.device, non_blocking=True) for image in pixels])  # padded on the device
         count = len(pixels)
         text = {name: value.expand(count, -1).to(self.device) for name, value in self.text.items()}
-        outputs = self.detector(pixel_values=pixel_values.to(self.device), pixel_mask=pixel_mask.to(self.device), **text)
-        outputs.logits, outputs.pred_boxes = outputs.logits.float(), outputs.pred_boxes.float()
+        outputs = self.detector(pixel_values=pixel_values, pixel_mask=pixel_mask, **text)
+        # only the max_detections best-scoring queries of each frame can be kept: the rest never reach the
+        # post-processing, whose label extraction runs per box on the CPU (900 queries a frame)
+        scores = outputs.logits.float().sigmoid().amax(dim=-1)
+        best = scores.topk(min(self.max_detections, scores.shape[1]), dim=1).indices[..., None]
+        outputs.logits = outputs.logits.float().gather(1, best.expand(-1, -1, outputs.logits.shape[-1])).cpu()
+        outputs.pred_boxes = outputs.pred_boxes.float().gather(1, best.expand(-1, -1, 4)).cpu()
         sizes = [size for p in prepared for size in p["sizes"]]
         found = self.detector_processor.post_process_grounded_object_detection(
-            outputs, text["input_ids"], threshold=self.box_threshold, text_threshold=self.text_threshold, target_sizes=sizes)
+            outputs, text["input_ids"].cpu(), threshold=self.box_threshold, text_threshold=self.text_threshold, target_sizes=sizes)
         detections = []
         for (height, width), result in zip(sizes, found):
             order = result["scores"].argsort(descending=True)[: self.max_detections].tolist()
@@ -170,7 +175,7 @@ def pad_images(images: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     Grounding DINO processor pads a batch."""
     height, width = max(i.shape[1] for i in images), max(i.shape[2] for i in images)
     batch = images[0].new_zeros((len(images), 3, height, width))
-    mask = torch.zeros((len(images), height, width), dtype=torch.long)
+    mask = torch.zeros((len(images), height, width), dtype=torch.long, device=images[0].device)
     for row, image in enumerate(images):
         batch[row, :, : image.shape[1], : image.shape[2]] = image
         mask[row, : image.shape[1], : image.shape[2]] = 1

@@ -81,9 +81,9 @@ class InternVL(Head):
 
     def infer(self, clips: list[Clip]) -> list[Result]:
         prepared = [clip.prepared if clip.prepared is not None else self.prepare(clip) for clip in clips]
-        inputs = left_pad([ids for p in prepared for ids in p["input_ids"]], self.processor.tokenizer.pad_token_id)
-        inputs["pixel_values"] = torch.cat([p["pixel_values"] for p in prepared])
-        inputs = {name: value.to(self.device) for name, value in inputs.items()}
+        inputs = {name: value.to(self.device) for name, value in
+                  left_pad([ids for p in prepared for ids in p["input_ids"]], self.processor.tokenizer.pad_token_id).items()}
+        inputs["pixel_values"] = torch.cat([p["pixel_values"].to(self.device, non_blocking=True) for p in prepared])
         tiles = [count for p in prepared for count in p["tiles"]]
 
         captured = []

@@ -9,6 +9,7 @@ in the workers, and the main process only pads the batch and runs the model.
 from __future__ import annotations
 
 import hashlib
+import math
 
 import torch
 
@@ -38,7 +39,7 @@ class LlavaVideo(Head):
         self.model = self.processor = None
 
     def open(self, device: torch.device) -> None:
-        self._use_processor(load_processor(self.model_id, self.revision), resolve_dtype(self.dtype_name, device))
+        self._use_processor(load_processor(self.model_id, self.revision), resolve_dtype(self.dtype_name, device), device)
 
     def load(self, device: torch.device) -> None:
         from transformers import LlavaOnevisionForConditionalGeneration
@@ -49,11 +50,14 @@ class LlavaVideo(Head):
 
     def attach(self, processor, model, device: torch.device) -> None:
         """Use this processor and model (benchmarks attach full-size random ones built on the device)."""
-        self._use_processor(processor, model.dtype)
+        self._use_processor(processor, model.dtype, device)
         self.model, self.device = model, device
 
-    def _use_processor(self, processor, dtype: torch.dtype) -> None:
+    def _use_processor(self, processor, dtype: torch.dtype, device: torch.device) -> None:
         self.processor, self.dtype = processor, dtype
+        # normalising is CPU work on a CPU run (the workers do it) and nearly free on a GPU, where uint8 frames
+        # travel 4 times lighter than floats
+        self.normalise_on_device = device.type != "cpu"
         self.processor.tokenizer.padding_side = "left"  # generation continues every row from the right
         size = self.processor.video_processor.size
         height, width = (size["height"], size["width"]) if "height" in size else (size["shortest_edge"],) * 2
@@ -69,20 +73,41 @@ class LlavaVideo(Head):
         return self.processor.apply_chat_template(messages, add_generation_prompt=True)
 
     def prepare(self, clip: Clip) -> dict:
-        """In a worker: the prompt's tokens and the normalised frames, in the model's dtype."""
-        inputs = self.processor(text=[self.prompt_for(clip)], videos=[torch.as_tensor(clip.media.frames)], return_tensors="pt",
-                                do_sample_frames=False)
-        return {"input_ids": inputs["input_ids"][0], "pixel_values_videos": inputs["pixel_values_videos"].to(self.dtype),
-                "frame_times": clip.media.frame_times}
+        """In a worker: the prompt's tokens, with the video placeholder expanded to the model's visual tokens, and
+        the frames, normalised here on a CPU run, left uint8 for the GPU to normalise otherwise."""
+        frames = torch.as_tensor(clip.media.frames)  # [T, H, W, 3], at the processor's size
+        prompt = self.prompt_for(clip).replace(self.processor.video_token, self.processor.video_token * self.video_tokens(len(frames)))
+        prepared = {"input_ids": self.processor.tokenizer(prompt, return_tensors="pt")["input_ids"][0],
+                    "frame_times": clip.media.frame_times}
+        if self.normalise_on_device:
+            return prepared | {"frames": frames}
+        return prepared | {"pixel_values_videos": self.pixel_values(frames)}
+
+    def video_tokens(self, frames: int) -> int:
+        """Visual tokens for `frames` frames in transformers' LLaVA-OneVision layout: each frame's patch grid
+        pooled 2x2 (rounding up), one newline after the whole video."""
+        side = math.isqrt(self.processor.num_image_tokens)  # 729 patches: 27 x 27
+        return frames * math.ceil(side / 2) ** 2 + 1
+
+    def pixel_values(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 [T, H, W, 3] -> the processor's [1, T, 3, H, W]: rescaled and normalised in float32, then the model's dtype."""
+        video = self.processor.video_processor
+        mean = torch.tensor(video.image_mean, device=frames.device).view(1, 3, 1, 1)
+        std = torch.tensor(video.image_std, device=frames.device).view(1, 3, 1, 1)
+        pixels = frames.permute(0, 3, 1, 2).float() * video.rescale_factor
+        return ((pixels - mean) / std).to(self.dtype)[None]
 
     def infer(self, clips: list[Clip]) -> list[Result]:
         return split_on_oom(self._generate, clips)
 
     def _generate(self, clips: list[Clip]) -> list[Result]:
         prepared = [clip.prepared if clip.prepared is not None else self.prepare(clip) for clip in clips]
-        inputs = left_pad([p["input_ids"] for p in prepared], self.processor.tokenizer.pad_token_id)
-        inputs["pixel_values_videos"] = torch.cat([p["pixel_values_videos"] for p in prepared])
-        inputs = {name: value.to(self.device) for name, value in inputs.items()}
+        inputs = {name: value.to(self.device) for name, value in
+                  left_pad([p["input_ids"] for p in prepared], self.processor.tokenizer.pad_token_id).items()}
+        # each clip's frames to the device, normalised and batched there: no float copy of the batch on the host
+        inputs["pixel_values_videos"] = torch.cat([p["pixel_values_videos"].to(self.device) if "pixel_values_videos" in p
+                                                   else self.pixel_values(p["frames"].to(self.device, non_blocking=True))
+                                                   for p in prepared])
         generations, _ = greedy_generate(self.model, self.processor.tokenizer, inputs, self.max_new_tokens)
         revision = self.revision or getattr(self.model.config, "_commit_hash", None)
         return [Result(fields={"caption": g.text, **g.fields(), "num_frames": len(p["frame_times"]),

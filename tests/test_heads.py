@@ -1,0 +1,148 @@
+"""The head contract and the one-pass runner: per-clip isolation, declared fields, one decode for several
+heads, optional packages imported only for the heads that need them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from omegaconf import open_dict
+
+from conftest import REPO, compose_cfg, ffmpeg_output, make_clip, plain_mp4, read_records, write_shard
+from extract import data as data_module
+from extract.decode import MediaSpec, decode_views
+from extract.heads import Head, Result, register
+from extract.records import BASE_FIELDS
+from extract.runner import run
+
+
+@register
+class FailsOnBoom(Head):
+    """Fails a whole batch when one of its clips is named 'boom'."""
+
+    name = "test_fails_on_boom"
+    fields = {"frames": int, "first_time": float}
+
+    def __init__(self, undeclared: bool = False):
+        self.media_spec = MediaSpec(num_frames=2)
+        self.undeclared = undeclared
+
+    def infer(self, clips):
+        if any(clip.video_id == "boom" for clip in clips):
+            raise RuntimeError("this head cannot take a clip named boom")
+        extra = {"not_declared": 1} if self.undeclared else {}
+        return [Result(fields={"frames": len(c.media.frame_times), **extra}) for c in clips]
+
+
+def _cfg(tmp_path, heads: dict, *extra):
+    cfg = compose_cfg("+model=probe", f"tar_folder={tmp_path / 'in'}", f"output_dir={tmp_path / 'out'}", "num_workers=1",
+                      "wandb.mode=disabled", *extra)
+    with open_dict(cfg):
+        cfg.model = heads
+    return cfg
+
+
+def test_one_bad_clip_fails_alone_when_its_batch_fails(tmp_path, clip_bytes):
+    (tmp_path / "in").mkdir()
+    names = ["a (0-1).mp4", "boom (0-1).mp4", "c (0-1).mp4", "d (0-1).mp4", "e (0-1).mp4"]
+    write_shard(tmp_path / "in" / "s.tar", [(n, clip_bytes) for n in names])
+    run(_cfg(tmp_path, {"test_fails_on_boom": {"batch_size": 4}}))
+    records = {r["member"]: r for r in read_records(tmp_path / "out" / "test_fails_on_boom")}
+    boom = records.pop("boom (0-1).mp4")
+    assert (boom["status"], boom["error_type"]) == ("error", "head_error") and "cannot take a clip named boom" in boom["error"]
+    assert boom["frames"] is None and set(BASE_FIELDS) | {"frames", "first_time"} == set(boom)
+    for record in records.values():  # its batch-mates were retried one by one
+        assert record["status"] == "ok" and record["frames"] == 2 and record["first_time"] is None
+
+
+def test_an_undeclared_field_is_that_clips_error(tmp_path, clip_bytes):
+    (tmp_path / "in").mkdir()
+    write_shard(tmp_path / "in" / "s.tar", [("a (0-1).mp4", clip_bytes)])
+    run(_cfg(tmp_path, {"test_fails_on_boom": {"undeclared": True}}))
+    [record] = read_records(tmp_path / "out" / "test_fails_on_boom")
+    assert record["status"] == "error" and record["error_type"] == "head_error" and "not_declared" in record["error"]
+    assert "not_declared" not in record
+
+
+def test_a_field_named_as_a_base_field_is_refused():
+    with pytest.raises(TypeError, match="status"):
+        @register
+        class Clashes(Head):
+            name = "test_clashes"
+            fields = {"status": str, "caption": str}
+
+
+def test_several_heads_share_one_read_and_one_decode_per_clip(tmp_path, monkeypatch):
+    calls = []
+
+    def counting(data, specs, **kwargs):
+        calls.append(list(specs))
+        return decode_views(data, specs, **kwargs)
+
+    monkeypatch.setattr(data_module, "decode_views", counting)
+    (tmp_path / "in").mkdir()
+    names = [f"v{i} (0-1).mp4" for i in range(3)]
+    write_shard(tmp_path / "in" / "s.tar", [(n, make_clip(seconds=1)) for n in names])
+    cfg = compose_cfg("+model=[probe,av_sync]", f"tar_folder={tmp_path / 'in'}", f"output_dir={tmp_path / 'out'}",
+                      "num_workers=0", "decode_timeout=0", "wandb.mode=disabled")
+    run(cfg)
+    assert len(calls) == 3 and all(len(specs) == 2 for specs in calls)  # one decode per clip, each head's view in it
+    for head in ("probe", "av_sync"):
+        assert sorted(r["member"] for r in read_records(tmp_path / "out" / head)) == names
+
+
+def test_a_clip_that_cannot_be_read_is_an_error_in_every_heads_folder(tmp_path, clip_bytes):
+    (tmp_path / "in").mkdir()
+    write_shard(tmp_path / "in" / "s.tar", [("good (0-1).mp4", clip_bytes), ("bad (0-1).mp4", b"\x00\x01" * 5000),
+                                             ("README.md", b"hello")])
+    cfg = compose_cfg("+model=[probe,av_sync]", f"tar_folder={tmp_path / 'in'}", f"output_dir={tmp_path / 'out'}",
+                      "num_workers=1", "wandb.mode=disabled")
+    run(cfg)
+    for head in ("probe", "av_sync"):
+        records = {r["member"]: r for r in read_records(tmp_path / "out" / head)}
+        assert (records["bad (0-1).mp4"]["status"], records["bad (0-1).mp4"]["error_type"]) == ("error", "not_media")
+        assert records["README.md"]["status"] == "rejected" and records["good (0-1).mp4"]["status"] != "error"
+
+
+def test_only_the_chosen_heads_need_their_packages(tmp_path, clip_bytes):
+    """`+model=probe` runs on the base install; a model head without its packages is one clear error."""
+    write_shard(tmp_path / "s.tar", [("a (0-1).mp4", clip_bytes)])
+    script = textwrap.dedent(f"""
+        import sys
+        for name in ("transformers", "pycocotools", "tokenizers", "PIL", "torchvision"):
+            sys.modules[name] = None  # as if not installed: importing them raises ImportError
+        from hydra import compose, initialize_config_dir
+        from extract.errors import ConfigError
+        from extract.heads import build
+        from extract.runner import run
+        with initialize_config_dir(config_dir="{REPO / 'conf'}", version_base="1.3"):
+            cfg = compose("config", ["+model=probe", "tar_folder={tmp_path}", "output_dir={tmp_path / 'out'}",
+                                     "num_workers=0", "wandb.mode=disabled"])
+        print(run(cfg)["this_run"]["by_status"])
+        for head, options in (("grounding_sam", {{}}), ("llava_video", {{"checkpoint": "x"}})):
+            try:
+                build(head, options)
+            except ConfigError as exc:
+                print(exc)
+    """)
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.strip().splitlines()
+    assert lines[0] == "{'ok': 1}"
+    assert lines[1] == "head grounding_sam needs the package 'transformers', which is not installed: pip install 'extract[models]'"
+    assert lines[2].startswith("head llava_video needs the package 'transformers'")
+
+
+def test_audio_that_does_not_decode_fails_the_heads_that_need_it_only(tmp_path, clip_bytes):
+    garbage = ffmpeg_output("-c", "copy", "-bsf:a", "noise=amount=2", suffix=".mkv", source=plain_mp4())
+    (tmp_path / "in").mkdir()
+    write_shard(tmp_path / "in" / "s.tar", [("garbage audio (0-2).mkv", garbage), ("fine (0-1).mp4", clip_bytes)])
+    run(compose_cfg("+model=[probe,av_sync]", f"tar_folder={tmp_path / 'in'}", f"output_dir={tmp_path / 'out'}",
+                    "num_workers=1", "wandb.mode=disabled"))
+    probe = {r["member"]: r for r in read_records(tmp_path / "out" / "probe")}["garbage audio (0-2).mkv"]
+    assert probe["status"] == "ok" and probe["video_streams"][0]["num_frames"] == 24 and probe["has_audio"]
+    assert "could not be decoded" in probe["audio_error"] and probe["stats"]["audio_rms_dbfs"] is None
+    sync = {r["member"]: r for r in read_records(tmp_path / "out" / "av_sync")}["garbage audio (0-2).mkv"]
+    assert (sync["status"], sync["error_type"]) == ("error", "audio_decode_error")
