@@ -85,7 +85,7 @@ def kaldi_fbank(waveform: torch.Tensor, num_bins: int = 128) -> torch.Tensor:
 
 def normalised_fbank(audio: torch.Tensor, num_bins: int = 128) -> torch.Tensor:
     """BEATs' input for one clip: fbank of the signal in int16 range, normalised with BEATs' statistics."""
-    with torch.autocast(audio.device.type, enabled=False):  # the runner's bf16 autocast would round the mel energies
+    with torch.autocast(audio.device.type, enabled=False):  # a caller's bf16 autocast would round the mel energies
         return (kaldi_fbank(audio.float() * 2**15, num_bins) - FBANK_MEAN) / (2 * FBANK_STD)
 
 

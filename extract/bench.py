@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from extract.data import ClipItem, ShardPlan, as_list, make_loader, resolve_shards
-from extract.decode import Media, MediaSpec, decode_media
+from extract.decode import Media, MediaSpec, decode_media, sample_indices
 from extract.heads import Head
 from extract.runner import Limits
 from extract.synthetic import lavfi_clip
@@ -351,9 +351,9 @@ def bench_llava_video(args) -> None:
                 lambda: random_models.llava_video(device, resolve_dtype("auto", device), attention, args.layers),
                 "LLaVA-Video-7B-Qwen2 architecture (Qwen2-7B + SigLIP-so400m-384), RANDOM weights", random_models.save_tiny_llava_video,
                 "TINY random model (not the 7B: timings only show the pipeline works)",
-                num_frames=args.frames, max_new_tokens=args.new_tokens, attn_implementation=attention)
-            print(f"# extract.bench llava_video: {what} on {_device_name(device)}, {args.frames} frames, {args.new_tokens} new tokens "
-                  f"per clip, {head.model.dtype}, attention {head.model.config._attn_implementation}")
+                preset=args.preset, num_frames=args.frames, max_new_tokens=args.new_tokens, attn_implementation=attention)
+            print(f"# extract.bench llava_video: {what} on {_device_name(device)}, {head.num_frames} frames ({args.preset} preset), "
+                  f"{args.new_tokens} new tokens per clip, {head.model.dtype}, attention {head.model.config._attn_implementation}")
             _time_llava(head, device, args, peaks)
             del head
             if device.type == "cuda":
@@ -368,14 +368,13 @@ def _time_llava(head, device: torch.device, args, peaks) -> None:
     floor_columns = f"  {'floor clips/h':>13}  {'of floor':>8}" if peaks else ""
     print(f"{'batch':>5}  {'clips/hour':>10}  {'prefill tok/s':>13}  {'decode tok/s':>12}  {'peak memory':>11}{floor_columns}")
     for batch in [int(b) for b in args.batches.split(",")]:
-        clips = [Clip(f"k{i}", "v", 0.0, 4.0, media) for i in range(batch)]
-        inputs = head.processor(text=[head.prompt_for(c) for c in clips], videos=[torch.from_numpy(media.frames)] * batch,
-                                return_tensors="pt", padding=True, do_sample_frames=False).to(device)
-        inputs["pixel_values_videos"] = inputs["pixel_values_videos"].to(head.model.dtype)
-        prompt_tokens = inputs["input_ids"].shape[1]
+        prepared = [head.prepare(Clip(f"k{i}", "v", 0.0, 4.0, media)) for i in range(batch)]  # a worker's share
+        prompt_tokens = len(prepared[0]["input_ids"])
         try:
             with torch.inference_mode():
-                generate = partial(head.model.generate, **inputs, do_sample=False, cache_implementation="static")  # as the head does
+                # the head's model step: the vision tower and the splice, then generation as greedy_generate runs it
+                generate = lambda **kwargs: head.model.generate(**head.model_inputs(prepared), do_sample=False,  # noqa: E731
+                                                                  cache_implementation="static", **kwargs)
                 generate(max_new_tokens=1)  # warm-up
                 prefill = _timed(generate, device, max_new_tokens=1)  # prefill and the first token
                 total = _timed(generate, device, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens)
@@ -388,7 +387,7 @@ def _time_llava(head, device: torch.device, args, peaks) -> None:
         row = (f"{batch:>5}  {3600 * batch / total:>10.0f}  {batch * prompt_tokens / prefill:>13.0f}  "
                f"{decode:>12}  {_peak_memory(device) / 2**30:>9.2f} GiB")
         if peaks:
-            floor = sum(llava_floor(head.model.config, batch, prompt_tokens, args.frames, args.new_tokens, peaks))
+            floor = sum(llava_floor(head.model.config, batch, prompt_tokens, head.num_frames, args.new_tokens, peaks))
             row += f"  {3600 * batch / floor:>13.0f}  {floor / total:>8.2f}"
         print(row)
 
@@ -415,9 +414,11 @@ def bench_internvl(args) -> None:
         head, what = _captioning_head(
             "internvl", args, tmp, device,
             lambda: random_models.internvl(device, resolve_dtype("auto", device), pick_attention("auto"), args.layers),
-            "InternVL3.5-8B architecture (InternViT-300M + Qwen3-8B), RANDOM weights", None, None, max_new_tokens=args.new_tokens)
-        print(f"# extract.bench internvl: {what} on {_device_name(device)}, {head.media_spec.num_frames} keyframes per clip, "
-              f"up to {args.new_tokens} new tokens each, {head.model.dtype}, attention {head.model.config._attn_implementation}")
+            "InternVL3.5-8B architecture (InternViT-300M + Qwen3-8B), RANDOM weights", None, None, preset=args.preset,
+            max_new_tokens=args.new_tokens)
+        print(f"# extract.bench internvl: {what} on {_device_name(device)}, {head.media_spec.num_frames} keyframes per clip of "
+              f"640x360 ({args.preset} preset: up to {head.max_tiles} tiles each), {args.new_tokens} new tokens each, "
+              f"{head.model.dtype}, attention {head.model.config._attn_implementation}")
         _time_keyframes(head, device, args.batches)
 
 
@@ -427,16 +428,17 @@ def bench_grounding_sam(args) -> None:
     from extract.heads import build, resolve_dtype
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    options = {"box_threshold": 0.0, "text_threshold": 0.0, "max_detections": args.detections}
+    options = {"preset": args.preset, "box_threshold": 0.0, "text_threshold": 0.0, "max_detections": args.detections}
     if args.detector and args.segmenter:
         head = build("grounding_sam", {"detector": args.detector, "segmenter": args.segmenter, **options})
         head.open(device)
         head.load(device)
         what = head.model_id
     else:
-        head = build("grounding_sam", {"detector": "random weights", "segmenter": "random weights", **options})
-        head.attach(*random_models.grounding_sam(device, resolve_dtype("auto", device), args.layers), device)
-        what = "grounding-dino-base + sam-vit-base architectures, RANDOM weights" + _cut(args.layers)
+        head = build("grounding_sam", options)  # the preset's models, built here with random weights
+        sam = head.segmenter_id.rsplit("-", 1)[-1]  # facebook/sam-vit-huge | -base
+        head.attach(*random_models.grounding_sam(device, resolve_dtype(head.dtype_name, device), args.layers, sam), device)
+        what = f"grounding-dino-tiny + sam-vit-{sam} architectures ({args.preset} preset), RANDOM weights" + _cut(args.layers)
     print(f"# extract.bench grounding_sam: {what} on {_device_name(device)}, {head.media_spec.num_frames} keyframes of 640x360 "
           f"per clip, {args.detections} boxes each, {head.dtype}")
     _time_keyframes(head, device, args.batches)
@@ -488,8 +490,8 @@ def bench_audio_caption(args) -> None:
             print(f"{batch:>5}  {batch / elapsed:>8.2f}  {batch * args.seconds / elapsed:>9.1f}  {_peak_memory(device) / 2**30:>9.2f} GiB")
 
 
-def moving_pattern(spec: MediaSpec, seconds: float, height: int = 360, width: int = 640) -> Media:
-    """What the decoder would hand a head for a `seconds`-long 640x360 clip with a 440 Hz tone, made
+def moving_pattern(spec: MediaSpec, seconds: float, height: int = 360, width: int = 640, fps: float = 30.0) -> Media:
+    """What the decoder would hand a head for a `seconds`-long 640x360 clip at 30 fps with a 440 Hz tone, made
     in memory: the model benchmarks time the model step, whose cost does not depend on the pictures,
     and they need no ffmpeg on the GPU machine."""
     if spec.size:
@@ -497,19 +499,27 @@ def moving_pattern(spec: MediaSpec, seconds: float, height: int = 360, width: in
     elif spec.short_side and min(height, width) > spec.short_side:
         scale = spec.short_side / min(height, width)
         height, width = round(height * scale / 2) * 2, round(width * scale / 2) * 2
-    count = spec.num_frames or (min(spec.max_frames, int(30 * seconds)) if spec.every_frame else min(spec.max_frames, max(1, int(seconds * spec.fps))))
-    times = [(i + 0.5) * seconds / count for i in range(count)] if spec.wants_video else []
+    total = int(fps * seconds)
+    if not spec.wants_video:
+        indices = []
+    elif spec.every_frame:
+        indices = list(range(min(spec.max_frames, total)))
+    elif spec.sampling != "centres" and spec.num_frames:
+        indices = sample_indices(spec.sampling, total, spec.num_frames)
+    else:
+        count = spec.num_frames or min(spec.max_frames, max(1, int(seconds * spec.fps)))
+        indices = [int((i + 0.5) * total / count) for i in range(count)]
     rows, columns = np.mgrid[0:height, 0:width]
     frames = np.stack([np.stack([(columns + 8 * i) % 256, (rows + 4 * i) % 256, (rows + columns) % 256], axis=-1)
-                       for i in range(len(times))]).astype(np.uint8) if times else None
+                       for i in indices]).astype(np.uint8) if indices else None
     audio = None
     if spec.audio:
         audio = (0.5 * np.sin(2 * np.pi * 440 * np.arange(int(seconds * spec.sample_rate)) / spec.sample_rate)).astype(np.float32)
-    info = {"container": "mp4 (isom)", "duration_s": seconds,
-            "video_streams": [{"index": 0, "codec": "h264", "width": width, "height": height, "fps": 30.0,
-                               "num_frames": int(30 * seconds), "duration_s": seconds}],
-            "audio_streams": [{"index": 1, "codec": "aac", "sample_rate": 44100, "channels": 1, "duration_s": seconds}]}
-    return Media(info=info, frames=frames, frame_times=[round(t, 4) for t in times], audio=audio,
+    info = {"container": "mp4 (isom)", "duration_s": seconds, "video_stream_index": 0, "audio_stream_index": 1,
+            "video_streams": [{"index": 0, "codec": "h264", "width": width, "height": height, "fps": fps, "fps_header": fps,
+                               "num_frames": total, "duration_s": seconds}],
+            "audio_streams": [{"index": 1, "codec": "aac", "sample_rate": 44100, "channels": 1}]}
+    return Media(info=info, frames=frames, frame_times=[round(i / fps, 4) for i in indices], frame_indices=indices, audio=audio,
                  sample_rate=spec.sample_rate if spec.audio else 0)
 
 
@@ -578,7 +588,7 @@ def main() -> None:
 
     llava = sub.add_parser("llava_video", help="llava_video generation speed and its floor per batch size and attention kernel")
     llava.add_argument("--checkpoint", help="a transformers-format checkpoint")
-    llava.add_argument("--frames", type=int, default=64)
+    llava.add_argument("--frames", type=int, help="frames per clip (default: the preset's)")
     llava.add_argument("--new-tokens", type=int, default=32)
     llava.add_argument("--attention", help="comma-separated attn_implementation values; default sdpa and flash-attn when installed")
     llava.add_argument("--peak-tflops", type=float, help="the device's dense bf16 TFLOP/s for the floor (known for H100/H200/A100)")
@@ -587,9 +597,12 @@ def main() -> None:
     grounding.add_argument("--detector")
     grounding.add_argument("--segmenter")
     grounding.add_argument("--detections", type=int, default=8)
+    grounding.add_argument("--preset", choices=("authors", "fast"), default="authors")
     internvl = sub.add_parser("internvl", help="internvl keyframes/s per batch")
     internvl.add_argument("--checkpoint")
     internvl.add_argument("--new-tokens", type=int, default=32)
+    for model_bench in (llava, internvl):
+        model_bench.add_argument("--preset", choices=("authors", "fast"), default="authors")
     for model_bench in (llava, grounding, internvl):
         model_bench.add_argument("--batches", default="1,2,4")
         model_bench.add_argument("--size", choices=("tiny", "full"), default="tiny",

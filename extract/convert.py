@@ -10,7 +10,8 @@ missing, or the conversion stops.
 
 `internvl2`: InternVL2's remote-code layout (InternViT + InternLM2 with fused `wqkv`, projector
 `mlp1`) into transformers' native `InternVLForConditionalGeneration` with a Llama text model, so
-it runs without `trust_remote_code`.
+the model runs without `trust_remote_code`; the source's tokenizer files are copied beside it
+(InternLM2's tokenizer is remote code: the internvl head loads it with `trust_remote_code=true`).
 """
 
 from __future__ import annotations
@@ -125,9 +126,11 @@ def convert_llava_video(source: Path, target: Path, vision_heads: int | None = N
     image_size = config.vision_config.image_size
     size = {"height": image_size, "width": image_size}
     tokenizer.padding_side = "left"
+    # SigLIP's preprocessing, as LLaVA-NeXT's SigLipImageProcessor does it: bicubic resize, mean and std 0.5
+    siglip = {"size": size, "crop_size": size, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "resample": 3}
     LlavaOnevisionProcessor(
-        image_processor=LlavaOnevisionImageProcessor(size=size, crop_size=size, image_grid_pinpoints=config.image_grid_pinpoints),
-        video_processor=LlavaOnevisionVideoProcessor(size=size, crop_size=size), tokenizer=tokenizer,
+        image_processor=LlavaOnevisionImageProcessor(image_grid_pinpoints=config.image_grid_pinpoints, **siglip),
+        video_processor=LlavaOnevisionVideoProcessor(**siglip), tokenizer=tokenizer,
         num_image_tokens=(image_size // config.vision_config.patch_size) ** 2, vision_feature_select_strategy="full",
         chat_template=QWEN_CHAT_TEMPLATE,
     ).save_pretrained(target)
@@ -208,36 +211,51 @@ def internvl2_config(source: dict, image_token: int):
     )
 
 
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
+
+
 def convert_internvl2(source: Path, target: Path, image_token: int | None = None) -> Path:
+    """The model in the native layout, plus what the internvl head needs beside it: the source's tokenizer files
+    (InternLM2's need its own code: run the head with trust_remote_code=true), the chat template's name, and
+    <|im_end|> as the end of generation, as the authors' model.chat stops."""
+    import shutil
+
     from transformers import InternVLForConditionalGeneration
 
     original = json.loads((source / "config.json").read_text())
     if original.get("ps_version", "v2") != "v2":
         raise ConversionError("only pixel-shuffle v2 checkpoints (InternVL2 and later) map onto the native model")
-    tokenizer = _tokenizer_without_remote_code(source)
+    specials = _special_token_ids(source)
+    image_token = image_token if image_token is not None else specials.get("<IMG_CONTEXT>")
     if image_token is None:
-        if tokenizer is None:
-            raise ConversionError("the tokenizer needs remote code here: give --image-token-id (<IMG_CONTEXT>, 92546 for InternVL2-8B)")
-        image_token = tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>")
+        raise ConversionError("no <IMG_CONTEXT> in the source's tokenizer files: give --image-token-id (92546 for InternVL2-8B)")
     config = internvl2_config(original, image_token)
+    config.template = original.get("template", "internvl2_5")  # the conversation template the checkpoint was trained with
     state = split_fused_projections(read_state_dict(source), original["llm_config"])
     renamed = {rename(k, INTERNVL2_KEY_MAP): v for k, v in state.items()}
     with torch.device("meta"):
         model = InternVLForConditionalGeneration(config)
     load_strict(model, renamed)
+    if "<|im_end|>" in specials:
+        model.generation_config.eos_token_id = specials["<|im_end|>"]
     model.save_pretrained(target)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(target)
+    for name in [*TOKENIZER_FILES, *(p.name for p in source.glob("tokenization_*.py"))]:
+        if (source / name).is_file():
+            shutil.copy2(source / name, target / name)
     return target
 
 
-def _tokenizer_without_remote_code(source: Path):
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(source, trust_remote_code=False)
-    except (OSError, ValueError, KeyError):
-        return None
+def _special_token_ids(source: Path) -> dict[str, int]:
+    """Added tokens' ids, read from the tokenizer's JSON files (no tokenizer code runs)."""
+    ids = {}
+    config = source / "tokenizer_config.json"
+    if config.is_file():
+        for index, token in json.loads(config.read_text()).get("added_tokens_decoder", {}).items():
+            ids[token["content"]] = int(index)
+    added = source / "added_tokens.json"
+    if added.is_file():
+        ids.update({content: int(index) for content, index in json.loads(added.read_text()).items()})
+    return ids
 
 
 def main(argv: list[str] | None = None) -> None:

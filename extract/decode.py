@@ -45,7 +45,8 @@ class MediaSpec:
     max_frames: int = 256
     every_frame: bool = False  # or every frame at the native rate (the first max_frames of the clip)
     # centres: the frame shown at the centre of each of N equal time spans;
-    # linspace: frame indices int(linspace(0, total - 1, N)) over the decoded frames (LLaVA's rule, both ends included)
+    # linspace: frame indices int(linspace(0, total - 1, N)) over the decoded frames (LLaVA's rule, both ends included);
+    # segments: the middle frame of each of N equal index segments (InternVL's get_index)
     sampling: str = "centres"
     size: tuple[int, int] | None = None  # (height, width)
     short_side: int | None = None  # or resize so the short side is this, keeping the aspect (never up)
@@ -54,8 +55,8 @@ class MediaSpec:
     sample_rate: int = 16000
 
     def __post_init__(self):
-        if self.sampling not in ("centres", "linspace"):
-            raise ValueError(f"sampling must be 'centres' or 'linspace', not {self.sampling!r}")
+        if self.sampling not in ("centres", "linspace", "segments"):
+            raise ValueError(f"sampling must be 'centres', 'linspace' or 'segments', not {self.sampling!r}")
         if self.resample not in ("bilinear", "bicubic"):
             raise ValueError(f"resample must be 'bilinear' or 'bicubic', not {self.resample!r}")
 
@@ -250,10 +251,10 @@ class _ViewFrames:
         duration = timeline.end - timeline.begin
         if spec.every_frame:
             self.indices = list(range(spec.max_frames if timeline.count is None else min(spec.max_frames, timeline.count)))
-        elif spec.sampling == "linspace" and spec.num_frames > 0:
+        elif spec.sampling in ("linspace", "segments") and spec.num_frames > 0:
             if not timeline.count:
                 raise DecodeFailure("decode_error", "the video stream's frame count is unknown")
-            self.indices = [int(i) for i in np.linspace(0, timeline.count - 1, spec.num_frames)]
+            self.indices = sample_indices(spec.sampling, timeline.count, spec.num_frames)
         else:
             if duration <= 0:
                 raise DecodeFailure("decode_error", "the video stream has no duration (no decodable frames)")
@@ -299,6 +300,14 @@ class _ViewFrames:
         """Past the last frame: a view of every frame wants no more."""
         if self.spec.every_frame:
             self._next_index = len(self.indices)
+
+
+def sample_indices(rule: str, total: int, count: int) -> list[int]:
+    """Frame indices of `count` frames out of `total` by an index rule (see MediaSpec.sampling)."""
+    if rule == "linspace":  # LLaVA-Video's load_video(force_sample=True)
+        return [int(i) for i in np.linspace(0, total - 1, count)]
+    segment = (total - 1) / count  # InternVL's get_index without bounds: from frame 0 to the last, max_frame = total - 1
+    return [int(segment / 2 + np.round(segment * i)) for i in range(count)]
 
 
 def _target_size(spec: MediaSpec, height: int, width: int) -> tuple[int, int]:

@@ -43,7 +43,8 @@ def greedy_generate(model, tokenizer, inputs: dict, max_new_tokens: int) -> tupl
     output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, output_scores=True,
                             return_dict_in_generate=True, cache_implementation="static")
     logprobs = model.compute_transition_scores(output.sequences, output.scores, normalize_logits=True)
-    generated = output.sequences[:, inputs["input_ids"].shape[1]:]
+    # given token ids, the output repeats them first; given embeddings alone, it holds the new tokens only
+    generated = output.sequences[:, inputs["input_ids"].shape[1]:] if "input_ids" in inputs else output.sequences
     eos = model.generation_config.eos_token_id
     eos_ids = set(eos if isinstance(eos, list) else [eos])
     return [summarise(tokenizer, tokens, token_logprobs, eos_ids) for tokens, token_logprobs in zip(generated.tolist(), logprobs)], logprobs

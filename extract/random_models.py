@@ -26,9 +26,14 @@ QWEN2_7B = {"model_type": "qwen2", "hidden_size": 3584, "intermediate_size": 189
 QWEN3_8B = {"model_type": "qwen3", "hidden_size": 4096, "intermediate_size": 12288, "num_hidden_layers": 36,
             "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 151936,
             "max_position_embeddings": 40960, "rope_theta": 1000000.0, "tie_word_embeddings": False}
-# Swin-B at 384 with window 12, grounding-dino-base's backbone
-SWIN_B_384 = {"model_type": "swin", "embed_dim": 128, "depths": [2, 2, 18, 2], "num_heads": [4, 8, 16, 32], "window_size": 12,
-              "image_size": 384, "out_features": ["stage2", "stage3", "stage4"]}
+# Swin-T at 224 with window 7, grounding-dino-tiny's backbone (GroundingDINO_SwinT_OGC)
+SWIN_T_224 = {"model_type": "swin", "embed_dim": 96, "depths": [2, 2, 6, 2], "num_heads": [3, 6, 12, 24], "window_size": 7,
+              "image_size": 224, "out_features": ["stage2", "stage3", "stage4"]}
+# SAM's image encoders: ViT-B (sam-vit-base) and ViT-H (sam-vit-huge)
+SAM_VIT = {"base": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "mlp_dim": 3072,
+                    "global_attn_indexes": [2, 5, 8, 11]},
+           "huge": {"hidden_size": 1280, "num_hidden_layers": 32, "num_attention_heads": 16, "mlp_dim": 5120,
+                    "global_attn_indexes": [7, 15, 23, 31]}}
 
 
 def _shallow(config: dict, layers: int | None, key: str = "num_hidden_layers") -> dict:
@@ -94,19 +99,20 @@ def internvl(device: torch.device, dtype: torch.dtype, attn_implementation: str,
     return processor, model
 
 
-def grounding_sam(device: torch.device, dtype: torch.dtype, layers: int | None = None):
-    """((processor, model), (processor, model)): grounding-dino-base (Swin-B, BERT-base) and sam-vit-base."""
+def grounding_sam(device: torch.device, dtype: torch.dtype, layers: int | None = None, sam: str = "huge"):
+    """((processor, model), (processor, model)): grounding-dino-tiny (Swin-T, BERT-base) and SAM's ViT-H or ViT-B."""
     from transformers import (GroundingDinoConfig, GroundingDinoForObjectDetection, GroundingDinoImageProcessor,
                               GroundingDinoProcessor, SamConfig, SamImageProcessor, SamModel, SamProcessor)
 
     detector_config = GroundingDinoConfig(
-        backbone_config={**SWIN_B_384, "depths": [min(d, layers or d) for d in SWIN_B_384["depths"]]},
+        backbone_config={**SWIN_T_224, "depths": [min(d, layers or d) for d in SWIN_T_224["depths"]]},
         text_config={"model_type": "bert", "num_hidden_layers": min(12, layers or 12)},
         encoder_layers=min(6, layers or 6), decoder_layers=max(2, min(6, layers or 6)))
     detector = _build(GroundingDinoForObjectDetection, detector_config, device, dtype)
-    segmenter_config = SamConfig(vision_config={"num_hidden_layers": min(12, layers or 12),
-                                                "global_attn_indexes": [i for i in (2, 5, 8, 11) if i < min(12, layers or 12)] or [0]})
-    segmenter = _build(SamModel, segmenter_config, device, dtype)
+    vit = dict(SAM_VIT[sam])
+    depth = min(vit["num_hidden_layers"], layers or vit["num_hidden_layers"])
+    vit.update(num_hidden_layers=depth, global_attn_indexes=[i for i in vit["global_attn_indexes"] if i < depth] or [0])
+    segmenter = _build(SamModel, SamConfig(vision_config=vit), device, dtype)
     detector_processor = GroundingDinoProcessor(image_processor=GroundingDinoImageProcessor(), tokenizer=tiny_bert_tokenizer())
     return (detector_processor, detector), (SamProcessor(image_processor=SamImageProcessor()), segmenter)
 
@@ -162,19 +168,19 @@ def save_tiny_llava_video(folder: str | Path, seed: int = 0) -> Path:
     config = LlavaOnevisionConfig(
         text_config=tiny_qwen2_text_config(tokenizer),
         vision_config={"model_type": "siglip_vision_model", "hidden_size": 32, "intermediate_size": 64,
-                       "num_hidden_layers": 2, "num_attention_heads": 2, "image_size": 32, "patch_size": 8,
-                       "vision_use_head": False},  # LLaVA drops SigLIP's pooling head
+                       "num_hidden_layers": 2, "num_attention_heads": 2, "image_size": 40, "patch_size": 8,
+                       "vision_use_head": False},  # LLaVA drops SigLIP's pooling head; 5x5 patches, odd as SigLIP's 27
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
         video_token_index=tokenizer.convert_tokens_to_ids("<video>"),
         vision_feature_select_strategy="full", vision_feature_layer=-1,
-        image_grid_pinpoints=[[32, 32], [32, 64], [64, 32], [64, 64]],
+        image_grid_pinpoints=[[40, 40], [40, 80], [80, 40], [80, 80]],
     )
     save_generative(LlavaOnevisionForConditionalGeneration, config, tokenizer, folder, seed)
-    size = {"height": 32, "width": 32}
+    size = {"height": 40, "width": 40}
     processor = LlavaOnevisionProcessor(
         image_processor=LlavaOnevisionImageProcessor(size=size, crop_size=size, image_grid_pinpoints=config.image_grid_pinpoints),
         video_processor=LlavaOnevisionVideoProcessor(size=size, crop_size=size),
-        tokenizer=tokenizer, num_image_tokens=16, vision_feature_select_strategy="full",
+        tokenizer=tokenizer, num_image_tokens=25, vision_feature_select_strategy="full",
         chat_template=QWEN_CHAT_TEMPLATE,
     )
     processor.save_pretrained(folder)

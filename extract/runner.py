@@ -10,7 +10,6 @@ import signal
 import threading
 import time
 from collections import Counter
-from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -252,9 +251,9 @@ def run(cfg: DictConfig) -> dict:
         progress = Progress(ranks.rank == 0, OmegaConf.to_container(cfg.wandb, resolve=True), OmegaConf.to_container(cfg, resolve=True),
                             str(output_dir), cfg.log_every_s)
         shard_faults, clips_read, waiting = {}, 0, 0.0
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if ranks.device.type == "cuda" else nullcontext()
         loop_started, cpu_started = time.perf_counter(), time.process_time()
-        with torch.inference_mode(), autocast:
+        # no autocast: each head runs in the precision its authors run it in (its dtype), not a mix autocast would choose
+        with torch.inference_mode():
             while True:
                 wait_started = time.perf_counter()
                 batch = next(batches, None)

@@ -12,7 +12,7 @@ from extract.beats_conformer_bart import CheckpointMismatch, kaldi_fbank, load_s
 from extract.decode import decode_media
 from extract.errors import ConfigError
 from extract.heads import Clip, build
-from extract.heads.audio_caption import windows_of
+from extract.heads.audio_caption import clean_caption, windows_of
 from extract.runner import run
 from tiny import TINY_CAPTIONER, released_layout, random_released_state, save_tiny_audio_captioner, tiny_bart_tokenizer
 
@@ -248,3 +248,7 @@ def test_gated_attention_matches_the_fp16_safe_formulation():
     reference = attention.out_proj(reference.transpose(1, 2).reshape(2, length, dim))
     with torch.no_grad():
         torch.testing.assert_close(attention(x, bias, padding), reference, atol=1e-5, rtol=1e-5)
+
+
+def test_captions_lose_their_punctuation_as_the_release_writes_them():
+    assert clean_caption(" A dog barks, then a car passes by.") == "A dog barks then a car passes by"

@@ -78,3 +78,14 @@ def test_a_weight_without_a_rule_or_a_missing_weight_stops_the_conversion(origin
     save_file({**state, "model.extra.weight": torch.zeros(1)}, broken / "model.safetensors")
     with pytest.raises(ConversionError, match="no rule"):
         convert_llava_video(broken, tmp_path / "out2", vision_heads=2)
+
+
+def test_the_written_processor_preprocesses_as_siglip_and_prompts_as_qwen_1_5(original, tmp_path):
+    from transformers import AutoProcessor
+
+    _, _, source = original
+    processor = AutoProcessor.from_pretrained(convert_llava_video(source, tmp_path / "converted", vision_heads=2))
+    for part in (processor.image_processor, processor.video_processor):
+        assert list(part.image_mean) == [0.5, 0.5, 0.5] and list(part.image_std) == [0.5, 0.5, 0.5]
+    prompt = processor.apply_chat_template([{"role": "user", "content": [{"type": "text", "text": "Hi"}]}], add_generation_prompt=True)
+    assert prompt.startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n")

@@ -134,7 +134,22 @@ def test_converted_model_matches_the_reference_from_unconverted_weights(source, 
     torch.testing.assert_close(native, reference, atol=1e-4, rtol=1e-4)
 
 
-def test_without_a_readable_tokenizer_the_image_token_must_be_given(source, tmp_path):
+def test_without_the_image_token_in_the_tokenizer_files_it_must_be_given(source, tmp_path):
     folder, _ = source
     with pytest.raises(ConversionError, match="image-token-id"):
         convert_internvl2(folder, tmp_path / "out")
+
+
+def test_the_folder_carries_the_tokenizer_files_the_template_and_the_end_token(source, tmp_path):
+    from transformers import AutoConfig, GenerationConfig
+
+    folder, _ = source
+    (folder / "tokenizer_config.json").write_text(json.dumps({"added_tokens_decoder": {
+        "92542": {"content": "<|im_end|>"}, str(IMAGE_TOKEN): {"content": "<IMG_CONTEXT>"}}, "auto_map": {}}))
+    (folder / "tokenizer.model").write_bytes(b"sentencepiece model")
+    (folder / "tokenization_internlm2.py").write_text("# the tokenizer's own code")
+    target = convert_internvl2(folder, tmp_path / "native")
+    assert AutoConfig.from_pretrained(target).template == "internlm2-chat"
+    assert AutoConfig.from_pretrained(target).image_token_id == IMAGE_TOKEN
+    assert GenerationConfig.from_pretrained(target).eos_token_id == 92542
+    assert {"tokenizer.model", "tokenizer_config.json", "tokenization_internlm2.py"} <= {p.name for p in target.iterdir()}

@@ -164,3 +164,15 @@ def test_members_that_cannot_be_media_are_refused_from_their_first_bytes():
     assert "repeated" in refuse_early(bytes(65536)) and "repeated" in refuse_early(b"\x07" * 65536)
     assert "HTML" in refuse_early(b"<!DOCTYPE html><html>")
     assert refuse_early(make_clip()[:65536]) is None
+
+
+def test_stereo_is_folded_to_the_mean_of_its_channels():
+    """As the audio captioner's authors load audio (librosa.load's mono: the channel mean), not ffmpeg's downmix,
+    which is 3 dB hotter: a tone on the left channel only comes out at half its amplitude."""
+    import numpy as np
+
+    stereo = ffmpeg_output("-f", "lavfi", "-i", "aevalsrc=0.5*sin(2*PI*440*t)|0:s=16000:d=1", "-c:a", "pcm_s16le", suffix=".wav")
+    media = decode_media(stereo, MediaSpec(audio=True))
+    assert media.info["audio_streams"][0]["channels"] == 2
+    rms = float(np.sqrt(np.mean(np.square(media.audio[1000:-1000], dtype=np.float64))))
+    assert rms == pytest.approx(0.25 / np.sqrt(2), rel=0.01)

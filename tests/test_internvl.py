@@ -22,7 +22,7 @@ def checkpoint(tmp_path_factory):
 def test_end_to_end_records_and_features(checkpoint, tmp_path):
     (tmp_path / "in").mkdir()
     write_shard(tmp_path / "in" / "a.tar", [(f"v.{i} (0-1).mp4", make_clip(pattern=("testsrc", "smptebars")[i % 2])) for i in range(3)])
-    cfg = compose_cfg("+model=internvl", f"model.checkpoint={checkpoint}", "model.max_new_tokens=5", f"tar_folder={tmp_path / 'in'}",
+    cfg = compose_cfg("+model=internvl", f"model.checkpoint={checkpoint}", "model.max_new_tokens=5", "model.max_tiles=4", f"tar_folder={tmp_path / 'in'}",
                       f"output_dir={tmp_path / 'out'}", "num_workers=1", "batch_size=2", "wandb.mode=disabled")
     run(cfg)
     folder = tmp_path / "out" / "internvl"
@@ -43,7 +43,7 @@ def _clips(head):
 
 
 def test_greedy_output_and_features_do_not_depend_on_the_batch(checkpoint):
-    head = build("internvl", {"checkpoint": str(checkpoint), "num_keyframes": 2, "max_new_tokens": 6, "dtype": "float32"})
+    head = build("internvl", {"checkpoint": str(checkpoint), "num_keyframes": 2, "max_new_tokens": 6, "max_tiles": 1, "dtype": "float32"})
     ready(head)
     clips = _clips(head)
     alone = [head.infer([clip])[0] for clip in clips]
@@ -54,7 +54,7 @@ def test_greedy_output_and_features_do_not_depend_on_the_batch(checkpoint):
 
 
 def test_tiling_pools_each_keyframe_over_its_tiles(checkpoint):
-    head = build("internvl", {"checkpoint": str(checkpoint), "num_keyframes": 2, "max_new_tokens": 3, "max_patches": 4})
+    head = build("internvl", {"checkpoint": str(checkpoint), "num_keyframes": 2, "max_new_tokens": 3, "max_tiles": 4})
     ready(head)
     [result] = head.infer(_clips(head)[:1])
     assert result.arrays["features"].shape == (2, 32)

@@ -40,15 +40,10 @@ def test_end_to_end_records(checkpoint, tmp_path, clip_bytes):
         assert isinstance(record["caption"], str) and record["prompt_sha1"]
 
 
-def test_prompt_has_the_frame_times(checkpoint):
-    head = build("llava_video", {"checkpoint": str(checkpoint), "num_frames": 4})
-    ready(head)
+def test_frames_reach_the_head_at_the_towers_size(checkpoint):
+    head = ready(build("llava_video", {"checkpoint": str(checkpoint), "num_frames": 4}))
     [clip] = _clips(head, 1)
-    prompt = head.prompt_for(clip)
-    times = ",".join(f"{t:.2f}s" for t in clip.media.frame_times)
-    assert f"4 frames are uniformly sampled from it. These frames are located at {times}." in prompt
-    assert prompt.startswith("<|im_start|>system") and prompt.endswith("<|im_start|>assistant\n") and "<video>" in prompt
-    assert clip.media.frames.shape[1:3] == (32, 32)  # resized in the decoder to the processor's size
+    assert clip.media.frames.shape == (4, 40, 40, 3)  # resized in the decoder to the vision tower's size
 
 
 def test_greedy_captions_do_not_depend_on_the_batch(checkpoint):
@@ -89,15 +84,10 @@ def test_out_of_memory_batch_is_retried_in_halves(checkpoint, monkeypatch):
 
 def _free_running(head, clips, new_tokens):
     """The tokens the model picks greedily with no end token, and their log-probabilities."""
-    from extract.generation import left_pad
-
-    prepared = [head.prepare(clip) for clip in clips]
-    inputs = left_pad([p["input_ids"] for p in prepared], head.processor.tokenizer.pad_token_id)
-    inputs["pixel_values_videos"] = torch.cat([p["pixel_values_videos"] for p in prepared])
-    out = head.model.generate(**inputs, max_new_tokens=new_tokens, do_sample=False,
-                              output_scores=True, return_dict_in_generate=True)
+    inputs = head.model_inputs([head.prepare(clip) for clip in clips])
+    out = head.model.generate(**inputs, max_new_tokens=new_tokens, do_sample=False, output_scores=True, return_dict_in_generate=True)
     logprobs = head.model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)
-    return out.sequences[:, inputs["input_ids"].shape[1]:].tolist(), logprobs
+    return out.sequences.tolist(), logprobs
 
 
 def test_a_caption_ends_at_its_first_end_of_sequence_token(checkpoint):
@@ -114,7 +104,7 @@ def test_a_caption_ends_at_its_first_end_of_sequence_token(checkpoint):
         length = 8 if stop is None else stop
         fields = result.fields
         assert fields["num_tokens"] == length and fields["finish_reason"] == ("length" if stop is None else "eos")
-        assert fields["caption"] == head.processor.tokenizer.decode(tokens[row][:length], skip_special_tokens=True).strip()
+        assert fields["caption"] == head.tokenizer.decode(tokens[row][:length], skip_special_tokens=True).strip()
         assert fields["confidence"] == pytest.approx(float(logprobs[row, :length].mean().exp()), abs=1e-6)  # rounded to 6 places
     assert results[0].fields["finish_reason"] == "eos" and results[0].fields["num_tokens"] >= 2
 
@@ -126,20 +116,17 @@ def test_the_users_question_is_in_the_prompt_after_the_frame_times(checkpoint):
     prompt = head.prompt_for(clip)
     assert "related to this video.\n" + question + "<|im_end|>\n<|im_start|>assistant\n" in prompt
     tokens = head.prepare(clip)["input_ids"]
-    assert question in head.processor.tokenizer.decode(tokens)  # what the model reads
+    assert question in head.tokenizer.decode(tokens)  # what the model reads
     other = ready(build("llava_video", {"checkpoint": str(checkpoint), "num_frames": 4}))
     assert other.prompt_hash != head.prompt_hash
 
 
-def test_prepared_inputs_are_the_processors(checkpoint):
-    """The worker hands over uint8 frames and the expanded prompt's tokens; normalised on the device they are
-    exactly what the processor makes."""
+def test_frames_normalised_on_the_device_are_those_normalised_in_a_worker(checkpoint):
+    """On a GPU the workers hand over uint8 frames and the device normalises them; on a CPU the workers normalise."""
     head = ready(build("llava_video", {"checkpoint": str(checkpoint), "num_frames": 4, "dtype": "float32"}))
     [clip] = _clips(head, 1)
-    head.normalise_on_device = True  # as on a GPU: uint8 frames from the worker
-    prepared = head.prepare(clip)
-    reference = head.processor(text=[head.prompt_for(clip)], videos=[torch.as_tensor(clip.media.frames)], return_tensors="pt",
-                               do_sample_frames=False)
-    assert prepared["frames"].dtype == torch.uint8
-    assert torch.equal(prepared["input_ids"], reference["input_ids"][0])
-    torch.testing.assert_close(head.pixel_values(prepared["frames"]), reference["pixel_values_videos"], atol=1e-6, rtol=0)
+    in_worker = head.prepare(clip)
+    head.normalise_on_device = True
+    handed_over = head.prepare(clip)
+    assert handed_over["frames"].dtype == torch.uint8 and torch.equal(handed_over["input_ids"], in_worker["input_ids"])
+    torch.testing.assert_close(head.pixel_values(handed_over["frames"]), in_worker["pixel_values"], atol=0, rtol=0)

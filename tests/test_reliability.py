@@ -280,7 +280,7 @@ def test_node_failures_mid_write_then_the_rerun_redoes_only_what_is_missing(tmp_
 
 
 def test_ranks_stop_when_their_agent_is_killed_and_the_rerun_finishes(tmp_path):
-    names, args = _kill_dataset(tmp_path)
+    names, args = _kill_dataset(tmp_path, shards=4, clips=16, seconds=8)  # minutes of work: orphans would not finish it in time
     out = tmp_path / "out"
     job = _launch(args)
     _wait_for_partial_records(out)
@@ -288,6 +288,7 @@ def test_ranks_stop_when_their_agent_is_killed_and_the_rerun_finishes(tmp_path):
     os.kill(job.pid, signal.SIGKILL)  # the agent alone: its ranks live in sessions of their own
     job.wait()
     assert wait_gone(below, timeout=15) == set(), "ranks (or their workers) outlived their agent"
+    assert list(out.glob("*/*.tar.partial")), "the ranks finished their work instead of stopping with their agent"
     job = _launch(args)
     _, stderr = job.communicate(timeout=300)
     assert job.returncode == 0, stderr.decode()[-3000:]

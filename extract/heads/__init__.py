@@ -11,9 +11,10 @@ A head is one module here (named as the head) plus one YAML in `conf/model/`. It
 - `load(device)` and `infer(clips)`: the model step in the main process, on a batch of prepared
   clips; one `Result` per clip, same order.
 
-A head never reads environment variables or touches ranks: the runner owns distribution, bf16
-autocast, batching and per-clip error isolation, the writer owns the output, the data module owns
-shards and decoding. A head's module is imported only when the head is chosen.
+A head never reads environment variables or touches ranks: the runner owns distribution, batching
+and per-clip error isolation, the writer owns the output, the data module owns shards and decoding.
+A head runs in its own dtype (its authors'), with no autocast around it. A head's module is
+imported only when the head is chosen.
 """
 
 from __future__ import annotations
@@ -133,18 +134,47 @@ def build(name: str, options: dict) -> Head:
 # ---------------------------------------------------------------------------- helpers the model heads share
 
 
-def checkpoint_error(checkpoint: str, exc: Exception) -> ConfigError:
+def with_preset(head: str, presets: dict[str, dict], preset: str, given: dict) -> dict:
+    """The options of a preset (`authors` reproduces the checkpoint's authors), with those given explicitly on top."""
+    if preset not in presets:
+        raise ConfigError(f"head {head}: unknown preset {preset!r}; presets: {', '.join(presets)}")
+    return {**presets[preset], **{name: value for name, value in given.items() if value is not None}}
+
+
+def load_tokenizer(checkpoint: str, revision: str | None = None, trust_remote_code: bool = False):
+    """A checkpoint's tokenizer (CPU only, light): what `prepare` runs in the workers. `trust_remote_code` runs the
+    tokenizer code a checkpoint ships (InternLM2's), only when the user asks for it."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(checkpoint, revision=revision, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        hint = "; its tokenizer is code shipped with the checkpoint: allow it with trust_remote_code=true" \
+            if "trust_remote_code" in str(exc) else ""
+        raise checkpoint_error(checkpoint, exc, hint) from exc
+
+
+def load_config(checkpoint: str, revision: str | None = None):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(checkpoint, revision=revision)
+    except (OSError, ValueError) as exc:
+        raise checkpoint_error(checkpoint, exc) from exc
+
+
+def checkpoint_error(checkpoint: str, exc: Exception, hint: str = "") -> ConfigError:
     """One line that names a checkpoint that would not load, and how to fetch it."""
     return ConfigError(
-        f"cannot load checkpoint {checkpoint!r} ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}). "
+        f"cannot load checkpoint {checkpoint!r} ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}){hint}. "
         f"Fetch it first with `huggingface-cli download {checkpoint}` (then run with HF_HUB_OFFLINE=1), "
         "or point the model's checkpoint option at a local folder in transformers format"
     )
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """`auto`: bfloat16 on CUDA, float32 elsewhere."""
-    if name == "auto":
+    """`auto`: bfloat16 on CUDA, float32 elsewhere; `bfloat16` and `float16` run as float32 on a CPU, where they are slow."""
+    if name == "auto" or device.type != "cuda":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[name]
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from extract.decode import MediaSpec
-from extract.heads import Clip, Head, Result, load_model, load_processor, register, resolve_dtype
+from extract.heads import Clip, Head, Result, load_model, load_processor, register, resolve_dtype, with_preset
 
 
 def normalise_labels(labels: str | list[str]) -> str:
@@ -51,21 +51,37 @@ class Keyframe(TypedDict):
     detections: list[Detection]
 
 
+# Grounded-Segment-Anything's grounded_sam_demo.py: --box_threshold 0.3, --text_threshold 0.25, float32 throughout,
+# every box over the threshold; its README runs GroundingDINO_SwinT_OGC with sam_vit_h (--sam_version default vit_h)
+PRESETS = {
+    "authors": {"detector": "IDEA-Research/grounding-dino-tiny", "segmenter": "facebook/sam-vit-huge", "dtype": "float32",
+                "box_threshold": 0.3, "text_threshold": 0.25, "max_detections": None},
+    # SAM ViT-B (94 M parameters) for ViT-H (641 M), bfloat16, at most 20 boxes a keyframe: masks a little coarser,
+    # crowded frames cut to their 20 best boxes
+    "fast": {"detector": "IDEA-Research/grounding-dino-tiny", "segmenter": "facebook/sam-vit-base", "dtype": "bfloat16",
+             "box_threshold": 0.3, "text_threshold": 0.25, "max_detections": 20},
+}
+
+
 @register
 class GroundingSam(Head):
     name = "grounding_sam"
     requires = ("transformers", "pycocotools")
-    fields = {"labels": str, "keyframes": list[Keyframe], "num_detections": int}
+    fields = {"labels": str, "keyframes": list[Keyframe], "num_detections": int, "preset": str}
     frames_in_model_step = False
 
-    def __init__(self, detector: str = "IDEA-Research/grounding-dino-base", segmenter: str = "facebook/sam-vit-base",
-                 labels: str = "person. face. hand. animal. vehicle. building. text.", box_threshold: float = 0.35,
-                 text_threshold: float = 0.25, num_keyframes: int = 4, max_detections: int = 20, dtype: str = "auto"):
-        self.detector_id, self.segmenter_id = detector, segmenter
-        self.model_id = f"{detector} + {segmenter}"
+    def __init__(self, preset: str = "authors", detector: str | None = None, segmenter: str | None = None,
+                 labels: str = "person. face. hand. animal. vehicle. building. text.", box_threshold: float | None = None,
+                 text_threshold: float | None = None, num_keyframes: int = 4, max_detections: int | None = None,
+                 dtype: str | None = None):
+        options = with_preset(self.name, PRESETS, preset, {"detector": detector, "segmenter": segmenter, "dtype": dtype,
+                                                            "box_threshold": box_threshold, "text_threshold": text_threshold,
+                                                            "max_detections": max_detections})
+        self.preset, self.detector_id, self.segmenter_id = preset, options["detector"], options["segmenter"]
+        self.model_id = f"{self.detector_id} + {self.segmenter_id}"
         self.labels = normalise_labels(labels)
-        self.box_threshold, self.text_threshold = box_threshold, text_threshold
-        self.max_detections, self.dtype_name = max_detections, dtype
+        self.box_threshold, self.text_threshold = options["box_threshold"], options["text_threshold"]
+        self.max_detections, self.dtype_name = options["max_detections"], options["dtype"]
         self.media_spec = MediaSpec(num_frames=num_keyframes)  # full resolution: boxes are in the frame's pixels
 
     def open(self, device: torch.device) -> None:
@@ -111,7 +127,7 @@ class GroundingSam(Head):
                 found = [dict(d, mask=encode_mask(m), area=int(m.sum())) for d, m in zip(detections[index], masks[index])]
                 keyframes.append({"time": time_s, "width": width, "height": height, "detections": found})
                 index += 1
-            results.append(Result(fields={"labels": self.labels, "keyframes": keyframes,
+            results.append(Result(fields={"labels": self.labels, "keyframes": keyframes, "preset": self.preset,
                                           "num_detections": sum(len(k["detections"]) for k in keyframes)}))
         return results
 
@@ -121,10 +137,11 @@ class GroundingSam(Head):
         count = len(pixels)
         text = {name: value.expand(count, -1).to(self.device) for name, value in self.text.items()}
         outputs = self.detector(pixel_values=pixel_values, pixel_mask=pixel_mask, **text)
-        # only the max_detections best-scoring queries of each frame can be kept: the rest never reach the
-        # post-processing, whose label extraction runs per box on the CPU (900 queries a frame)
+        # only queries over the threshold, and at most max_detections of each frame, can be kept: the rest never reach
+        # the post-processing, whose label extraction runs per box on the CPU (900 queries a frame)
         scores = outputs.logits.float().sigmoid().amax(dim=-1)
-        best = scores.topk(min(self.max_detections, scores.shape[1]), dim=1).indices[..., None]
+        keep = max(1, int((scores > self.box_threshold).sum(dim=1).max()))
+        best = scores.topk(min(keep, self.max_detections or keep), dim=1).indices[..., None]
         outputs.logits = outputs.logits.float().gather(1, best.expand(-1, -1, outputs.logits.shape[-1])).cpu()
         outputs.pred_boxes = outputs.pred_boxes.float().gather(1, best.expand(-1, -1, 4)).cpu()
         sizes = [size for p in prepared for size in p["sizes"]]
@@ -132,7 +149,7 @@ class GroundingSam(Head):
             outputs, text["input_ids"].cpu(), threshold=self.box_threshold, text_threshold=self.text_threshold, target_sizes=sizes)
         detections = []
         for (height, width), result in zip(sizes, found):
-            order = result["scores"].argsort(descending=True)[: self.max_detections].tolist()
+            order = result["scores"].argsort(descending=True)[: self.max_detections or None].tolist()
             frame_detections = []
             for i in order:
                 x0, y0, x1, y1 = result["boxes"][i].tolist()

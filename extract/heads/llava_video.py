@@ -1,9 +1,24 @@
-"""llava_video: LLaVA-Video-7B-Qwen2 captions with a confidence, batched, bf16 on CUDA.
+"""llava_video: LLaVA-Video-7B-Qwen2 captions, run the way its authors run it, batched.
 
-The prompt is the one LLaVA-Video is evaluated with: the video's length and the times of the
-sampled frames, then the question, in Qwen's chat format, decoded greedily. The decoder hands
-over the frames at the processor's size; the processor (normalising, the prompt's tokens) runs
-in the workers, and the main process only pads the batch and runs the model.
+Read from LLaVA-VL/LLaVA-NeXT (docs/LLaVA_Video_1003.md, llava/model/llava_arch.py,
+llava/conversation.py, llava/model/multimodal_encoder/siglip_encoder.py):
+
+- Frames: indices int(linspace(0, total - 1, 64)) over the clip's decoded frames, both ends
+  included; each frame's time index / average fps from the clip's first frame; the video's length
+  total / average fps (`load_video(..., force_sample=True)`).
+- Pixels: SigLIP's preprocessing, a bicubic resize to 384x384 (done by the decoder, as PIL's to a
+  level), then x / 255, mean and std 0.5.
+- Prompt: the `qwen_1_5` conversation with its system prompt; the video placeholder then the
+  time instruction with no line break between them, a line break, the question.
+- Visual tokens: SigLIP's last kept layer, the 2-layer projector, each frame's 27x27 grid pooled
+  bilinearly to 14x14 (`get_2dPool`, `mm_spatial_pool_mode: bilinear`), and a newline embedding
+  after every row of every frame (`mm_newline_position: grid`): 210 tokens a frame. transformers'
+  LlavaOnevision puts one newline after the whole video instead, so this head builds the input
+  embeddings itself from the checkpoint's modules and generates from them.
+- Greedy decoding in bfloat16 on CUDA, up to 1024 new tokens.
+
+Workers tokenise the prompt and hand the frames over as uint8 (normalised there on a CPU run); the
+main process normalises on the GPU, encodes, and generates.
 """
 
 from __future__ import annotations
@@ -12,13 +27,24 @@ import hashlib
 import math
 
 import torch
+import torch.nn.functional as F
 
 from extract.decode import MediaSpec
 from extract.generation import greedy_generate, left_pad
-from extract.heads import Clip, Head, Result, load_model, load_processor, pick_attention, register, resolve_dtype, split_on_oom
+from extract.heads import (Clip, Head, Result, load_config, load_model, load_tokenizer, pick_attention, register,
+                           resolve_dtype, split_on_oom, with_preset)
 
+PRESETS = {
+    "authors": {"num_frames": 64, "max_new_tokens": 1024},
+    # half the frames: half the visual tokens (13,440 -> 6,720) and about half the prefill; captions cut at 256
+    # tokens (finish_reason "length" says which)
+    "fast": {"num_frames": 32, "max_new_tokens": 256},
+}
+SYSTEM = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"  # conv_qwen, llava/conversation.py
 TIME_INSTRUCTION = ("The video lasts for {duration:.2f} seconds, and {count} frames are uniformly sampled from it. "
                     "These frames are located at {times}.Please answer the following questions related to this video.")
+SIGLIP_MEAN = SIGLIP_STD = (0.5, 0.5, 0.5)  # SigLipImageProcessor, siglip_encoder.py
+POOL_STRIDE = 2  # get_2dPool's default, the one prepare_inputs_labels_for_multimodal uses
 
 
 @register
@@ -26,90 +52,118 @@ class LlavaVideo(Head):
     name = "llava_video"
     requires = ("transformers",)
     fields = {"caption": str, "confidence": float, "mean_logprob": float, "num_tokens": int, "finish_reason": str,
-              "num_frames": int, "frame_times": list[float], "revision": str, "prompt_sha1": str}
-    frames_in_model_step = False  # the model reads the processor's tensors, made in the workers
+              "num_frames": int, "frame_times": list[float], "video_s": float, "preset": str, "revision": str,
+              "prompt_sha1": str}
+    frames_in_model_step = False  # the model reads what the workers made of the frames
 
-    def __init__(self, checkpoint: str, revision: str | None = None, num_frames: int = 64,
-                 prompt: str = "Please describe this video in detail.", max_new_tokens: int = 256,
+    def __init__(self, checkpoint: str, revision: str | None = None, preset: str = "authors", num_frames: int | None = None,
+                 prompt: str = "Please describe this video in detail.", max_new_tokens: int | None = None,
                  attn_implementation: str = "auto", dtype: str = "auto"):
-        self.model_id, self.revision = checkpoint, revision
-        self.num_frames, self.question, self.max_new_tokens = num_frames, prompt, max_new_tokens
+        options = with_preset(self.name, PRESETS, preset, {"num_frames": num_frames, "max_new_tokens": max_new_tokens})
+        self.model_id, self.revision, self.preset = checkpoint, revision, preset
+        self.num_frames, self.max_new_tokens, self.question = options["num_frames"], options["max_new_tokens"], prompt
         self.attn_implementation, self.dtype_name = attn_implementation, dtype
-        self.media_spec = MediaSpec(num_frames=num_frames)
-        self.model = self.processor = None
+        self.media_spec = MediaSpec(num_frames=self.num_frames, sampling="linspace", size=(384, 384), resample="bicubic")
+        self.prompt_hash = hashlib.sha1((SYSTEM + TIME_INSTRUCTION + "\n" + prompt).encode()).hexdigest()[:12]
+        self.model = self.tokenizer = None
 
     def open(self, device: torch.device) -> None:
-        self._use_processor(load_processor(self.model_id, self.revision), resolve_dtype(self.dtype_name, device), device)
+        config = load_config(self.model_id, self.revision)
+        self._use(load_tokenizer(self.model_id, self.revision), config, resolve_dtype(self.dtype_name, device), device)
 
     def load(self, device: torch.device) -> None:
         from transformers import LlavaOnevisionForConditionalGeneration
 
         self.model = load_model(LlavaOnevisionForConditionalGeneration, self.model_id, device, self.dtype, self.revision,
                                 attn_implementation=pick_attention(self.attn_implementation))
-        self.device = device
 
     def attach(self, processor, model, device: torch.device) -> None:
-        """Use this processor and model (benchmarks attach full-size random ones built on the device)."""
-        self._use_processor(processor, model.dtype, device)
-        self.model, self.device = model, device
+        """Use this model and its processor's tokenizer (benchmarks attach full-size random ones built on the device)."""
+        self._use(getattr(processor, "tokenizer", processor), model.config, model.dtype, device)
+        self.model = model
 
-    def _use_processor(self, processor, dtype: torch.dtype, device: torch.device) -> None:
-        self.processor, self.dtype = processor, dtype
+    def _use(self, tokenizer, config, dtype: torch.dtype, device: torch.device) -> None:
+        self.tokenizer, self.dtype, self.device = tokenizer, dtype, device
+        self.video_token = config.video_token_index
+        vision = config.vision_config
+        side = vision.image_size // vision.patch_size  # 27 patches a side
+        self.pooled = math.ceil(side / POOL_STRIDE)  # 14
+        self.media_spec = MediaSpec(num_frames=self.num_frames, sampling="linspace", size=(vision.image_size, vision.image_size),
+                                    resample="bicubic")  # the tower's size (384), resized as SigLIP's processor resizes
         # normalising is CPU work on a CPU run (the workers do it) and nearly free on a GPU, where uint8 frames
         # travel 4 times lighter than floats
         self.normalise_on_device = device.type != "cpu"
-        self.processor.tokenizer.padding_side = "left"  # generation continues every row from the right
-        size = self.processor.video_processor.size
-        height, width = (size["height"], size["width"]) if "height" in size else (size["shortest_edge"],) * 2
-        # resized by the decoder as SigLIP's processor resizes (bicubic), so the processor leaves the size alone
-        self.media_spec = MediaSpec(num_frames=self.num_frames, size=(height, width), resample="bicubic")
-        self.prompt_hash = hashlib.sha1((TIME_INSTRUCTION + "\n" + self.question).encode()).hexdigest()[:12]
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return self.pooled * (self.pooled + 1)  # rows of pooled patches, each closed by a newline
+
+    @staticmethod
+    def frame_times(media) -> tuple[list[float], float]:
+        """(the sampled frames' times, the video's length), as load_video computes them: frame index / average fps."""
+        video = media.video
+        fps = video.get("fps_header") or video.get("fps")
+        return [round(index / fps, 2) for index in media.frame_indices], video["num_frames"] / fps
 
     def prompt_for(self, clip: Clip) -> str:
-        times = clip.media.frame_times
-        duration = clip.media.info.get("duration_s") or (clip.end - clip.start)
+        """The prompt with one video placeholder token, where the visual tokens go."""
+        times, duration = self.frame_times(clip.media)
         instruction = TIME_INSTRUCTION.format(duration=duration, count=len(times), times=",".join(f"{t:.2f}s" for t in times))
-        messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": f"{instruction}\n{self.question}"}]}]
-        return self.processor.apply_chat_template(messages, add_generation_prompt=True)
+        placeholder = self.tokenizer.convert_ids_to_tokens(self.video_token)
+        return f"{SYSTEM}<|im_start|>user\n{placeholder}{instruction}\n{self.question}<|im_end|>\n<|im_start|>assistant\n"
 
     def prepare(self, clip: Clip) -> dict:
-        """In a worker: the prompt's tokens, with the video placeholder expanded to the model's visual tokens, and
-        the frames, normalised here on a CPU run, left uint8 for the GPU to normalise otherwise."""
-        frames = torch.as_tensor(clip.media.frames)  # [T, H, W, 3], at the processor's size
-        prompt = self.prompt_for(clip).replace(self.processor.video_token, self.processor.video_token * self.video_tokens(len(frames)))
-        prepared = {"input_ids": self.processor.tokenizer(prompt, return_tensors="pt")["input_ids"][0],
-                    "frame_times": clip.media.frame_times}
+        """In a worker: the prompt's tokens with the placeholder repeated once per visual token, and the frames."""
+        frames = torch.as_tensor(clip.media.frames)  # [T, 384, 384, 3] uint8, at the tower's size
+        ids = self.tokenizer(self.prompt_for(clip), return_tensors="pt")["input_ids"][0]
+        at = (ids == self.video_token).nonzero()[0, 0]
+        visual = torch.full((len(frames) * self.tokens_per_frame,), self.video_token, dtype=ids.dtype)
+        prepared = {"input_ids": torch.cat([ids[:at], visual, ids[at + 1:]]), "frame_times": self.frame_times(clip.media)[0],
+                    "video_s": round(self.frame_times(clip.media)[1], 3)}
         if self.normalise_on_device:
             return prepared | {"frames": frames}
-        return prepared | {"pixel_values_videos": self.pixel_values(frames)}
-
-    def video_tokens(self, frames: int) -> int:
-        """Visual tokens for `frames` frames in transformers' LLaVA-OneVision layout: each frame's patch grid
-        pooled 2x2 (rounding up), one newline after the whole video."""
-        side = math.isqrt(self.processor.num_image_tokens)  # 729 patches: 27 x 27
-        return frames * math.ceil(side / 2) ** 2 + 1
+        return prepared | {"pixel_values": self.pixel_values(frames)}
 
     def pixel_values(self, frames: torch.Tensor) -> torch.Tensor:
-        """uint8 [T, H, W, 3] -> the processor's [1, T, 3, H, W]: rescaled and normalised in float32, then the model's dtype."""
-        video = self.processor.video_processor
-        mean = torch.tensor(video.image_mean, device=frames.device).view(1, 3, 1, 1)
-        std = torch.tensor(video.image_std, device=frames.device).view(1, 3, 1, 1)
-        pixels = frames.permute(0, 3, 1, 2).float() * video.rescale_factor
-        return ((pixels - mean) / std).to(self.dtype)[None]
+        """uint8 [T, H, W, 3] -> [T, 3, H, W]: x / 255, SigLIP's mean and std, in float32, then the model's dtype."""
+        mean = torch.tensor(SIGLIP_MEAN, device=frames.device).view(1, 3, 1, 1)
+        std = torch.tensor(SIGLIP_STD, device=frames.device).view(1, 3, 1, 1)
+        return ((frames.permute(0, 3, 1, 2).float() / 255 - mean) / std).to(self.dtype)
+
+    def visual_tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """[T, 3, H, W] -> [T * 14 * 15, D]: the checkpoint's tower and projector, bilinear 2x2 pooling, a newline after every row."""
+        core = self.model.model
+        config = self.model.config
+        hidden = core.vision_tower(pixel_values, output_hidden_states=True).hidden_states[config.vision_feature_layer]
+        if config.vision_feature_select_strategy == "default":
+            hidden = hidden[:, 1:]
+        features = core.multi_modal_projector(hidden)  # [T, 729, D]
+        frames, patches, dim = features.shape
+        side = math.isqrt(patches)
+        grid = features.view(frames, side, side, dim).permute(0, 3, 1, 2)
+        pooled = F.interpolate(grid, size=(self.pooled, self.pooled), mode="bilinear").permute(0, 2, 3, 1)
+        newline = core.image_newline.to(pooled.dtype).expand(frames, self.pooled, 1, dim)
+        return torch.cat([pooled, newline], dim=2).reshape(-1, dim)
 
     def infer(self, clips: list[Clip]) -> list[Result]:
         return split_on_oom(self._generate, clips)
 
+    def model_inputs(self, prepared: list[dict]) -> dict:
+        """The batch as the language model reads it: left-padded prompt embeddings with each clip's visual tokens in
+        its placeholder slots (every clip's frames through the vision tower at once)."""
+        inputs = {name: value.to(self.device) for name, value in left_pad([p["input_ids"] for p in prepared],
+                                                                           self.tokenizer.pad_token_id).items()}
+        pixels = torch.cat([p["pixel_values"].to(self.device) if "pixel_values" in p
+                            else self.pixel_values(p["frames"].to(self.device, non_blocking=True)) for p in prepared])
+        embeddings = self.model.get_input_embeddings()(inputs["input_ids"])
+        slots = inputs["input_ids"] == self.video_token
+        embeddings[slots] = self.visual_tokens(pixels).to(embeddings.dtype)  # row by row: the clips' frames in order
+        return {"inputs_embeds": embeddings, "attention_mask": inputs["attention_mask"]}
+
     def _generate(self, clips: list[Clip]) -> list[Result]:
         prepared = [clip.prepared if clip.prepared is not None else self.prepare(clip) for clip in clips]
-        inputs = {name: value.to(self.device) for name, value in
-                  left_pad([p["input_ids"] for p in prepared], self.processor.tokenizer.pad_token_id).items()}
-        # each clip's frames to the device, normalised and batched there: no float copy of the batch on the host
-        inputs["pixel_values_videos"] = torch.cat([p["pixel_values_videos"].to(self.device) if "pixel_values_videos" in p
-                                                   else self.pixel_values(p["frames"].to(self.device, non_blocking=True))
-                                                   for p in prepared])
-        generations, _ = greedy_generate(self.model, self.processor.tokenizer, inputs, self.max_new_tokens)
+        generations, _ = greedy_generate(self.model, self.tokenizer, self.model_inputs(prepared), self.max_new_tokens)
         revision = self.revision or getattr(self.model.config, "_commit_hash", None)
-        return [Result(fields={"caption": g.text, **g.fields(), "num_frames": len(p["frame_times"]),
-                               "frame_times": p["frame_times"], "revision": revision, "prompt_sha1": self.prompt_hash})
+        return [Result(fields={"caption": g.text, **g.fields(), "num_frames": len(p["frame_times"]), "frame_times": p["frame_times"],
+                               "video_s": p["video_s"], "preset": self.preset, "revision": revision, "prompt_sha1": self.prompt_hash})
                 for p, g in zip(prepared, generations)]
