@@ -195,24 +195,28 @@ class StandInModel:
         self.generation_config = SimpleNamespace(eos_token_id=eos_id)
         self.waited_s = 0.0
 
-    def generate(self, input_ids, max_new_tokens, **unused):
+    def get_input_embeddings(self):
+        return lambda ids: torch.zeros((*ids.shape, 8), device=ids.device)
+
+    def generate(self, inputs_embeds, max_new_tokens, **unused):
         from types import SimpleNamespace
 
-        rows = input_ids.shape[0]
-        if input_ids.is_cuda:
-            torch.cuda.synchronize()  # the inputs' copies are done: what follows is the model's share
+        rows = inputs_embeds.shape[0]
+        if inputs_embeds.is_cuda:
+            torch.cuda.synchronize()  # the inputs' copies and normalising are done: what follows is the model's share
         time.sleep(self.wait_per_clip_s * rows)
         self.waited_s += self.wait_per_clip_s * rows
-        said = torch.full((rows, self.new_tokens), self.token_id, dtype=input_ids.dtype, device=input_ids.device)
-        return SimpleNamespace(sequences=torch.cat([input_ids, said], dim=1), scores=[None] * self.new_tokens)
+        said = torch.full((rows, self.new_tokens), self.token_id, dtype=torch.long, device=inputs_embeds.device)
+        return SimpleNamespace(sequences=said, scores=[None] * self.new_tokens)
 
     def compute_transition_scores(self, sequences, scores, normalize_logits=True):
         return torch.full((sequences.shape[0], self.new_tokens), -0.5, device=sequences.device)
 
 
 def _stand_in_llava_heads(wait_per_clip_s: float):
-    """Two llava_video heads with the real full-size processor and a stand-in model: one preparing in the
-    workers (this project's way), one running the processor in the main loop (the way before)."""
+    """Two llava_video heads with the full-size preprocessing (64 frames at 384x384, 13,440 visual tokens) and a
+    stand-in model: one preparing in the workers (this project's way), one tokenising and normalising in the main
+    loop (the way before)."""
     from extract import random_models
     from extract.heads import register
     from extract.heads.llava_video import LlavaVideo
@@ -221,12 +225,14 @@ def _stand_in_llava_heads(wait_per_clip_s: float):
         name = "llava_video_stand_in"
 
         def open(self, device):
-            self._use_processor(random_models.llava_video_processor(), torch.float32, device)
+            tokenizer = random_models.tiny_tokenizer()
+            self._use(tokenizer, random_models.llava_video_config(tokenizer), torch.float32, device)
 
         def load(self, device):
-            tokenizer = self.processor.tokenizer
-            self.model = StandInModel(wait_per_clip_s, 8, tokenizer.convert_tokens_to_ids("<video>"), tokenizer.eos_token_id)
-            self.device = device
+            self.model = StandInModel(wait_per_clip_s, 8, self.video_token, self.tokenizer.eos_token_id)
+
+        def visual_tokens(self, pixel_values):
+            return torch.zeros((len(pixel_values) * self.tokens_per_frame, 8), device=pixel_values.device)
 
     class StandInLlavaMainLoop(StandInLlava):
         name = "llava_video_stand_in_main_loop"
@@ -236,8 +242,9 @@ def _stand_in_llava_heads(wait_per_clip_s: float):
             return None  # nothing in the workers: the frames travel to the main process
 
         def infer(self, clips):
+            self.normalise_on_device = False  # the processor's work, on the CPU
             for clip in clips:
-                clip.prepared = LlavaVideo.prepare(self, clip)  # the processor, in the main loop
+                clip.prepared = LlavaVideo.prepare(self, clip)  # in the main loop
             return super().infer(clips)
 
     return register(StandInLlava), register(StandInLlavaMainLoop)
@@ -257,7 +264,7 @@ def bench_pipeline(args) -> None:
             f"{args.clips} clips of {args.seconds:g}s 640x360 h264+aac in {args.shards} tar.gz shards"
         print(f"# extract.bench pipeline: {what}, {args.workers} workers, batches of {args.batch_size}")
         print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-              f"{time.strftime('%Y-%m-%d')}; llava_video here is a TINY random model (32x32 frames)")
+              f"{time.strftime('%Y-%m-%d')}; llava_video here is a TINY random model (40x40 frames)")
         print(f"{'heads':<34}  {'single runs':>11}  {'one pass':>9}  {'one/single':>10}")
         for names in (("probe", "av_sync"), ("probe", "av_sync", "llava_video")):
             options = {name: (llava if name == "llava_video" else {}) for name in names}
@@ -268,7 +275,7 @@ def bench_pipeline(args) -> None:
 
         wait_s = args.model_wait_ms / 1000
         in_workers, in_main = _stand_in_llava_heads(wait_s)
-        print(f"# llava_video with its full-size processor ({args.frames} frames at 384x384) and a stand-in model that waits "
+        print(f"# llava_video with its full-size preprocessing ({args.frames} frames at 384x384) and a stand-in model that waits "
               f"{args.model_wait_ms:g} ms a clip: the main process's own time per clip, outside the model call and the wait for data")
         print(f"{'processor runs in':<18}  {'main own ms/clip':>16}  {'main CPU ms/clip':>16}  {'waiting for data':>16}  {'clips/s':>7}")
         for where, head in (("the main loop", in_main), ("the workers", in_workers)):
@@ -374,7 +381,7 @@ def _time_llava(head, device: torch.device, args, peaks) -> None:
             with torch.inference_mode():
                 # the head's model step: the vision tower and the splice, then generation as greedy_generate runs it
                 generate = lambda **kwargs: head.model.generate(**head.model_inputs(prepared), do_sample=False,  # noqa: E731
-                                                                  cache_implementation="static", **kwargs)
+                                                                  cache_implementation="static", disable_compile=True, **kwargs)
                 generate(max_new_tokens=1)  # warm-up
                 prefill = _timed(generate, device, max_new_tokens=1)  # prefill and the first token
                 total = _timed(generate, device, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens)

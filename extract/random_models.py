@@ -62,17 +62,25 @@ def llava_video_processor():
         vision_feature_select_strategy="full", chat_template=QWEN_CHAT_TEMPLATE)
 
 
-def llava_video(device: torch.device, dtype: torch.dtype, attn_implementation: str, layers: int | None = None):
-    """(processor, model): LLaVA-OneVision with SigLIP-so400m-384 (26 layers, as LLaVA uses it) and Qwen2-7B."""
-    from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
+def llava_video_config(tokenizer, layers: int | None = None):
+    """LLaVA-Video-7B-Qwen2's shape: SigLIP-so400m-384 (26 layers, as LLaVA keeps them) and Qwen2-7B."""
+    from transformers import LlavaOnevisionConfig
 
-    processor = llava_video_processor()
-    tokenizer = processor.tokenizer
-    config = LlavaOnevisionConfig(
+    return LlavaOnevisionConfig(
         text_config=_shallow(QWEN2_7B, layers),
         vision_config={"model_type": "siglip_vision_model", "hidden_size": 1152, "intermediate_size": 4304, "patch_size": 14,
                        "image_size": 384, "num_hidden_layers": min(26, layers or 26), "num_attention_heads": 16, "vision_use_head": False},
-        image_token_index=tokenizer.convert_tokens_to_ids("<image>"), video_token_index=tokenizer.convert_tokens_to_ids("<video>"))
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"), video_token_index=tokenizer.convert_tokens_to_ids("<video>"),
+        vision_feature_select_strategy="full", vision_feature_layer=-1)
+
+
+def llava_video(device: torch.device, dtype: torch.dtype, attn_implementation: str, layers: int | None = None):
+    """(processor, model): LLaVA-OneVision with SigLIP-so400m-384 (26 layers, as LLaVA uses it) and Qwen2-7B."""
+    from transformers import LlavaOnevisionForConditionalGeneration
+
+    processor = llava_video_processor()
+    tokenizer = processor.tokenizer
+    config = llava_video_config(tokenizer, layers)
     model = _build(LlavaOnevisionForConditionalGeneration, config, device, dtype, attn_implementation)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
