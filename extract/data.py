@@ -14,6 +14,7 @@ Arrays leave the workers as torch tensors, which the DataLoader hands over in sh
 from __future__ import annotations
 
 import glob
+import json
 import os
 import tarfile
 from dataclasses import dataclass, field, replace
@@ -25,7 +26,8 @@ import numpy as np
 import torch
 import webdataset as wds
 
-from extract.clips import BadMemberName, member_key, parse_member_name, printable
+from extract.clips import (AUDIO_SUFFIXES, VIDEO_SUFFIXES, BadMemberName, member_key, parse_member_name, parse_sample_name,
+                           printable, sidecar_fields)
 from extract.decode import SNIFF_BYTES, DecodeFailure, DecodeWatchdog, Media, decode_views, die_with_parent, refuse_early
 from extract.errors import ConfigError
 
@@ -76,6 +78,8 @@ class ClipItem:
     error_type: str | None = None
     error: str | None = None
     data: bytes | bytearray | None = None  # the member's bytes, until decoded
+    sample: dict | None = None  # a WebDataset sample's caption and sidecar fields (None for a clip named with its window)
+    audio_only: bool = False  # a sample whose media is a sound file: heads that need frames skip it
     media: dict[str, Media] = field(default_factory=dict)  # per head: its view of the clip
     prepared: dict[str, Any] = field(default_factory=dict)  # per head: what its `prepare` made
     failures: dict[str, DecodeFailure] = field(default_factory=dict)  # per head: why it gets an error record
@@ -142,32 +146,20 @@ def _drain(member, remaining: int) -> None:
         remaining -= len(chunk)
 
 
-def _member_item(url: str, name: str, info: tarfile.TarInfo, plan: ShardPlan) -> tuple[ClipItem, bool]:
-    """The item for one tar member (before its bytes are read), and whether it is a clip to read."""
-    if not info.isreg():
-        key = member_key(name)
-        kind = _KIND_NAMES.get(info.type, f"a tar entry of type {info.type!r}")
-        item = ClipItem(url, printable(name), key, plan.heads_for(url, key))
-        return item.fail("rejected", "not_a_file", f"member is {kind}; only regular files are read"), False
-    try:
-        clip = parse_member_name(name)
-    except BadMemberName as exc:
-        key = member_key(name)
-        return ClipItem(url, printable(name), key, plan.heads_for(url, key)).fail("rejected", "bad_name", f"not a clip: {exc}"), False
-    item = ClipItem(url, printable(name), clip.key, plan.heads_for(url, clip.key), clip.video_id, clip.start, clip.end)
-    return item, True
+def _rejected(url: str, name: str, plan: ShardPlan, error_type: str, error: str) -> ClipItem:
+    key = member_key(name)
+    return ClipItem(url, printable(name), key, plan.heads_for(url, key)).fail("rejected", error_type, error)
 
 
-def _read_member(tar: tarfile.TarFile, info: tarfile.TarInfo, item: ClipItem) -> None:
-    """The member's bytes into `item.data`, unless its first bytes show it is not media (then its data is
-    skipped unread: a gigabyte of zeros compressed into a megabyte is never held in memory)."""
+def _read_bytes(tar: tarfile.TarFile, info: tarfile.TarInfo, sniff: bool) -> tuple[bytearray | None, str | None]:
+    """(the member's bytes, None), or (None, why not) when its first bytes show it is not media: then its data is
+    skipped unread, so a gigabyte of zeros compressed into a megabyte is never held in memory."""
     member = tar.extractfile(info)
     head = member.read(min(info.size, SNIFF_BYTES))
-    refused = refuse_early(head)
+    refused = refuse_early(head) if sniff else None
     if refused:
         _drain(member, info.size - len(head))
-        item.fail("error", "not_media", refused)
-        return
+        return None, refused
     data = bytearray(info.size)  # one buffer, filled in place
     data[: len(head)] = head
     got = len(head)
@@ -178,11 +170,71 @@ def _read_member(tar: tarfile.TarFile, info: tarfile.TarInfo, item: ClipItem) ->
             raise tarfile.ReadError("unexpected end of data")
         got += read
     del view
-    item.data = data
+    return data, None
+
+
+class _Sample:
+    """The members of one WebDataset sample, read as they come (a sample's members are adjacent in its tar)."""
+
+    SIDECAR_BYTES = 1 << 20  # larger .json/.txt members are left out, and the record says so
+
+    def __init__(self, url: str, key: str, plan: ShardPlan):
+        self.url, self.key, self.heads = url, key, plan.heads_for(url, key)
+        self.names: list[str] = []
+        self.media: tuple[str, str] | None = None  # (member name, suffix)
+        self.data: bytearray | None = None
+        self.failure: tuple[str, str] | None = None
+        self.meta, self.caption, self.notes = None, None, []
+
+    def add(self, tar: tarfile.TarFile, info: tarfile.TarInfo, name: str, suffix: str, max_member_bytes: int) -> None:
+        self.names.append(name)
+        is_media = suffix in VIDEO_SUFFIXES or suffix in AUDIO_SUFFIXES
+        if not self.heads or (is_media and self.media is not None) or (not is_media and suffix not in ("json", "txt")):
+            if is_media and self.heads:
+                self.notes.append(f"{name} not read: the sample's media is {self.media[0]}")
+            _drain(tar.extractfile(info), info.size)
+            return
+        if is_media:
+            self.media = (name, suffix)
+            if info.size > max_member_bytes:
+                self.failure = ("too_large", f"member is {info.size / 2**20:.0f} MiB, over max_member_mb")
+                _drain(tar.extractfile(info), info.size)
+                return
+            self.data, refused = _read_bytes(tar, info, sniff=True)
+            if refused:
+                self.failure = ("not_media", refused)
+            return
+        if info.size > self.SIDECAR_BYTES:
+            self.notes.append(f"{name} left out: {info.size / 2**20:.1f} MiB")
+            _drain(tar.extractfile(info), info.size)
+            return
+        text = bytes(_read_bytes(tar, info, sniff=False)[0]).decode("utf-8", "replace")
+        if suffix == "txt":
+            self.caption = text.strip()
+            return
+        try:
+            meta = json.loads(text)
+            self.meta = meta if isinstance(meta, dict) else {"value": meta}
+        except ValueError as exc:
+            self.notes.append(f"{name} is not JSON ({exc})")
+
+    def item(self) -> ClipItem:
+        member = self.media[0] if self.media else self.names[0]
+        video_id, start, end, small, dropped = sidecar_fields(self.meta or {}, self.key)
+        item = ClipItem(self.url, printable(member), self.key, self.heads, video_id, start, end,
+                        sample={"caption": self.caption, "meta": small, "dropped": dropped, "notes": self.notes})
+        if self.media is None:
+            return item.fail("error", "no_media", f"the sample has no video or audio member ({', '.join(self.names)})")
+        item.audio_only = self.media[1] in AUDIO_SUFFIXES
+        if self.failure:
+            return item.fail("error", *self.failure)
+        item.data = self.data
+        return item
 
 
 def read_members(shards, plan: ShardPlan, max_member_bytes: int):
-    """Stage: {url} -> one ClipItem per tar member that some head still needs, then a ShardEnd per shard.
+    """Stage: {url} -> one ClipItem per clip member or WebDataset sample that some head still needs, one per other
+    member (rejected), then a ShardEnd per shard. Both layouts may mix in one shard.
 
     A shard that cannot be opened or breaks mid-way keeps what was read before the fault.
     """
@@ -192,6 +244,13 @@ def read_members(shards, plan: ShardPlan, max_member_bytes: int):
         duplicates: list[str] = []
         fault = None
         stream = None
+        sample: _Sample | None = None
+
+        def finished(sample):
+            """The item of a sample whose members have all been read (None if no head needs it)."""
+            seen.add(sample.key)
+            return sample.item() if sample.heads else None
+
         try:
             stream = wds.gopen(url, "rb")
             with tarfile.open(fileobj=stream, mode="r|*") as tar:
@@ -201,6 +260,29 @@ def read_members(shards, plan: ShardPlan, max_member_bytes: int):
                         name = name[2:]
                     if info.isdir() or not name:
                         continue  # folders carry no data; their files are reported one by one
+                    sample_name = parse_sample_name(name) if info.isreg() else None
+                    if sample is not None and (sample_name is None or sample_name[0] != sample.key):
+                        item, sample = finished(sample), None
+                        if item is not None:
+                            yield item
+                    if sample_name is not None and not _is_clip_name(name) and (sample is not None or _known(sample_name[1])):
+                        key, suffix = sample_name
+                        if sample is None:
+                            if key in seen:  # the same key again, apart from its first members: a duplicate
+                                duplicates.append(printable(name))
+                                _drain(tar.extractfile(info), info.size)
+                                continue
+                            sample = _Sample(url, key, plan)
+                        try:
+                            sample.add(tar, info, name, suffix, max_member_bytes)
+                        except Exception as exc:
+                            fault = f"shard ends inside member {printable(name, 80)!r}: {type(exc).__name__}: {exc}"
+                            if sample.heads:
+                                yield sample.item().fail("error", "truncated", "the shard's data ends inside this sample")
+                            seen.add(sample.key)
+                            sample = None
+                            break
+                        continue
                     item, is_clip = _member_item(url, name, info, plan)
                     if item.key in seen:
                         duplicates.append(item.member)
@@ -213,7 +295,9 @@ def read_members(shards, plan: ShardPlan, max_member_bytes: int):
                         yield item  # its record does not depend on the data, which may not even be there
                     try:
                         if read:
-                            _read_member(tar, info, item)
+                            item.data, refused = _read_bytes(tar, info, sniff=True)
+                            if refused:
+                                item.fail("error", "not_media", refused)
                         elif info.isreg():
                             _drain(tar.extractfile(info), info.size)
                     except Exception as exc:
@@ -223,8 +307,14 @@ def read_members(shards, plan: ShardPlan, max_member_bytes: int):
                         break
                     if read:
                         yield item
+                if sample is not None:
+                    item, sample = finished(sample), None
+                    if item is not None:
+                        yield item
         except Exception as exc:  # gzip/tar corruption, a missing file, a failing pipe: the shard's fault
             fault = fault or f"{type(exc).__name__}: {exc}"
+            if sample is not None and sample.heads:  # the shard broke inside a sample
+                yield sample.item().fail("error", "truncated", "the shard's data ends inside this sample")
         finally:
             if stream is not None:
                 try:
@@ -232,6 +322,31 @@ def read_members(shards, plan: ShardPlan, max_member_bytes: int):
                 except Exception as exc:  # a `pipe:` command that failed reports it on close
                     fault = fault or f"{type(exc).__name__}: {exc}"
         yield ShardEnd(url, fault, duplicates)
+
+
+def _is_clip_name(name: str) -> bool:
+    try:
+        parse_member_name(name)
+        return True
+    except BadMemberName:
+        return False
+
+
+def _known(suffix: str) -> bool:
+    """A suffix that makes a member part of a WebDataset sample (other files alone are not clips: README.md)."""
+    return suffix in VIDEO_SUFFIXES or suffix in AUDIO_SUFFIXES or suffix in ("json", "txt")
+
+
+def _member_item(url: str, name: str, info: tarfile.TarInfo, plan: ShardPlan) -> tuple[ClipItem, bool]:
+    """The item for one member named as a clip, or rejected (before its bytes are read); and whether to read it."""
+    if not info.isreg():
+        kind = _KIND_NAMES.get(info.type, f"a tar entry of type {info.type!r}")
+        return _rejected(url, name, plan, "not_a_file", f"member is {kind}; only regular files are read"), False
+    try:
+        clip = parse_member_name(name)
+    except BadMemberName as exc:
+        return _rejected(url, name, plan, "bad_name", f"not a clip or a WebDataset sample: {exc}"), False
+    return ClipItem(url, printable(name), clip.key, plan.heads_for(url, clip.key), clip.video_id, clip.start, clip.end), True
 
 
 # ---------------------------------------------------------------------------- stage: decode

@@ -26,6 +26,8 @@ class BaseRecord:
     error_type: str | None  # a short code for counting (README: error types)
     error: str | None  # what went wrong, in words
     arrays: list[str] = field(default_factory=list)  # names of the {key}.{name}.npy members beside the record
+    # a WebDataset sample's caption (.txt), its sidecar's small fields (.json), the fields left out for their size, notes
+    sample: dict | None = None
 
 
 BASE_FIELDS = tuple(f.name for f in fields(BaseRecord))

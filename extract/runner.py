@@ -198,14 +198,17 @@ class HeadRunner:
         return records
 
     def _record(self, item: ClipItem, result: Result | None) -> tuple[dict, dict]:
-        row = self.catalog.match(item.video_id, item.start, item.end) if item.video_id is not None else None
+        row = self.catalog.match(item.video_id, item.start, item.end, key=item.key if item.sample is not None else None)
         base = BaseRecord(key=item.key, video_id=item.video_id, start=item.start, end=item.end,
                           duration=self.catalog.rows[row]["duration"] if row is not None else None, in_csv=row is not None,
                           shard=item.shard, member=item.member, head=self.head.name, model=self.head.model_id,
-                          status=item.status, error_type=item.error_type, error=item.error)
+                          status=item.status, error_type=item.error_type, error=item.error, sample=item.sample)
         failure = item.failures.get(self.head.name)
         if item.status == "ok" and failure is not None:
-            base = replace(base, status="error", error_type=failure.error_type, error=failure.message)
+            if item.audio_only and failure.error_type == "no_video_stream":  # a sound sample: nothing for a picture head
+                base = replace(base, status="skipped", error_type="no_video", error="the sample is audio only")
+            else:
+                base = replace(base, status="error", error_type=failure.error_type, error=failure.message)
         if item.status != "ok" or failure is not None or result is None:
             return head_record(base, self.head.fields, {}), {}
         base = replace(base, status=result.status, error_type=result.error_type, error=result.error, arrays=sorted(result.arrays))
@@ -317,7 +320,7 @@ def write_summary(folder: Path, head: Head, catalog: Catalog, reports: list[dict
     by_status = +by_status
     totals = output_totals(folder)
     clips = totals.pop("clips")
-    missing = catalog.rows_without_clips([tuple(c) for c in clips])
+    missing = catalog.rows_without_clips([tuple(c) for c in clips], totals.pop("keys"))
     records = sum(by_status.values())
     summary = {
         "head": head.name, "model": head.model_id, "output": str(folder),

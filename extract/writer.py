@@ -327,7 +327,7 @@ def drop_cross_shard_duplicates(folder: Path) -> dict[str, list[dict]]:
 
 def output_totals(folder: Path) -> dict:
     """Counts over every complete output shard in `folder` (this run's and earlier runs')."""
-    by_status, by_error_type, faults, duplicates, clips = Counter(), Counter(), {}, {}, []
+    by_status, by_error_type, faults, duplicates, clips, keys = Counter(), Counter(), {}, {}, [], []
     shards = 0
     for path in sorted(Path(folder).glob("*.stats.json")):
         stats = json.loads(path.read_text(encoding="utf-8"))
@@ -335,9 +335,10 @@ def output_totals(folder: Path) -> dict:
         by_status.update(stats["by_status"])
         by_error_type.update(stats["by_error_type"])
         clips.extend(stats["clips"])
+        keys.extend(stats.get("keys", []))
         if stats["fault"]:
             faults[stats["shard"]] = stats["fault"]
         if stats["duplicates"]:
             duplicates[stats["shard"]] = stats["duplicates"]
     return {"shards": shards, "records": sum(by_status.values()), "by_status": dict(by_status),
-            "by_error_type": dict(by_error_type), "shard_faults": faults, "duplicates": duplicates, "clips": clips}
+            "by_error_type": dict(by_error_type), "shard_faults": faults, "duplicates": duplicates, "clips": clips, "keys": keys}
