@@ -289,6 +289,62 @@ def bench_pipeline(args) -> None:
                   f"{timing['waiting_for_data_s']:>14.1f} s  {clips / timing['loop_s']:>7.2f}")
 
 
+# ---------------------------------------------------------------------------- export
+
+
+def _fake_output(folder: Path, clips: int, per_shard: int) -> None:
+    """An output folder of probe and av_sync records as a run writes them (made-up values of the declared types)."""
+    from extract.heads import head_class
+    from extract.records import BaseRecord, head_record
+    from extract.schema import dataset_card
+    from extract.writer import OutputWriter
+
+    rng = np.random.default_rng(0)
+    for name in ("probe", "av_sync"):
+        head = head_class(name)
+        writer = OutputWriter(folder / name, dataset_card(head))
+        for first in range(0, clips, per_shard):
+            url = f"/data/shards/s-{first // per_shard:05d}.tar"
+            for i in range(first, min(first + per_shard, clips)):
+                base = BaseRecord(key=f"clip_{i:08d}", video_id=f"video{i // 7}", start=float(i % 7), end=float(i % 7 + 1),
+                                  duration=1.0, in_csv=True, shard=url, member=f"video{i // 7} ({i % 7}-{i % 7 + 1}).mp4",
+                                  head=name, model=None, status="ok", error_type=None, error=None)
+                if name == "probe":
+                    fields = {"container": "mp4 (isom)", "duration_s": 1.0, "has_audio": True,
+                              "video_streams": [{"index": 0, "codec": "h264", "width": 640, "height": 360, "fps": 30.0, "num_frames": 30}],
+                              "stats": {"frames_sampled": 4, "frame_times": [0.1, 0.4, 0.6, 0.9], "mean_luma": float(rng.uniform(0, 255)),
+                                        "motion_energy": float(rng.uniform(0, 20)), "scene_cuts": 0, "audio_rms_dbfs": -20.0}}
+                else:
+                    fields = {"offset_s": float(rng.normal(0, 0.1)), "confidence": float(rng.uniform()), "method": "onset_xcorr"}
+                writer.write(url, head_record(base, head.fields, fields), {})
+            writer.finish(url, None, [], name)
+
+
+def bench_export(args) -> None:
+    """Peak memory of `extract.export` against the size of the run: it reads one shard of every head at a time."""
+    import subprocess
+    import sys
+
+    print(f"# extract.bench export: probe + av_sync records, {args.per_shard} clips a shard, Parquet; "
+          f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}")
+    print(f"{'clips':>8}  {'shards':>6}  {'output':>9}  {'table':>8}  {'export s':>8}  {'peak memory':>11}")
+    for clips in [int(c) for c in args.clips.split(",")]:
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp) / "out"
+            _fake_output(folder, clips, args.per_shard)
+            size = sum(p.stat().st_size for p in folder.rglob("*.tar"))
+            measure = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, capture_output=True); "
+                       "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+            started = time.perf_counter()
+            result = subprocess.run([sys.executable, "-c", measure, sys.executable, "-m", "extract.export", str(folder)],
+                                    capture_output=True, text=True, check=True)
+            elapsed = time.perf_counter() - started
+            peak = int(result.stdout.split()[-1]) * 1024
+            table = (folder / "clips.parquet").stat().st_size
+            print(f"{clips:>8}  {-(-clips // args.per_shard):>6}  {size / 2**20:>6.0f} MiB  {table / 2**20:>5.1f} MiB  "
+                  f"{elapsed:>8.1f}  {peak / 2**20:>7.0f} MiB")
+
+
 # dense bf16 tensor-core FLOP/s and HBM bytes/s from the vendors' datasheets, matched on the device name
 DEVICE_PEAKS = [("H200", 989e12, 4.8e12), ("H100 NVL", 835e12, 3.9e12), ("H100 PCIe", 756e12, 2.0e12),
                 ("H100", 989e12, 3.35e12), ("A100-SXM4-80GB", 312e12, 2.04e12), ("A100", 312e12, 1.56e12)]
@@ -583,6 +639,9 @@ def main() -> None:
     data.add_argument("--seconds", type=float, default=4.0)
     data.add_argument("--workers", default="0,1,2")
     sub.add_parser("av_sync", help="av_sync accuracy over generated flash/click clips, and clips/s")
+    export = sub.add_parser("export", help="export's peak memory against the size of the run")
+    export.add_argument("--clips", default="20000,200000")
+    export.add_argument("--per-shard", type=int, default=2000)
     pipeline = sub.add_parser("pipeline", help="one pass for several heads vs single runs; main-process time per clip")
     pipeline.add_argument("--clips", type=int, default=24)
     pipeline.add_argument("--shards", type=int, default=2)
@@ -624,7 +683,7 @@ def main() -> None:
     audio.add_argument("--batches", default="1,4,16")
     audio.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
     args = parser.parse_args()
-    {"data": bench_data, "av_sync": bench_av_sync, "pipeline": bench_pipeline, "llava_video": bench_llava_video, "grounding_sam": bench_grounding_sam,
+    {"data": bench_data, "av_sync": bench_av_sync, "pipeline": bench_pipeline, "export": bench_export, "llava_video": bench_llava_video, "grounding_sam": bench_grounding_sam,
      "internvl": bench_internvl, "audio_caption": bench_audio_caption}[args.what](args)
 
 

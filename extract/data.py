@@ -80,6 +80,7 @@ class ClipItem:
     data: bytes | bytearray | None = None  # the member's bytes, until decoded
     sample: dict | None = None  # a WebDataset sample's caption and sidecar fields (None for a clip named with its window)
     audio_only: bool = False  # a sample whose media is a sound file: heads that need frames skip it
+    thumbnail: torch.Tensor | None = None  # uint8 [96, W, 3], for W&B's sample table
     media: dict[str, Media] = field(default_factory=dict)  # per head: its view of the clip
     prepared: dict[str, Any] = field(default_factory=dict)  # per head: what its `prepare` made
     failures: dict[str, DecodeFailure] = field(default_factory=dict)  # per head: why it gets an error record
@@ -222,7 +223,8 @@ class _Sample:
         member = self.media[0] if self.media else self.names[0]
         video_id, start, end, small, dropped = sidecar_fields(self.meta or {}, self.key)
         item = ClipItem(self.url, printable(member), self.key, self.heads, video_id, start, end,
-                        sample={"caption": self.caption, "meta": small, "dropped": dropped, "notes": self.notes})
+                        sample={"caption": self.caption, "meta": json.dumps(small, ensure_ascii=False, default=str),
+                                "dropped": dropped, "notes": self.notes})
         if self.media is None:
             return item.fail("error", "no_media", f"the sample has no video or audio member ({', '.join(self.names)})")
         item.audio_only = self.media[1] in AUDIO_SUFFIXES
@@ -389,12 +391,30 @@ def _as_tensors(media: Media, keep_frames: bool) -> Media:
     return replace(media, frames=frames, audio=audio)
 
 
-def prepare_items(items, heads: dict):
-    """Stage: each head's `prepare` on its view of the clip; a failure there is that head's error alone."""
+THUMBNAIL_HEIGHT = 96
+
+
+def _thumbnail(item: "ClipItem") -> torch.Tensor | None:
+    """A small picture of the clip (its middle sampled frame, 96 px high), for W&B's sample table."""
+    media = next((m for m in item.media.values() if m.frames is not None and len(m.frames)), None)
+    if media is None:
+        return None
+    frame = torch.as_tensor(media.frames[len(media.frames) // 2]).permute(2, 0, 1)[None]
+    width = max(2, round(frame.shape[3] * THUMBNAIL_HEIGHT / frame.shape[2]))
+    return torch.nn.functional.interpolate(frame, size=(THUMBNAIL_HEIGHT, width), mode="bilinear", antialias=True)[0].permute(1, 2, 0)
+
+
+def prepare_items(items, heads: dict, thumbnail_every: int = 0):
+    """Stage: each head's `prepare` on its view of the clip; a failure there is that head's error alone. With
+    `thumbnail_every`, one clip in that many (and the first few) also carries a thumbnail for W&B."""
     from extract.heads import Clip
 
+    count = 0
     for item in items:
         if isinstance(item, ClipItem):
+            if thumbnail_every and item.media and (count < 4 or count % thumbnail_every == 0):
+                item.thumbnail = _thumbnail(item)
+            count += bool(item.media)
             for name, media in list(item.media.items()):
                 head = heads[name]
                 try:
@@ -407,14 +427,14 @@ def prepare_items(items, heads: dict):
         yield item
 
 
-def clip_pipeline(plan: ShardPlan, heads: dict, limits) -> wds.DataPipeline:
+def clip_pipeline(plan: ShardPlan, heads: dict, limits, thumbnail_every: int = 0) -> wds.DataPipeline:
     return wds.DataPipeline(
         wds.SimpleShardList(plan.urls),
         wds.split_by_worker,
         partial(read_members, plan=plan, max_member_bytes=limits.max_member_bytes),
         partial(decode_items, heads=heads, decode_timeout=limits.decode_timeout,
                 memory_limit_bytes=limits.decode_memory_bytes, max_decoded_bytes=limits.max_decoded_bytes),
-        partial(prepare_items, heads=heads),
+        partial(prepare_items, heads=heads, thumbnail_every=thumbnail_every),
     )
 
 
@@ -423,12 +443,13 @@ def as_list(batch: list) -> list:
     return batch
 
 
-def make_loader(plan: ShardPlan, heads: dict, limits, batch_size: int, num_workers: int, pin_memory: bool = False):
+def make_loader(plan: ShardPlan, heads: dict, limits, batch_size: int, num_workers: int, pin_memory: bool = False,
+                thumbnail_every: int = 0):
     if not plan.urls:  # a rank with no shard left (or none at all) has nothing to load
         return []
     workers = min(num_workers, len(plan.urls))  # a worker without a shard would only idle
     return torch.utils.data.DataLoader(
-        clip_pipeline(plan, heads, limits),
+        clip_pipeline(plan, heads, limits, thumbnail_every),
         batch_size=batch_size,
         num_workers=workers,
         collate_fn=as_list,

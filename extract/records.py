@@ -34,15 +34,24 @@ BASE_FIELDS = tuple(f.name for f in fields(BaseRecord))
 
 
 class UndeclaredField(Exception):
-    """A head returned a field it does not declare."""
+    """A head returned a field it does not declare, or not of the type it declares."""
 
 
 def head_record(base: BaseRecord, declared: dict, values: dict) -> dict:
-    """The record: base fields, then every declared head field (null when not given)."""
+    """The record: base fields, then every declared head field (null when not given), each as its declared type."""
+    from extract.schema import conform, record_types
+
     undeclared = sorted(set(values) - set(declared))
     if undeclared:
         raise UndeclaredField(f"head {base.head} returned undeclared field(s) {', '.join(undeclared)}; "
                               f"declare them in its `fields`")
     record = asdict(base)
     record.update({name: values.get(name) for name in declared})
-    return record
+    types = record_types(declared)
+    conformed = {}
+    for name, value in record.items():
+        try:
+            conformed[name] = conform(value, types[name])
+        except (TypeError, ValueError) as exc:
+            raise UndeclaredField(f"head {base.head}: field {name} is not of its declared type ({exc})") from None
+    return conformed

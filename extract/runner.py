@@ -24,6 +24,7 @@ from extract.errors import ConfigError
 from extract.heads import Clip, Head, Result
 from extract.progress import Progress
 from extract.records import BaseRecord, UndeclaredField, head_record
+from extract.schema import dataset_card
 from extract.writer import OutputWriter, drop_cross_shard_duplicates, output_totals
 
 log = logging.getLogger(__name__)
@@ -239,7 +240,7 @@ def run(cfg: DictConfig) -> dict:
     started = time.monotonic()
     shards, catalog, heads = check_inputs(cfg)
     output_dir = Path(cfg.output_dir)
-    runners = {name: HeadRunner(head, OutputWriter(output_dir / name), catalog) for name, head in heads.items()}
+    runners = {name: HeadRunner(head, OutputWriter(output_dir / name, dataset_card(head)), catalog) for name, head in heads.items()}
     ranks = Distributed.start(cfg.device, cfg.dist_timeout_s)
     progress = None
     try:
@@ -247,7 +248,9 @@ def run(cfg: DictConfig) -> dict:
         plan, resumed = plan_shards(runners, mine)
         for head in heads.values():
             head.open(ranks.device)
-        loader = make_loader(plan, heads, Limits.from_cfg(cfg), cfg.batch_size, cfg.num_workers, pin_memory=ranks.device.type == "cuda")
+        wandb_on = ranks.rank == 0 and OmegaConf.to_container(cfg.wandb, resolve=True).get("mode") != "disabled"
+        loader = make_loader(plan, heads, Limits.from_cfg(cfg), cfg.batch_size, cfg.num_workers, pin_memory=ranks.device.type == "cuda",
+                             thumbnail_every=50 if wandb_on else 0)
         batches = iter(loader)  # workers fork here, before the models load and before W&B starts (its hooks must not run in them)
         for head in heads.values():
             head.load(ranks.device)
@@ -269,6 +272,8 @@ def run(cfg: DictConfig) -> dict:
                         finish_shard(runners, plan, item, shard_faults)
                     else:
                         clips_read += 1
+                        if item.thumbnail is not None:
+                            progress.picture(item.key, item.thumbnail)
                         records = [r for name in item.heads for r in runners[name].add(item)]
                     progress.update(records)
         loop, loop_cpu = time.perf_counter() - loop_started, time.process_time() - cpu_started

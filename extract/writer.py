@@ -92,27 +92,35 @@ class _OpenShard:
         self.written_this_run = 0
 
 
-def salvage(partial: Path) -> tuple[int, ShardTally, set[str]]:
-    """Read what a killed run left: (bytes to keep, tally of complete records, their keys)."""
-    tally, keys, keep, arrays_seen = ShardTally(), set(), 0, set()
+def complete_records(path: Path):
+    """(record, where its data ends) for every record of an output tar whose JSON and listed arrays are all there,
+    in order; a tar cut short (a killed run's `.partial`) ends at its last complete record."""
+    arrays_seen = set()
     try:
-        with tarfile.open(partial, "r:") as tar:
+        with tarfile.open(path, "r:") as tar:
             for info in tar:
                 data = tar.extractfile(info).read() if info.isreg() else b""
                 if len(data) != info.size:
-                    break
+                    return
                 key, _, suffix = info.name.partition(".")
                 if suffix != "json":
                     arrays_seen.add(info.name)
                     continue
                 record = json.loads(data)
                 if all(f"{key}.{name}.npy" in arrays_seen for name in record.get("arrays", [])):
-                    keys.add(key)
-                    tally.add(record)
-                    keep = info.offset_data + -(-info.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+                    yield record, info.offset_data + -(-info.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
                 arrays_seen = set()
     except (tarfile.TarError, EOFError, OSError, ValueError):
-        pass  # the tail after the last complete record is dropped
+        return  # the tail after the last complete record
+
+
+def salvage(partial: Path) -> tuple[int, ShardTally, set[str]]:
+    """Read what a killed run left: (bytes to keep, tally of complete records, their keys)."""
+    tally, keys, keep = ShardTally(), set(), 0
+    for record, end in complete_records(partial):
+        keys.add(record["key"])
+        tally.add(record)
+        keep = end
     return keep, tally, keys
 
 
@@ -172,9 +180,12 @@ class ShardLock:
 
 
 class OutputWriter:
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, card: str | None = None):
         self.folder = Path(folder)
         ensure_writable(self.folder)
+        if card is not None:  # the folder's dataset card: what `datasets.load_dataset(folder)` reads the types from
+            with _writing(self.folder / "README.md"):
+                _replace_bytes(self.folder / "README.md", card.encode("utf-8"))
         self._resume: dict[str, tuple[int, ShardTally]] = {}
         self._open: dict[str, _OpenShard] = {}
         self._locks: dict[str, ShardLock] = {}

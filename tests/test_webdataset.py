@@ -62,7 +62,8 @@ def test_video2dataset_shards_give_one_record_per_sample_on_two_ranks(shards, tm
         first = by_key["000000000"]
         assert first["video_id"] == "dQw4w9WgXcQ" and (first["start"], first["end"]) == (5.5, 7.5)
         assert first["sample"]["caption"] == "A dog runs on the beach." and first["member"] == "000000000.mp4"
-        assert first["sample"]["meta"]["status"] == "success" and first["sample"]["meta"]["clips"] == [["00:00:05.500", "00:00:07.500"]]
+        meta = json.loads(first["sample"]["meta"])  # the sidecar's small fields, as JSON text: one type for every sample
+        assert meta["status"] == "success" and meta["clips"] == [["00:00:05.500", "00:00:07.500"]]
         assert sorted(first["sample"]["dropped"]) == ["clip_cuts", "yt_meta_dict"]  # big values left out, and named
         assert first["in_csv"] and first["duration"] == 2.0
         assert by_key["000000001"]["sample"]["caption"] == "Silent footage."  # the sidecar came before the video

@@ -65,6 +65,7 @@ class Head:
     name: ClassVar[str]
     fields: ClassVar[dict[str, Any]] = {}  # record field -> type; every record of the head carries each one
     requires: ClassVar[tuple[str, ...]] = ()  # optional packages (import names) the head needs
+    arrays: ClassVar[dict[str, tuple[str, int]]] = {}  # {key}.<name>.npy it writes: name -> (dtype, dimensions)
     model_id: str | None = None  # the checkpoint, recorded in every record
     media_spec: MediaSpec
     # whether `infer` reads the decoded frames, or only what `prepare` made of them (then they stay in the worker)

@@ -75,6 +75,7 @@ class AudioCaption(Head):
     fields = {"caption": str, "confidence": float, "mean_logprob": float, "num_tokens": int, "finish_reason": str,
               "has_audio": bool, "audio_s": float, "num_windows": int, "windows": list[Window], "feature_dim": int,
               "feature_layer": int, "tokenizer": str, "preset": str, "revision": str}
+    arrays = {"features": ("float16", 1)}
     frames_in_model_step = False
 
     def __init__(self, checkpoint: str, tokenizer: str = "facebook/bart-base", revision: str | None = None,

@@ -95,6 +95,7 @@ class InternVL(Head):
     requires = ("transformers",)
     fields = {"keyframes": list[Keyframe], "confidence": float, "mean_logprob": float, "feature_dim": int, "prompt": str,
               "preset": str, "revision": str}
+    arrays = {"features": ("float16", 2)}
     frames_in_model_step = False
 
     def __init__(self, checkpoint: str, revision: str | None = None, preset: str = "authors", num_keyframes: int = 4,

@@ -1,0 +1,315 @@
+"""A page to look at a run: counts, distributions, failures, and a grid of clips with what every head said.
+
+    python -m extract.report OUTPUT_DIR [--out FILE] [--limit N]
+
+One self-contained HTML file (default OUTPUT_DIR/report.html) that a browser opens without a
+server: the records' counts per head by status and error type; histograms (inline SVG) of the
+distributions that matter; the members that failed, with their errors; and a grid of up to N
+decoded clips, each with a keyframe and what every head said about it: captions and their
+confidence, keyframe descriptions, boxes and masks drawn on the frame, the audio offset. The
+grid filters by head and status.
+
+The pictures are read back from the input shards, where the records say each clip came from,
+and decoded at the same keyframe the boxes were found on: a run writes nothing extra for the
+report, and the frames are the ones the heads saw. Shards that moved give a grid without them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import io
+import json
+import math
+import sys
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from extract.errors import ConfigError
+from extract.export import head_folders, read_records
+
+THUMB_WIDTH = 320
+FAILURES_SHOWN = 500
+# (title, unit, where the value is in a clip's records)
+DISTRIBUTIONS = [
+    ("Duration", "s", lambda r: _get(r, "probe", "duration_s_measured") or _window(r)),
+    ("Resolution (height)", "px", lambda r: _first_stream(r, "height")),
+    ("Motion energy", "luma levels", lambda r: _get(r, "probe", "stats", "motion_energy")),
+    ("Loudness", "dBFS", lambda r: _get(r, "probe", "stats", "audio_rms_dbfs")),
+    ("Audio offset", "s", lambda r: _get(r, "av_sync", "offset_s")),
+    ("Caption length (llava_video)", "words", lambda r: _words(_get(r, "llava_video", "caption"))),
+    ("Caption length (audio_caption)", "words", lambda r: _words(_get(r, "audio_caption", "caption"))),
+    ("Detections per keyframe", "boxes", lambda r: _per_keyframe(r)),
+]
+
+
+def _get(clip: dict, head: str, *path):
+    value = clip.get(head)
+    for name in path:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(name)
+    return value
+
+
+def _window(clip: dict):
+    record = next(iter(clip.values()))
+    return record["end"] - record["start"] if record.get("start") is not None and record.get("end") is not None else None
+
+
+def _first_stream(clip: dict, name: str):
+    streams = _get(clip, "probe", "video_streams") or []
+    return streams[0].get(name) if streams else None
+
+
+def _words(text):
+    return len(text.split()) if isinstance(text, str) else None
+
+
+def _per_keyframe(clip: dict):
+    keyframes = _get(clip, "grounding_sam", "keyframes")
+    return sum(len(k["detections"]) for k in keyframes) / len(keyframes) if keyframes else None
+
+
+# ---------------------------------------------------------------------------- reading the run
+
+
+class RunView:
+    """What the page shows, gathered shard by shard: counts and values over every clip, details of the first N."""
+
+    def __init__(self, output_dir: Path, limit: int):
+        self.folders = head_folders(output_dir)
+        self.counts = {head: Counter() for head in self.folders}
+        self.error_types = {head: Counter() for head in self.folders}
+        self.values = defaultdict(list)
+        self.failures: list[dict] = []
+        self.clips: list[dict] = []  # {head: record} for the grid
+        self.unfinished: list[str] = []
+        self.total = 0
+        stems = sorted({p.name.split(".tar")[0] for f in self.folders.values() for p in [*f.glob("*.tar"), *f.glob("*.tar.partial")]})
+        for stem in stems:
+            per_head = {}
+            for head, folder in self.folders.items():
+                path = next((p for p in (folder / f"{stem}.tar", folder / f"{stem}.tar.partial") if p.exists()), None)
+                if path is not None:
+                    per_head[head], complete = read_records(path)
+                    if not complete:
+                        self.unfinished.append(f"{head}/{stem}")
+            for key in dict.fromkeys(k for records in per_head.values() for k in records):
+                clip = {head: records[key] for head, records in per_head.items() if key in records}
+                self._add(clip, limit)
+
+    def _add(self, clip: dict, limit: int) -> None:
+        self.total += 1
+        for head, record in clip.items():
+            self.counts[head][record["status"]] += 1
+            if record.get("error_type"):
+                self.error_types[head][record["error_type"]] += 1
+        for title, _, pick in DISTRIBUTIONS:
+            value = pick(clip)
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                self.values[title].append(float(value))
+        failed = [(head, r) for head, r in clip.items() if r["status"] in ("error", "rejected")]
+        if failed and len(self.failures) < FAILURES_SHOWN:
+            head, record = failed[0]
+            self.failures.append({"member": record["member"], "shard": record["shard"], "heads": [h for h, _ in failed],
+                                  "error_type": record["error_type"], "error": record["error"]})
+        decoded = any(r["status"] in ("ok", "skipped") for r in clip.values())
+        if decoded and len(self.clips) < limit:
+            self.clips.append(clip)
+
+
+# ---------------------------------------------------------------------------- pictures from the input shards
+
+
+def keyframes(clips: list[dict]) -> dict[str, tuple[np.ndarray, float] | None]:
+    """{key: (frame, time)} for the grid's clips: grounding_sam's first keyframe where it ran (its boxes are drawn on it),
+    else the middle of the clip; decoded from the input shards the records name."""
+    from extract.data import ClipItem, ShardPlan, read_members
+    from extract.decode import DecodeFailure, MediaSpec, decode_media
+
+    wanted = defaultdict(dict)
+    for clip in clips:
+        record = next(iter(clip.values()))
+        boxes = clip.get("grounding_sam")
+        count = len(boxes["keyframes"]) if boxes and boxes.get("keyframes") else 1
+        wanted[record["shard"]][record["key"]] = MediaSpec(num_frames=count)
+    found = {}
+    for shard, specs in wanted.items():
+        plan = ShardPlan({shard: {"report": set()}})
+        try:
+            for item in read_members([{"url": shard}], plan, max_member_bytes=4 << 30):
+                if isinstance(item, ClipItem) and item.key in specs and item.data is not None:
+                    try:
+                        media = decode_media(bytes(item.data), specs.pop(item.key))
+                        found[item.key] = (media.frames[0], media.frame_times[0])
+                    except DecodeFailure:
+                        pass
+                if not specs:
+                    break
+        except Exception:  # a shard that moved or broke: its clips go without a picture
+            continue
+    return found
+
+
+def _thumbnail(frame: np.ndarray, clip: dict) -> tuple[str, float]:
+    """The frame as a JPEG data URI, SAM's masks blended in; and its scale (thumbnail pixels per frame pixel)."""
+    from PIL import Image
+
+    image = frame.astype(np.float32)
+    colours = np.array([[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48], [145, 30, 180]], np.float32)
+    detections = ((_get(clip, "grounding_sam", "keyframes") or [{}])[0]).get("detections") or []
+    if detections:
+        try:
+            from pycocotools import mask as mask_utils
+
+            for index, detection in enumerate(detections):
+                rle = detection.get("mask")
+                if rle:
+                    mask = mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode()}).astype(bool)
+                    image[mask] = 0.55 * image[mask] + 0.45 * colours[index % len(colours)]
+        except ImportError:  # without pycocotools the boxes are drawn, the masks not
+            pass
+    picture = Image.fromarray(image.clip(0, 255).astype(np.uint8))
+    scale = THUMB_WIDTH / picture.width
+    picture = picture.resize((THUMB_WIDTH, max(1, round(picture.height * scale))), Image.BICUBIC)
+    buffer = io.BytesIO()
+    picture.save(buffer, format="JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii"), scale
+
+
+# ---------------------------------------------------------------------------- the page
+
+
+def _histogram(title: str, unit: str, values: list[float]) -> str:
+    width, height, bins = 300, 120, 24
+    if not values:
+        return f'<figure class="chart"><figcaption>{html.escape(title)}</figcaption><p class="none">no values</p></figure>'
+    low, high = min(values), max(values)
+    edges = np.linspace(low, high if high > low else low + 1, bins + 1)
+    counts, _ = np.histogram(values, bins=edges)
+    bar = width / bins
+    rects = "".join(f'<rect x="{i * bar:.1f}" y="{height - height * c / counts.max():.1f}" width="{bar - 1:.1f}" '
+                    f'height="{height * c / counts.max():.1f}"><title>{edges[i]:.3g} to {edges[i + 1]:.3g}: {c}</title></rect>'
+                    for i, c in enumerate(counts))
+    median = float(np.median(values))
+    return (f'<figure class="chart"><figcaption>{html.escape(title)} <span>({unit}; {len(values)} clips, median {median:.3g})'
+            f'</span></figcaption><svg viewBox="0 0 {width} {height}" width="{width}" height="{height}">{rects}</svg>'
+            f'<div class="axis"><span>{low:.3g}</span><span>{high:.3g}</span></div></figure>')
+
+
+def _said(head: str, record: dict) -> str:
+    """What one head said about a clip, in a line or a few."""
+    status = record["status"]
+    if status != "ok":
+        return f'<b>{head}</b> <i class="{status}">{status}</i> {html.escape(record.get("error") or "")}'
+    text = ""
+    if head in ("llava_video", "audio_caption"):
+        text = f'“{html.escape(record.get("caption") or "")}” <span class="conf">confidence {record.get("confidence") or 0:.2f}</span>'
+    elif head == "internvl":
+        text = "<br>".join(f'{k["time"]:.2f}s: “{html.escape(k["description"] or "")}”' for k in record.get("keyframes") or [])
+    elif head == "grounding_sam":
+        first = (record.get("keyframes") or [{}])[0]
+        text = ", ".join(f'{html.escape(d["label"])} {d["score"]:.2f}' for d in first.get("detections") or []) or "nothing found"
+    elif head == "av_sync":
+        text = f'audio {"lags" if (record.get("offset_s") or 0) > 0 else "leads"} by {abs(record.get("offset_s") or 0):.3f} s ' \
+               f'(confidence {record.get("confidence") or 0:.2f})'
+    elif head == "probe":
+        video = (record.get("video_streams") or [{}])[0]
+        text = (f'{record.get("container")}, {video.get("codec")} {video.get("width")}x{video.get("height")} at '
+                f'{video.get("fps")} fps, {record.get("duration_s_measured") or record.get("duration_s") or 0:.1f} s'
+                + ("" if record.get("has_audio") else ", no sound"))
+    return f"<b>{head}</b> {text}"
+
+
+def _cell(clip: dict, picture) -> str:
+    record = next(iter(clip.values()))
+    statuses = " ".join(f"{head}:{r['status']}" for head, r in clip.items())
+    figure = '<div class="nopicture">no picture (the input shard was not found)</div>'
+    if picture is not None:
+        frame, time_s = picture
+        uri, scale = _thumbnail(frame, clip)
+        boxes = ((_get(clip, "grounding_sam", "keyframes") or [{}])[0]).get("detections") or []
+        svg = "".join(f'<rect x="{d["box"][0] * scale:.1f}" y="{d["box"][1] * scale:.1f}" width="{(d["box"][2] - d["box"][0]) * scale:.1f}" '
+                      f'height="{(d["box"][3] - d["box"][1]) * scale:.1f}"><title>{html.escape(d["label"])} {d["score"]:.2f}</title></rect>'
+                      for d in boxes)
+        height = round(frame.shape[0] * scale)
+        figure = (f'<div class="frame"><img src="{uri}" width="{THUMB_WIDTH}" height="{height}" alt="{html.escape(record["key"])} at {time_s:.2f}s">'
+                  f'<svg viewBox="0 0 {THUMB_WIDTH} {height}" width="{THUMB_WIDTH}" height="{height}">{svg}</svg></div>')
+    lines = "".join(f"<li>{_said(head, r)}</li>" for head, r in clip.items())
+    window = f' ({record["start"]:g}-{record["end"]:g} s)' if record.get("start") is not None and record.get("end") is not None else ""
+    return (f'<article class="clip" data-statuses="{statuses}">{figure}<h3 title="{html.escape(record["member"])}">{html.escape(record["video_id"] or record["key"])}'
+            f'{window}</h3><ul>{lines}</ul></article>')
+
+
+STYLE = """body{font:14px system-ui,sans-serif;margin:24px;color:#222}table{border-collapse:collapse}td,th{border:1px solid #ccc;
+padding:3px 8px;text-align:right}th:first-child,td:first-child{text-align:left}.charts{display:flex;flex-wrap:wrap;gap:16px}
+.chart{margin:0}.chart rect{fill:#4a78c2}.chart figcaption span{color:#777}.axis{display:flex;justify-content:space-between;
+width:300px;color:#777;font-size:12px}.grid{display:flex;flex-wrap:wrap;gap:12px}.clip{width:320px;border:1px solid #ddd;
+padding:6px}.clip h3{font-size:13px;margin:6px 0;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}.clip ul{padding-left:16px;
+margin:0;font-size:12px}.frame{position:relative}.frame svg{position:absolute;left:0;top:0}.frame rect{fill:none;stroke:#ff0;
+stroke-width:2}.error{color:#b00}.skipped{color:#a60}.conf{color:#777}.nopicture{height:60px;background:#eee;color:#777;padding:8px}
+.hidden{display:none}.failures td,.failures th{text-align:left}"""
+
+SCRIPT = """function filterClips(){const h=document.getElementById('head').value,s=document.getElementById('status').value;
+let shown=0;for(const c of document.querySelectorAll('.clip')){const show=c.dataset.statuses.split(' ').some(t=>{
+const [head,status]=t.split(':');return (h===''||head===h)&&(s===''||status===s);});c.classList.toggle('hidden',!show);
+shown+=show?1:0;}document.getElementById('shown').textContent=shown;}"""
+
+
+def render(view: RunView, pictures: dict, title: str) -> str:
+    heads = list(view.folders)
+    statuses = ("ok", "skipped", "error", "rejected")
+    counts = "".join(f"<tr><td>{head}</td>" + "".join(f'<td class="count" data-head="{head}" data-status="{s}">{view.counts[head][s]}</td>'
+                                                    for s in statuses) + f"<td>{sum(view.counts[head].values())}</td></tr>" for head in heads)
+    types = "".join(f"<tr><td>{head}</td><td>{html.escape(t)}</td><td>{n}</td></tr>" for head in heads
+                    for t, n in view.error_types[head].most_common())
+    failures = "".join(f"<tr><td>{html.escape(f['member'])}</td><td>{html.escape(f['error_type'] or '')}</td>"
+                       f"<td>{html.escape((f['error'] or '')[:300])}</td><td>{', '.join(f['heads'])}</td></tr>" for f in view.failures)
+    charts = "".join(_histogram(t, unit, view.values[t]) for t, unit, _ in DISTRIBUTIONS if view.values[t])
+    cells = "".join(_cell(clip, pictures.get(next(iter(clip.values()))["key"])) for clip in view.clips)
+    options = "".join(f'<option value="{h}">{h}</option>' for h in heads)
+    unfinished = f"<p>Unfinished shards (their complete records are shown): {', '.join(view.unfinished)}</p>" if view.unfinished else ""
+    return f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{STYLE}</style></head>
+<body><h1>{html.escape(title)}</h1><p>{view.total} clips, {len(heads)} heads: {', '.join(heads)}.</p>{unfinished}
+<h2>Records by status</h2><table id="counts"><tr><th>head</th>{''.join(f'<th>{s}</th>' for s in statuses)}<th>all</th></tr>{counts}</table>
+<h2>Error types</h2><table><tr><th>head</th><th>error_type</th><th>records</th></tr>{types}</table>
+<h2>Distributions</h2><div class="charts">{charts}</div>
+<h2>Clips</h2><p>head <select id="head" onchange="filterClips()"><option value="">any</option>{options}</select>
+status <select id="status" onchange="filterClips()"><option value="">any</option>{''.join(f'<option>{s}</option>' for s in statuses)}</select>
+showing <span id="shown">{len(view.clips)}</span> of the first {len(view.clips)} decoded clips</p>
+<div class="grid">{cells}</div>
+<h2>Failed members</h2><table class="failures"><tr><th>member</th><th>error_type</th><th>error</th><th>heads</th></tr>{failures}</table>
+<script>{SCRIPT}</script></body></html>"""
+
+
+def report(output_dir: Path, out: Path | None = None, limit: int = 120) -> dict:
+    output_dir = Path(output_dir)
+    view = RunView(output_dir, limit)
+    pictures = keyframes(view.clips)
+    out = Path(out) if out else output_dir / "report.html"
+    temporary = out.with_name(out.name + ".tmp")
+    temporary.write_text(render(view, pictures, f"extract: {output_dir.resolve().name}"), encoding="utf-8")
+    temporary.replace(out)
+    return {"out": str(out), "clips": view.total, "shown": len(view.clips), "pictures": len(pictures)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m extract.report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("output_dir", type=Path)
+    parser.add_argument("--out", type=Path, help="the page to write (default: OUTPUT_DIR/report.html)")
+    parser.add_argument("--limit", type=int, default=120, help="clips in the grid (the first decoded ones)")
+    args = parser.parse_args(argv)
+    try:
+        done = report(args.output_dir, args.out, args.limit)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    print(f"wrote {done['out']}: {done['clips']} clips, {done['shown']} in the grid ({done['pictures']} with a picture)")
+
+
+if __name__ == "__main__":
+    main()
