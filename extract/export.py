@@ -65,18 +65,26 @@ def read_records(path: Path) -> tuple[dict[str, dict], bool]:
     return {record["key"]: record for record, _ in complete_records(path)}, not path.name.endswith(".partial")
 
 
-def shard_rows(stem: str, folders: dict[str, Path], heads: dict[str, dict], types: dict) -> tuple[list[dict], list[str]]:
-    """The rows of one input shard (every head's records joined on the key), and the heads whose shard is unfinished."""
+def shard_stems(folders: dict[str, Path]) -> list[str]:
+    """The input shards any head wrote (finished or not), by their output name."""
+    return sorted({p.name.split(".tar")[0] for folder in folders.values() for p in [*folder.glob("*.tar"), *folder.glob("*.tar.partial")]})
+
+
+def shard_records(stem: str, folders: dict[str, Path]) -> tuple[dict[str, dict[str, dict]], list[str]]:
+    """{head: {key: record}} of one input shard, and the heads whose output of it is unfinished."""
     per_head, unfinished = {}, []
     for head, folder in folders.items():
-        path = folder / f"{stem}.tar"
-        if not path.exists():
-            path = folder / f"{stem}.tar.partial"
-            if not path.exists():
-                continue
-        per_head[head], complete = read_records(path)
-        if not complete:
-            unfinished.append(head)
+        path = next((p for p in (folder / f"{stem}.tar", folder / f"{stem}.tar.partial") if p.exists()), None)
+        if path is not None:
+            per_head[head], complete = read_records(path)
+            if not complete:
+                unfinished.append(head)
+    return per_head, unfinished
+
+
+def shard_rows(stem: str, folders: dict[str, Path], heads: dict[str, dict], types: dict) -> tuple[list[dict], list[str]]:
+    """The rows of one input shard (every head's records joined on the key), and the heads whose shard is unfinished."""
+    per_head, unfinished = shard_records(stem, folders)
     keys = list(dict.fromkeys(key for records in per_head.values() for key in records))
     rows = []
     for key in keys:
@@ -142,7 +150,7 @@ def export(output_dir: Path, out: Path | None = None, form: str = "parquet", pro
     out = Path(out) if out else output_dir / f"clips.{form}"
     schema = table_schema(heads)
     types = base_types()
-    stems = sorted({p.name.split(".tar")[0] for folder in folders.values() for p in [*folder.glob("*.tar"), *folder.glob("*.tar.partial")]})
+    stems = shard_stems(folders)
     temporary = out.with_name(out.name + ".tmp")
     sink = _Sink(temporary, schema, form)
     unfinished: dict[str, list[str]] = {}

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from extract.errors import ConfigError
-from extract.export import head_folders, read_records
+from extract.export import head_folders, shard_records, shard_stems
 
 THUMB_WIDTH = 320
 FAILURES_SHOWN = 500
@@ -89,15 +89,9 @@ class RunView:
         self.clips: list[dict] = []  # {head: record} for the grid
         self.unfinished: list[str] = []
         self.total = 0
-        stems = sorted({p.name.split(".tar")[0] for f in self.folders.values() for p in [*f.glob("*.tar"), *f.glob("*.tar.partial")]})
-        for stem in stems:
-            per_head = {}
-            for head, folder in self.folders.items():
-                path = next((p for p in (folder / f"{stem}.tar", folder / f"{stem}.tar.partial") if p.exists()), None)
-                if path is not None:
-                    per_head[head], complete = read_records(path)
-                    if not complete:
-                        self.unfinished.append(f"{head}/{stem}")
+        for stem in shard_stems(self.folders):
+            per_head, unfinished = shard_records(stem, self.folders)
+            self.unfinished += [f"{head}/{stem}" for head in unfinished]
             for key in dict.fromkeys(k for records in per_head.values() for k in records):
                 clip = {head: records[key] for head, records in per_head.items() if key in records}
                 self._add(clip, limit)
