@@ -26,8 +26,9 @@ FLASH_TIMES = (0.9, 2.3, 3.1, 4.6)  # irregular, so no lag but the true one line
 
 
 def flash_click_clip(fps: float, offset: float, seconds: float = 6.0, noise_db: float = -40.0, seed: int = 0,
-                     flashes: bool = True, clicks: bool = True) -> bytes:
-    """A Matroska clip (h264 + PCM) whose clicks come `offset` seconds after its flashes."""
+                     flashes: bool = True, clicks: bool = True, audio_delay: float = 0.0) -> bytes:
+    """A Matroska clip (h264 + PCM) whose clicks come `offset` seconds after its flashes in the content; with
+    `audio_delay`, the audio stream also starts that late in the container (ffmpeg's -itsoffset)."""
     rng = np.random.default_rng(seed)
     count = int(round(seconds * fps))
     frames = np.clip(rng.normal(40, 3, size=(count, 48, 64)), 0, 255).astype(np.uint8)
@@ -45,7 +46,7 @@ def flash_click_clip(fps: float, offset: float, seconds: float = 6.0, noise_db: 
         audio_path = Path(tmp) / "audio.f32"
         audio_path.write_bytes(audio.tobytes())
         command = ["ffmpeg", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "gray", "-s", "64x48", "-r", str(fps),
-                   "-i", "pipe:0", "-f", "f32le", "-ar", str(rate), "-ac", "1", "-i", str(audio_path),
+                   "-i", "pipe:0", "-itsoffset", str(audio_delay), "-f", "f32le", "-ar", str(rate), "-ac", "1", "-i", str(audio_path),
                    "-c:v", "libx264", "-preset", "ultrafast", "-qp", "0", "-pix_fmt", "yuv420p", "-c:a", "pcm_s16le",
                    "-f", "matroska", "pipe:1"]
         return subprocess.run(command, input=frames.tobytes(), check=True, capture_output=True).stdout

@@ -48,3 +48,13 @@ def test_end_to_end_records(tmp_path):
     assert record["status"] == "ok" and record["method"] == "onset_xcorr" and record["head"] == "av_sync"
     assert set(BASE_FIELDS) <= set(record)
     assert record["offset_s"] == pytest.approx(0.2, abs=1 / 30)
+
+
+@pytest.mark.parametrize("content, container", [(0.0, 0.4), (0.1, 0.3), (-0.2, 0.5)])
+def test_a_late_audio_stream_in_the_container_counts(content, container):
+    """The sound placed by its presentation time: audio muxed to start `container` s late plays that late."""
+    data = flash_click_clip(25, content, audio_delay=container)
+    media = decode_media(data, build("av_sync", {}).media_spec)
+    assert media.audio_start == pytest.approx(container, abs=0.01)
+    result = _estimate(data)
+    assert result.status == "ok" and result.fields["offset_s"] == pytest.approx(content + container, abs=1 / 25)

@@ -2,8 +2,9 @@
 
 Method `onset_xcorr`: visual onsets (mean brightening between consecutive frames, per video
 frame) against audio onsets (spectral flux of the 16 kHz signal, 5 ms hop), correlated over lags
-within +-max_offset on a 1 ms grid, with parabolic refinement of the peak. A positive offset means
-the audio lags the picture. A learned estimator (e.g. Synchformer) would be another entry in
+within +-max_offset on a 1 ms grid, with parabolic refinement of the peak. Frames and sound are
+placed by their presentation times in the file, so an offset in the container counts as one in the
+content does. A positive offset means the audio lags the picture. A learned estimator (e.g. Synchformer) would be another entry in
 `METHODS` with the same inputs and the same `Estimate` out.
 """
 
@@ -72,6 +73,8 @@ def onset_xcorr(media: Media, max_offset: float, min_motion: float, min_sound_db
     if visual.max() - np.median(visual) < min_motion:  # steady sensor noise is not change
         return Estimate(None, 0.0, "too little visual change to decide (a still picture)")
     flux, flux_times = audio_onsets(media.audio)
+    flux_times = flux_times + (media.audio_start or 0.0)  # placed by its presentation time, as frames are: a stream that
+    # starts late in its container (an edit list, a muxing offset) is played late, and that shows in the offset
     if flux.std() == 0:
         return Estimate(None, 0.0, "the sound has no onsets to align")
 
@@ -105,7 +108,7 @@ class AVSync(Head):
 
     def __init__(self, method: str = "onset_xcorr", max_offset: float = 2.0, max_frames: int = 900,
                  short_side: int = 64, min_motion: float = 1.0, min_sound_dbfs: float = -60.0,
-                 min_confidence: float = 0.05):
+                 min_confidence: float = 0.35):
         if method not in METHODS:
             raise TypeError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
         self.method, self.max_offset = method, max_offset
