@@ -553,12 +553,40 @@ def bench_audio_caption(args) -> None:
             print(f"{batch:>5}  {batch / elapsed:>8.2f}  {batch * args.seconds / elapsed:>9.1f}  {_peak_memory(device) / 2**30:>9.2f} GiB")
 
 
+def bench_synchformer(args) -> None:
+    """Clips/s of av_sync's synchformer method per batch, at the released size with random weights."""
+    from extract.heads import Clip, build
+    from extract.synchformer import Synchformer
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "synchformer_state_dict.pth"
+        torch.save(Synchformer().state_dict(), path)
+        batches = [int(b) for b in args.batches.split(",")]
+        head = build("av_sync", {"method": "synchformer", "checkpoint": str(path), "dtype": args.dtype, "window_batch": args.window_batch})
+        head.load(device)
+    model = head.model
+    parameters = sum(p.numel() for p in model.parameters()) / 1e6
+    media = moving_pattern(head.media_spec, seconds=args.seconds)
+    windows = len(head.prepare(Clip("k", "v", 0.0, args.seconds, media))["starts"])
+    print(f"# extract.bench synchformer: released architecture, RANDOM weights ({parameters:.1f} M parameters) on "
+          f"{_device_name(device)}, {next(model.parameters()).dtype}, torch {torch.__version__}; {args.seconds:g} s clips "
+          f"({windows} window(s) of 14 x 16 frames at 224 px), {args.window_batch} windows per model call")
+    print(f"{'clips':>5}  {'clips/s':>8}  {'windows/s':>9}  {'peak memory':>11}  {'prepare ms/clip':>15}")
+    for batch in batches:
+        elapsed, prepare = _time_infer(head, [Clip(f"k{i}", "v", 0.0, args.seconds, media) for i in range(batch)], device)
+        print(f"{batch:>5}  {batch / elapsed:>8.3f}  {batch * windows / elapsed:>9.3f}  {_peak_memory(device) / 2**30:>9.2f} GiB  "
+              f"{1000 * prepare / batch:>15.0f}")
+
+
 def moving_pattern(spec: MediaSpec, seconds: float, height: int = 360, width: int = 640, fps: float = 30.0) -> Media:
     """What the decoder would hand a head for a `seconds`-long 640x360 clip at 30 fps with a 440 Hz tone, made
     in memory: the model benchmarks time the model step, whose cost does not depend on the pictures,
     and they need no ffmpeg on the GPU machine."""
     if spec.size:
         height, width = spec.size
+    elif spec.crop:
+        height = width = spec.crop
     elif spec.short_side and min(height, width) > spec.short_side:
         scale = spec.short_side / min(height, width)
         height, width = round(height * scale / 2) * 2, round(width * scale / 2) * 2
@@ -682,8 +710,13 @@ def main() -> None:
     audio.add_argument("--caption-tokens", type=int, default=20)
     audio.add_argument("--batches", default="1,4,16")
     audio.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
+    sync = sub.add_parser("synchformer", help="av_sync's synchformer method: clips/s per batch (released size, random weights)")
+    sync.add_argument("--seconds", type=float, default=4.8, help="clip length: 4.8 s is one window, 8 s two")
+    sync.add_argument("--batches", default="1,2")
+    sync.add_argument("--window-batch", type=int, default=8)
+    sync.add_argument("--dtype", default="float32", choices=("auto", "float32", "bfloat16", "float16"))
     args = parser.parse_args()
-    {"data": bench_data, "av_sync": bench_av_sync, "pipeline": bench_pipeline, "export": bench_export, "llava_video": bench_llava_video, "grounding_sam": bench_grounding_sam,
+    {"synchformer": bench_synchformer, "data": bench_data, "av_sync": bench_av_sync, "pipeline": bench_pipeline, "export": bench_export, "llava_video": bench_llava_video, "grounding_sam": bench_grounding_sam,
      "internvl": bench_internvl, "audio_caption": bench_audio_caption}[args.what](args)
 
 

@@ -46,17 +46,27 @@ class MediaSpec:
     every_frame: bool = False  # or every frame at the native rate (the first max_frames of the clip)
     # centres: the frame shown at the centre of each of N equal time spans;
     # linspace: frame indices int(linspace(0, total - 1, N)) over the decoded frames (LLaVA's rule, both ends included);
-    # segments: the middle frame of each of N equal index segments (InternVL's get_index)
+    # segments: the middle frame of each of N equal index segments (InternVL's get_index);
+    # rate: frames at exactly `fps` from the first frame, the ones ffmpeg's fps filter keeps (the frame shown at
+    # the middle of each 1/fps slot), at most max_frames
     sampling: str = "centres"
     size: tuple[int, int] | None = None  # (height, width)
-    short_side: int | None = None  # or resize so the short side is this, keeping the aspect (never up)
+    short_side: int | None = None  # or resize so the short side is this, keeping the aspect (never up)...
+    # ...unless exact: then always to this short side, the long side as ffmpeg's `scale=iw*S/min(iw,ih):...` then
+    # even (Synchformer's re-encode), and `crop` takes the centre square of that side
+    exact_short_side: bool = False
+    crop: int | None = None
     resample: str = "bilinear"  # bilinear | bicubic, antialiased (bicubic matches PIL's within one level)
     audio: bool = False  # the mean of the channels, at sample_rate
     sample_rate: int = 16000
 
     def __post_init__(self):
-        if self.sampling not in ("centres", "linspace", "segments"):
-            raise ValueError(f"sampling must be 'centres', 'linspace' or 'segments', not {self.sampling!r}")
+        if self.sampling not in ("centres", "linspace", "segments", "rate"):
+            raise ValueError(f"sampling must be 'centres', 'linspace', 'segments' or 'rate', not {self.sampling!r}")
+        if self.sampling == "rate" and self.fps <= 0:
+            raise ValueError("sampling 'rate' needs fps")
+        if self.crop and not (self.exact_short_side and self.short_side and self.crop <= self.short_side):
+            raise ValueError("crop needs exact_short_side and a short_side of at least the crop")
         if self.resample not in ("bilinear", "bicubic"):
             raise ValueError(f"resample must be 'bilinear' or 'bicubic', not {self.resample!r}")
 
@@ -246,6 +256,7 @@ class _ViewFrames:
     def __init__(self, spec: MediaSpec, timeline: _Timeline, height: int, width: int, max_decoded_bytes: int):
         self.spec = spec
         self.height, self.width = _target_size(spec, height, width)
+        self.crop = (spec.crop, spec.crop) if spec.crop else None
         self.times: list[float] = []  # wanted presentation times (time-based views)
         self.indices: list[int] = []  # wanted frame indices (index-based views)
         duration = timeline.end - timeline.begin
@@ -255,6 +266,12 @@ class _ViewFrames:
             if not timeline.count:
                 raise DecodeFailure("decode_error", "the video stream's frame count is unknown")
             self.indices = sample_indices(spec.sampling, timeline.count, spec.num_frames)
+        elif spec.sampling == "rate":
+            # ffmpeg's fps filter: a frame at pts p fills slot round(p * fps) (halves up) and each slot shows the
+            # last frame of a slot at or before it, i.e. the last frame with p < (slot + 0.5) / fps
+            first_slot = math.floor(timeline.begin * spec.fps + 0.5)
+            count = min(spec.max_frames, max(1, math.floor(duration * spec.fps + 0.5)))
+            self.times = [(first_slot + i + 0.5) / spec.fps - 1e-7 for i in range(count)]
         else:
             if duration <= 0:
                 raise DecodeFailure("decode_error", "the video stream has no duration (no decodable frames)")
@@ -262,7 +279,7 @@ class _ViewFrames:
             step = duration / count
             self.times = [timeline.begin + (i + 0.5) * step for i in range(count)]
         count = len(self.times) + len(self.indices)
-        decoded_bytes = count * self.height * self.width * 3
+        decoded_bytes = count * (spec.crop ** 2 if spec.crop else self.height * self.width) * 3
         if decoded_bytes > max_decoded_bytes:
             raise DecodeFailure("too_large", f"{count} frames of {self.width}x{self.height} would take "
                                 f"{decoded_bytes / 2**30:.1f} GiB (limit {max_decoded_bytes / 2**30:.1f} GiB, max_decoded_gb)")
@@ -282,9 +299,9 @@ class _ViewFrames:
         while self._next_index < len(self.indices) and (self.indices[self._next_index] <= index or fill):
             copies, self._next_index = copies + 1, self._next_index + 1
         if copies:
-            key = (self.height, self.width, self.spec.resample)
+            key = (self.height, self.width, self.spec.resample, self.crop)
             if key not in cache:
-                cache[key] = _resize(frame, self.height, self.width, self.spec.resample)
+                cache[key] = _centre_crop(_resize(frame, self.height, self.width, self.spec.resample), self.crop)
             self.frames += [cache[key]] * copies
             self.frame_times += [round(pts, 4)] * copies
             self.frame_indices += [index] * copies
@@ -313,10 +330,22 @@ def sample_indices(rule: str, total: int, count: int) -> list[int]:
 def _target_size(spec: MediaSpec, height: int, width: int) -> tuple[int, int]:
     if spec.size:
         return spec.size
+    if spec.short_side and spec.exact_short_side:
+        def scaled(side: int) -> int:
+            return max(2, int(side * spec.short_side / min(height, width)) // 2 * 2)
+        return (spec.short_side, scaled(width)) if height <= width else (scaled(height), spec.short_side)
     if spec.short_side and min(height, width) > spec.short_side:
         scale = spec.short_side / min(height, width)
         return max(2, round(height * scale / 2) * 2), max(2, round(width * scale / 2) * 2)
     return height, width
+
+
+def _centre_crop(frame: torch.Tensor, crop: tuple[int, int] | None) -> torch.Tensor:
+    """The centre (height, width) of [H, W, 3], offsets rounded as Synchformer's RGBSpatialCrop rounds them."""
+    if crop is None:
+        return frame
+    top, left = int(round((frame.shape[0] - crop[0]) / 2.0)), int(round((frame.shape[1] - crop[1]) / 2.0))
+    return frame[top:top + crop[0], left:left + crop[1]].contiguous()
 
 
 def _resize(frame: torch.Tensor, height: int, width: int, resample: str) -> torch.Tensor:

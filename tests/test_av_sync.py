@@ -1,6 +1,8 @@
+from pathlib import Path
+
 import pytest
 
-from conftest import read_records, write_shard
+from conftest import ffmpeg_output, read_records, write_shard
 from extract.decode import decode_media
 from extract.heads import Clip, build
 from extract.runner import run
@@ -58,3 +60,25 @@ def test_a_late_audio_stream_in_the_container_counts(content, container):
     assert media.audio_start == pytest.approx(container, abs=0.01)
     result = _estimate(data)
     assert result.status == "ok" and result.fields["offset_s"] == pytest.approx(content + container, abs=1 / 25)
+
+
+MEDIA = Path(__file__).resolve().parents[2] / "shared" / "media"
+
+
+@pytest.mark.skipif(not MEDIA.is_dir(), reason="the real clips of ../shared/media are not beside this checkout")
+@pytest.mark.parametrize("name", ["nasa_13013.mp4", "big_buck_bunny_432_433.webm", "example2.mp4"])
+def test_real_footage_gets_a_right_offset_or_a_skip(name):
+    """Real clips as they are and with their sound made 0.2 s late, in the content and in the container: an `ok`
+    offset must be the shift within two frames (the clips as published taken as in sync), else the clip is skipped."""
+    source = (MEDIA / name).read_bytes()
+    variants = {0.0: source,
+                0.2: ffmpeg_output("-map", "0:v:0", "-map", "0:a:0", "-c:v", "copy", "-af", "adelay=200:all=1", "-c:a", "pcm_s16le",
+                                   suffix=".mkv", source=source),
+                0.2000001: ffmpeg_output("-itsoffset", "0.2", "-i", str(MEDIA / name), "-map", "0:v:0", "-map", "1:a:0",
+                                         "-c:v", "copy", "-c:a", "pcm_s16le", suffix=".mkv", source=source)}
+    for shift, data in variants.items():
+        result = _estimate(data)
+        assert result.status in ("ok", "skipped"), result
+        if result.status == "ok":
+            fps = result.fields["fps"]
+            assert result.fields["offset_s"] == pytest.approx(round(shift, 3), abs=2 / fps), (name, shift, result.fields)

@@ -4,19 +4,23 @@ Method `onset_xcorr`: visual onsets (mean brightening between consecutive frames
 frame) against audio onsets (spectral flux of the 16 kHz signal, 5 ms hop), correlated over lags
 within +-max_offset on a 1 ms grid, with parabolic refinement of the peak. Frames and sound are
 placed by their presentation times in the file, so an offset in the container counts as one in the
-content does. A positive offset means the audio lags the picture. A learned estimator (e.g. Synchformer) would be another entry in
-`METHODS` with the same inputs and the same `Estimate` out.
+content does. A positive offset means the audio lags the picture.
+
+Method `synchformer`: the learned model (extract/synchformer.py) over 4.8 s windows of 25 fps frames and
+16 kHz sound on the same clock; its input is made in the workers, the model runs on the device.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypedDict
 
 import numpy as np
 import torch
 
+from extract import synchformer
 from extract.decode import Media, MediaSpec
-from extract.heads import Clip, Head, Result, register
+from extract.heads import Clip, Head, Result, register, resolve_dtype, split_on_oom
 
 SAMPLE_RATE = 16000
 HOP = 80  # 5 ms
@@ -97,41 +101,127 @@ def onset_xcorr(media: Media, max_offset: float, min_motion: float, min_sound_db
                     details={"peak_correlation": round(peak, 4), "rival_correlation": round(rival, 4)})
 
 
-METHODS = {"onset_xcorr": onset_xcorr}
+METHODS = ("onset_xcorr", "synchformer")
+DEFAULT_MIN_CONFIDENCE = {"onset_xcorr": 0.35, "synchformer": 0.0}
+
+
+class SyncWindow(TypedDict):
+    start_s: float  # on the clip's picture clock, from its first frame
+    end_s: float
+    offset_s: float
+    confidence: float
 
 
 @register
 class AVSync(Head):
     name = "av_sync"
     fields = {"offset_s": float, "candidate_offset_s": float, "confidence": float, "method": str, "fps": float,
-              "frames_used": int, "max_offset_s": float, "peak_correlation": float, "rival_correlation": float}
+              "frames_used": int, "max_offset_s": float, "peak_correlation": float, "rival_correlation": float,
+              "offset_probabilities": list[float], "windows": list[SyncWindow], "desync_s": float}
+    frames_in_model_step = False  # synchformer's frames travel as what `prepare` made of them
 
     def __init__(self, method: str = "onset_xcorr", max_offset: float = 2.0, max_frames: int = 900,
                  short_side: int = 64, min_motion: float = 1.0, min_sound_dbfs: float = -60.0,
-                 min_confidence: float = 0.35):
+                 min_confidence: float | None = None, checkpoint: str | None = None, dtype: str = "float32",
+                 max_seconds: float = 30.0, window_batch: int = 8):
         if method not in METHODS:
             raise TypeError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
         self.method, self.max_offset = method, max_offset
-        self.min_motion, self.min_sound_dbfs, self.min_confidence = min_motion, min_sound_dbfs, min_confidence
-        self.media_spec = MediaSpec(every_frame=True, max_frames=max_frames, short_side=short_side, audio=True,
-                                    sample_rate=SAMPLE_RATE)
+        self.min_motion, self.min_sound_dbfs = min_motion, min_sound_dbfs
+        self.min_confidence = DEFAULT_MIN_CONFIDENCE[method] if min_confidence is None else min_confidence
+        self.dtype_name, self.window_batch = dtype, window_batch
+        if method == "synchformer":
+            self.model_id, self.max_offset = checkpoint, float(synchformer.OFFSETS_S[-1])
+            self.media_spec = MediaSpec(fps=synchformer.FPS, sampling="rate", max_frames=int(max_seconds * synchformer.FPS),
+                                        short_side=synchformer.SHORT_SIDE, exact_short_side=True, crop=synchformer.CROP,
+                                        resample="bicubic", audio=True, sample_rate=synchformer.SAMPLE_RATE)
+        else:
+            self.media_spec = MediaSpec(every_frame=True, max_frames=max_frames, short_side=short_side, audio=True,
+                                        sample_rate=SAMPLE_RATE)
 
-    def prepare(self, clip: Clip) -> Result:
-        """All of it is CPU work: it runs in the workers."""
+    def load(self, device: torch.device) -> None:
+        if self.method == "synchformer":
+            self.device = device
+            self.model = synchformer.load_synchformer(self.model_id, device, resolve_dtype(self.dtype_name, device))
+
+    def prepare(self, clip: Clip) -> Result | dict:
+        """In a worker: the whole onset method, or Synchformer's inputs (frames and spectrograms per segment)."""
         if clip.media.audio_error:
             return Result(status="error", error_type=clip.media.audio_error[0], error=clip.media.audio_error[1])
-        estimate = METHODS[self.method](clip.media, self.max_offset, self.min_motion, self.min_sound_dbfs)
+        if self.method == "synchformer":
+            return self._synchformer_inputs(clip.media)
+        estimate = onset_xcorr(clip.media, self.max_offset, self.min_motion, self.min_sound_dbfs)
         times = clip.media.frame_times
         fields = {"offset_s": estimate.offset_s, "confidence": estimate.confidence, "method": self.method,
                   "fps": round((len(times) - 1) / (times[-1] - times[0]), 3) if len(times) > 1 and times[-1] > times[0] else None,
                   "frames_used": len(times), "max_offset_s": self.max_offset, **(estimate.details or {})}
-        if estimate.skip_reason is None and estimate.confidence < self.min_confidence:
-            fields.update(offset_s=None, candidate_offset_s=estimate.offset_s)
-            estimate.skip_reason = f"no clear alignment (confidence {estimate.confidence:g} < min_confidence {self.min_confidence:g})"
-            estimate.skip_type = "low_confidence"
-        if estimate.skip_reason:
-            return Result(fields=fields, status="skipped", error_type=estimate.skip_type, error=estimate.skip_reason)
+        return self._judged(fields, estimate.confidence, estimate.skip_reason, estimate.skip_type)
+
+    def _judged(self, fields: dict, confidence: float, skip_reason: str | None, skip_type: str) -> Result:
+        if skip_reason is None and confidence < self.min_confidence:
+            fields.update(offset_s=None, candidate_offset_s=fields["offset_s"])
+            skip_reason = f"no clear alignment (confidence {confidence:g} < min_confidence {self.min_confidence:g})"
+            skip_type = "low_confidence"
+        if skip_reason:
+            return Result(fields=fields, status="skipped", error_type=skip_type, error=skip_reason)
         return Result(fields=fields)
 
+    def _synchformer_inputs(self, media: Media) -> Result | dict:
+        base = {"method": self.method, "fps": float(synchformer.FPS), "max_offset_s": self.max_offset}
+        if media.audio is None:
+            return Result(fields=base, status="skipped", error_type="no_audio", error="the clip has no audio stream")
+        if media.frames is None or not len(media.frames):
+            return Result(fields=base, status="skipped", error_type="undecidable", error="no video frames")
+        audio = np.asarray(media.audio, dtype=np.float32)
+        if not audio.size or np.sqrt(np.mean(np.square(audio, dtype=np.float64))) <= 10 ** (self.min_sound_dbfs / 20):
+            return Result(fields=base, status="skipped", error_type="undecidable",
+                          error=f"too little sound to decide (RMS below {self.min_sound_dbfs:g} dBFS)")
+        video_start = media.video.get("first_frame_s")
+        audio = synchformer.aligned_audio(audio, media.audio_start, media.frame_times[0] if video_start is None else video_start)
+        segments = synchformer.segment_count(len(media.frames), len(audio))
+        starts = synchformer.window_starts(segments)
+        if not starts:
+            seconds = min(len(media.frames) / synchformer.FPS, len(audio) / synchformer.SAMPLE_RATE)
+            return Result(fields=base, status="skipped", error_type="too_short",
+                          error=f"{seconds:.2f} s of picture and sound together; Synchformer needs 4.8 s")
+        used = (segments - 1) * synchformer.SEGMENT_STEP + synchformer.SEGMENT_FRAMES
+        return {"frames": torch.as_tensor(np.asarray(media.frames[:used])),
+                "spectrograms": synchformer.spectrogram_segments(audio, segments), "starts": starts}
+
     def infer(self, clips: list[Clip]) -> list[Result]:
-        return [self.prepare(clip) for clip in clips]
+        windows = [(index, start) for index, clip in enumerate(clips) if isinstance(clip.prepared, dict)
+                   for start in clip.prepared["starts"]]
+        logits = []
+        for first in range(0, len(windows), self.window_batch):
+            logits += split_on_oom(lambda batch: self._window_logits(clips, batch), windows[first:first + self.window_batch])
+        results = []
+        for index, clip in enumerate(clips):
+            if not isinstance(clip.prepared, dict):
+                results.append(clip.prepared if isinstance(clip.prepared, Result) else self.prepare(clip))
+                continue
+            mine = [(start, row) for (i, start), row in zip(windows, logits) if i == index]
+            decided = synchformer.decide(torch.stack([row for _, row in mine]))
+            step = synchformer.SEGMENT_STEP / synchformer.FPS
+            span = (synchformer.SEGMENTS_PER_WINDOW - 1) * step + synchformer.SEGMENT_FRAMES / synchformer.FPS
+            fields = {"method": self.method, "fps": float(synchformer.FPS), "max_offset_s": self.max_offset,
+                      "frames_used": len(clip.prepared["frames"]), "offset_s": decided["offset_s"],
+                      "confidence": decided["confidence"], "offset_probabilities": decided["offset_probabilities"],
+                      "desync_s": decided["desync_s"],
+                      "windows": [{"start_s": round(start * step, 3), "end_s": round(start * step + span, 3), "offset_s": offset,
+                                   "confidence": confidence}
+                                  for (start, _), offset, confidence in zip(mine, decided["window_offsets_s"], decided["window_confidences"])]}
+            results.append(self._judged(fields, decided["confidence"], None, "low_confidence"))
+        return results
+
+    @torch.no_grad()
+    def _window_logits(self, clips: list[Clip], windows: list[tuple[int, int]]) -> list[torch.Tensor]:
+        dtype = next(self.model.parameters()).dtype
+        pictures, sounds = [], []
+        for index in dict.fromkeys(i for i, _ in windows):
+            prepared = clips[index].prepared
+            picture, sound = synchformer.window_inputs(prepared["frames"].to(self.device, non_blocking=True),
+                                                       prepared["spectrograms"].to(self.device, non_blocking=True),
+                                                       [start for i, start in windows if i == index], dtype)
+            pictures.append(picture)
+            sounds.append(sound)
+        return list(self.model(torch.cat(pictures), torch.cat(sounds)).float().cpu())
