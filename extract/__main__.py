@@ -19,6 +19,8 @@ def main(cfg: DictConfig) -> None:
         fail(exc, 2)
     except OutputError as exc:
         fail(exc, 1)
+    except KeyboardInterrupt:  # Ctrl-C: what was written is kept (.partial), the same command resumes
+        fail("interrupted; run the same command again to resume", 130)
 
 
 def fail(message, code: int) -> None:

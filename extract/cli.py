@@ -79,6 +79,10 @@ def normalise_overrides(arguments: list[str]) -> list[str]:
                 head, option = heads[0], key[len("model."):]
                 argument = argument.replace(key, f"model.{head}.{option}", 1)
             if head not in heads:
+                owners = [h for h in heads if head in options[h]]
+                if owners:  # model.<option> with several heads: say whose option it is
+                    raise ConfigError(f"{key}: with several heads, name the head: "
+                                      f"{' or '.join(f'model.{h}.{head}' for h in owners)}")
                 raise ConfigError(f"{key}: {head!r} is not among the chosen heads ({', '.join(heads) or 'none; add +model=<head>'})")
             top = option.split(".")[0]
             if top and top not in options[head]:

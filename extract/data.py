@@ -80,7 +80,7 @@ class ClipItem:
     data: bytes | bytearray | None = None  # the member's bytes, until decoded
     sample: dict | None = None  # a WebDataset sample's caption and sidecar fields (None for a clip named with its window)
     audio_only: bool = False  # a sample whose media is a sound file: heads that need frames skip it
-    thumbnail: torch.Tensor | None = None  # uint8 [96, W, 3], for W&B's sample table
+    thumbnail: torch.Tensor | None = None  # uint8 [96, 172, 3] letterboxed, for W&B's sample table
     media: dict[str, Media] = field(default_factory=dict)  # per head: its view of the clip
     prepared: dict[str, Any] = field(default_factory=dict)  # per head: what its `prepare` made
     failures: dict[str, DecodeFailure] = field(default_factory=dict)  # per head: why it gets an error record
@@ -391,7 +391,7 @@ def _as_tensors(media: Media, keep_frames: bool) -> Media:
     return replace(media, frames=frames, audio=audio)
 
 
-THUMBNAIL_HEIGHT = 96
+THUMBNAIL_HEIGHT, THUMBNAIL_WIDTH = 96, 172
 
 
 def _thumbnail(item: "ClipItem") -> torch.Tensor | None:
@@ -400,8 +400,12 @@ def _thumbnail(item: "ClipItem") -> torch.Tensor | None:
     if media is None:
         return None
     frame = torch.as_tensor(media.frames[len(media.frames) // 2]).permute(2, 0, 1)[None]
-    width = max(2, round(frame.shape[3] * THUMBNAIL_HEIGHT / frame.shape[2]))
-    return torch.nn.functional.interpolate(frame, size=(THUMBNAIL_HEIGHT, width), mode="bilinear", antialias=True)[0].permute(1, 2, 0)
+    scale = min(THUMBNAIL_HEIGHT / frame.shape[2], THUMBNAIL_WIDTH / frame.shape[3])
+    height, width = max(2, round(frame.shape[2] * scale)), max(2, round(frame.shape[3] * scale))
+    small = torch.nn.functional.interpolate(frame, size=(height, width), mode="bilinear", antialias=True)[0]
+    # one size for every thumbnail (W&B warns at pictures of several sizes in one panel): letterboxed in black
+    top, left = (THUMBNAIL_HEIGHT - height) // 2, (THUMBNAIL_WIDTH - width) // 2
+    return torch.nn.functional.pad(small, (left, THUMBNAIL_WIDTH - width - left, top, THUMBNAIL_HEIGHT - height - top)).permute(1, 2, 0)
 
 
 def prepare_items(items, heads: dict, thumbnail_every: int = 0):

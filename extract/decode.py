@@ -61,6 +61,10 @@ class MediaSpec:
     sample_rate: int = 16000
 
     def __post_init__(self):
+        for name in ("num_frames", "fps", "max_frames", "short_side", "crop", "sample_rate"):
+            value = getattr(self, name)
+            if value is not None and value < (1 if name in ("max_frames", "short_side", "crop", "sample_rate") else 0):
+                raise ValueError(f"{name} must be {'at least 1' if name in ('max_frames', 'short_side', 'crop', 'sample_rate') else 'positive or 0'}, not {value}")
         if self.sampling not in ("centres", "linspace", "segments", "rate"):
             raise ValueError(f"sampling must be 'centres', 'linspace', 'segments' or 'rate', not {self.sampling!r}")
         if self.sampling == "rate" and self.fps <= 0:

@@ -12,13 +12,14 @@ log = logging.getLogger(__name__)
 
 
 class Progress:
-    def __init__(self, enabled: bool, wandb_cfg: dict | None, run_config: dict, output_dir: str, every_s: float = 10.0):
+    def __init__(self, enabled: bool, wandb_cfg: dict | None, run_config: dict, output_dir: str, every_s: float = 10.0,
+                 label: str = "records"):
         self.enabled = enabled
         self.records = self.errors = 0
         self.started = time.monotonic()
         self.every_s = every_s
         self._last_log = 0.0
-        self.bar = tqdm(desc="records", unit="record", dynamic_ncols=True, disable=not enabled)
+        self.bar = tqdm(desc=label, unit="record", dynamic_ncols=True, disable=not enabled)
         self.wandb = self._start_wandb(wandb_cfg or {}, run_config, output_dir) if enabled else None
         self.pictures: dict[str, object] = {}  # key -> thumbnail, until the clip's records arrive
         self.samples: list[list] = []  # rows of W&B's sample table

@@ -56,6 +56,9 @@ def _get(clip: dict, head: str, *path):
 
 
 def _window(clip: dict):
+    """The clip's named window, for runs without probe; only for clips some head read (not the broken ones)."""
+    if not any(record.get("status") == "ok" for record in clip.values()):
+        return None
     record = next(iter(clip.values()))
     return record["end"] - record["start"] if record.get("start") is not None and record.get("end") is not None else None
 

@@ -118,15 +118,38 @@ def chosen_heads(cfg: DictConfig) -> dict[str, Head]:
     heads = {}
     for name, node in cfg.model.items():
         options = OmegaConf.to_container(node, resolve=True) if node is not None else {}
-        batch_size = options.pop("batch_size", None) or cfg.batch_size
+        batch_size = options.pop("batch_size", None)
+        if batch_size is not None and not (registry.fits(batch_size, int) and batch_size >= 1):
+            raise ConfigError(f"head {name}: batch_size={batch_size!r} is not a whole number of at least 1")
         head = registry.build(str(name), options)
-        head.batch_size = int(batch_size)
+        head.batch_size = batch_size or cfg.batch_size
+        # what the records depend on (batch sizes do not): a folder's records come from one set of these
+        head.options = {key: value for key, value in options.items() if not key.endswith("_batch")}
         heads[str(name)] = head
     return heads
 
 
+# the run's settings that must be numbers, and their least values
+NUMBERS = {"batch_size": (int, 1), "num_workers": (int, 0), "csv_tolerance": (float, 0), "decode_timeout": (float, 0),
+           "decode_memory_gb": (float, 0), "max_member_mb": (float, 0), "max_decoded_gb": (float, 0),
+           "dist_timeout_s": (float, 1), "log_every_s": (float, 0)}
+
+
+def check_settings(cfg: DictConfig) -> None:
+    for key, (kind, least) in NUMBERS.items():
+        value = cfg.get(key)
+        if not registry.fits(value, kind) or value < least:
+            what = "a whole number" if kind is int else "a number"
+            raise ConfigError(f"{key}={value!r} is not {what} of at least {least}")
+    if cfg.device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"device={cfg.device!r} is not auto, cpu or cuda (each rank takes cuda:LOCAL_RANK)")
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda, but this machine's torch sees no CUDA device")
+
+
 def check_inputs(cfg: DictConfig) -> tuple[list[str], Catalog, dict[str, Head]]:
     """Everything that can be wrong with the command line, found before any work starts."""
+    check_settings(cfg)
     heads = chosen_heads(cfg)
     shards = resolve_shards(cfg.tar_folder, cfg.shards)
     stems = Counter(shard_stem(url) for url in shards)
@@ -134,8 +157,6 @@ def check_inputs(cfg: DictConfig) -> tuple[list[str], Catalog, dict[str, Head]]:
     if clashes:
         raise ConfigError(f"several input shards share the output name {clashes[0]!r}; rename them")
     catalog = Catalog.load(cfg.dataset_csv, cfg.csv_tolerance) if cfg.dataset_csv else Catalog.empty()
-    if cfg.batch_size < 1 or cfg.num_workers < 0 or any(h.batch_size < 1 for h in heads.values()):
-        raise ConfigError("batch_size must be >= 1 and num_workers >= 0")
     return shards, catalog, heads
 
 
@@ -240,7 +261,9 @@ def run(cfg: DictConfig) -> dict:
     started = time.monotonic()
     shards, catalog, heads = check_inputs(cfg)
     output_dir = Path(cfg.output_dir)
-    runners = {name: HeadRunner(head, OutputWriter(output_dir / name, dataset_card(head)), catalog) for name, head in heads.items()}
+    run_of = time.strftime("%Y-%m-%dT%H:%M:%S")
+    runners = {name: HeadRunner(head, OutputWriter(output_dir / name, dataset_card(head, f"{(output_dir / name).resolve()} (run of {run_of})"),
+                                                   head.options), catalog) for name, head in heads.items()}
     ranks = Distributed.start(cfg.device, cfg.dist_timeout_s)
     progress = None
     try:
@@ -255,7 +278,7 @@ def run(cfg: DictConfig) -> dict:
         for head in heads.values():
             head.load(ranks.device)
         progress = Progress(ranks.rank == 0, OmegaConf.to_container(cfg.wandb, resolve=True), OmegaConf.to_container(cfg, resolve=True),
-                            str(output_dir), cfg.log_every_s)
+                            str(output_dir), cfg.log_every_s, "records" if ranks.world == 1 else f"rank 0 of {ranks.world}: records")
         shard_faults, clips_read, waiting = {}, 0, 0.0
         loop_started, cpu_started = time.perf_counter(), time.process_time()
         # no autocast: each head runs in the precision its authors run it in (its dtype), not a mix autocast would choose

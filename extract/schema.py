@@ -105,8 +105,10 @@ def record_types(head_fields: dict) -> dict:
     return {**base_types(), **{name: _unoptional(t) for name, t in head_fields.items()}}
 
 
-def dataset_card(head) -> str:
-    """The dataset card (README.md) of a head's output folder: which files, and every field's type."""
+def dataset_card(head, origin: str = "") -> str:
+    """The dataset card (README.md) of a head's output folder: which files, and every field's type. `origin` (the
+    folder and the run writing it) goes into the config's description, which `datasets` hashes into its cache
+    key: without it every run's `<head>` folder would share one cache entry and read back the first one's rows."""
     import yaml
 
     features = [{"name": "__key__", "dtype": "string"}, {"name": "__url__", "dtype": "string"},
@@ -116,7 +118,8 @@ def dataset_card(head) -> str:
         for _ in range(dims):
             feature = {"list": feature}
         features.append({"name": f"{name}.npy", **feature})
-    front = yaml.safe_dump({"configs": [{"config_name": "default", "data_files": "*.tar"}], "dataset_info": {"features": features}},
+    config = {"config_name": "default", "data_files": "*.tar", **({"description": origin} if origin else {})}
+    front = yaml.safe_dump({"configs": [config], "dataset_info": {"features": features}},
                            sort_keys=False, allow_unicode=True)
     return (f"---\n{front}---\n\n# {head.name} records\n\nWritten by extract: one `{{key}}.json` per clip in each `NAME.tar` "
             "(and `{key}.<name>.npy` arrays). `datasets.load_dataset(\"<this folder>\")` reads them with the types above; "

@@ -180,15 +180,34 @@ class ShardLock:
 
 
 class OutputWriter:
-    def __init__(self, folder: Path, card: str | None = None):
+    def __init__(self, folder: Path, card: str | None = None, options: dict | None = None):
         self.folder = Path(folder)
         ensure_writable(self.folder)
+        if options is not None:
+            self._claim(options)
         if card is not None:  # the folder's dataset card: what `datasets.load_dataset(folder)` reads the types from
             with _writing(self.folder / "README.md"):
                 _replace_bytes(self.folder / "README.md", card.encode("utf-8"))
         self._resume: dict[str, tuple[int, ShardTally]] = {}
         self._open: dict[str, _OpenShard] = {}
         self._locks: dict[str, ShardLock] = {}
+
+    def _claim(self, options: dict) -> None:
+        """One folder, one set of head options: a run whose options differ from those that wrote the records here
+        is refused, since resuming would mix the two and a finished shard would not be redone."""
+        path = self.folder / "options.json"
+        if path.exists() and (any(self.folder.glob("*.tar")) or any(self.folder.glob("*.tar.partial"))):
+            try:
+                before = json.loads(path.read_text())
+            except ValueError:
+                before = None
+            if before is not None and before != options:
+                changed = sorted(k for k in before.keys() | options.keys() if before.get(k) != options.get(k))
+                what = ", ".join(f"{k}: {before.get(k)!r} -> {options.get(k)!r}" for k in changed[:3])
+                raise ConfigError(f"{self.folder} holds records made with other options of this head ({what}); give this "
+                                  "run another output_dir, or delete that folder to redo it")
+        with _writing(path):
+            _replace_bytes(path, (json.dumps(options, indent=1, sort_keys=True) + "\n").encode("utf-8"))
 
     def paths(self, url: str) -> tuple[Path, Path, Path]:
         stem = shard_stem(url)
@@ -283,7 +302,7 @@ class OutputWriter:
 
 
 def _replace_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # the ranks of a run may replace the same file at once
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()

@@ -31,7 +31,21 @@ def test_unknown_names_are_one_line_errors_with_a_suggestion():
     _one_line_error(run_cli("+model=probe", "tar_folder=shards", "model.fsp=2"), "unknown option of head probe 'fsp'", "fps")
     _one_line_error(run_cli("+model=[probe,av_sync]", "tar_folder=shards", "model.llava_video.num_frames=8"),
                     "not among the chosen heads")
-    _one_line_error(run_cli("+model=[probe,av_sync]", "tar_folder=shards", "model.fps=2"), "not among the chosen heads")
+    _one_line_error(run_cli("+model=[probe,av_sync]", "tar_folder=shards", "model.fps=2"), "name the head: model.probe.fps")
+    _one_line_error(run_cli("+model=[probe,av_sync]", "tar_folder=shards", "model.min_sound_dbfs=2"),
+                    "model.av_sync.min_sound_dbfs")
+
+
+def test_option_values_of_the_wrong_type_or_range_are_one_line_errors(tmp_path):
+    out = f"output_dir={tmp_path / 'out'}"
+    _one_line_error(run_cli("+model=probe", "tar_folder=shards", out, "model.fps=abc"), "head probe: fps='abc' is not a number")
+    _one_line_error(run_cli("+model=probe", "tar_folder=shards", out, "model.max_frames=0"), "max_frames must be at least 1")
+    _one_line_error(run_cli("+model=probe", "tar_folder=shards", out, "model.batch_size=abc"), "head probe: batch_size='abc'")
+    _one_line_error(run_cli("+model=probe", "tar_folder=shards", out, "batch_size=abc"), "batch_size='abc' is not a whole number")
+    _one_line_error(run_cli("+model=probe", "tar_folder=shards", out, "num_workers=-1"), "num_workers=-1")
+    _one_line_error(run_cli("+model=probe", "tar_folder=shards", out, "device=tpu"), "device='tpu' is not auto, cpu or cuda")
+    _one_line_error(run_cli("+model=av_sync", "tar_folder=shards", out, "model.method=magic"), "unknown method 'magic'")
+    assert not list((tmp_path / "out").glob("*/*.tar"))
 
 
 def test_one_head_takes_its_options_with_or_without_its_name(tmp_path, clip_bytes):
@@ -74,3 +88,18 @@ def test_pipe_shards_and_brace_patterns(tmp_path, clip_bytes):
                       "wandb.mode=disabled")
     summary = run(cfg)
     assert summary["this_run"]["records"] == 1 and summary["output_totals"]["records"] == 2  # p-0 was already done
+
+
+def test_a_rerun_with_other_head_options_is_refused_and_a_sweep_gets_a_folder_per_job(tmp_path, clip_bytes):
+    write_shard(tmp_path / "x.tar", [("v (0-1).mp4", clip_bytes)], gz=False)
+    out = tmp_path / "out"
+    first = run_cli("+model=probe", f"tar_folder={tmp_path}", f"output_dir={out}", "model.fps=2", "model.batch_size=1")
+    assert first.returncode == 0, first.stderr[-2000:]
+    again = run_cli("+model=probe", f"tar_folder={tmp_path}", f"output_dir={out}", "model.fps=2", "model.batch_size=3")
+    assert again.returncode == 0, again.stderr[-2000:]  # the batch size does not change the records
+    _one_line_error(run_cli("+model=probe", f"tar_folder={tmp_path}", f"output_dir={out}", "model.fps=8"),
+                    "holds records made with other options", "fps: 2 -> 8", "another output_dir")
+    assert [r["stats"]["frames_sampled"] for r in read_records(out / "probe")] == [2]
+    sweep = run_cli("--multirun", "+model=probe", f"tar_folder={tmp_path}", "model.fps=2,8", f"output_dir={tmp_path}/sweep/fps_${{model.probe.fps}}")
+    assert sweep.returncode == 0, sweep.stderr[-2000:]
+    assert [r["stats"]["frames_sampled"] for r in read_records(tmp_path / "sweep" / "fps_8" / "probe")] == [8]

@@ -216,7 +216,7 @@ def _saved(out) -> dict[str, dict[str, set[str]]]:
                    "partial": set().union(*(_complete_keys(p) for p in (out / head).glob("*.tar.partial")))} for head in HEADS}
 
 
-def _wait_for_partial_records(out, timeout: float = 120) -> None:
+def _wait_for_partial_records(out, timeout: float = 300) -> None:  # a loaded 2-core machine takes minutes to start
     """Until a partial output tar holds a record it did not hold before: output is being written."""
     before = {p: _complete_keys(p) for p in out.glob("*/*.tar.partial")}
     deadline = time.monotonic() + timeout

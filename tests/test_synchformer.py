@@ -345,6 +345,10 @@ def test_frames_are_scaled_to_a_256_short_side_and_centre_cropped():
     assert _target_size(spec, 1080, 1920) == (256, 454)  # ffmpeg: 1920 * 256 / 1080 = 455.1 -> 455 -> even 454
     assert _target_size(spec, 120, 160) == (256, 340)  # small pictures are scaled up, as the authors' re-encode does
     assert _target_size(spec, 1920, 1080) == (454, 256)
+    from extract.decode import _centre_crop
+    columns = torch.arange(454)[None, :, None].expand(256, 454, 3)
+    cropped = _centre_crop(columns, (224, 224))
+    assert cropped.shape == (224, 224, 3) and cropped[0, 0, 0] == 115  # int(round((454 - 224) / 2)), RGBSpatialCrop's
 
 
 def test_windows_are_laid_out_as_av_benchmark_does_for_desync():
@@ -368,8 +372,12 @@ def test_audio_segments_follow_the_frames_on_one_clock():
     assert (late[:8000] == 0).all() and late[8000] == 0
     early = synchformer.aligned_audio(signal, audio_start=0.0, video_start=0.25)
     assert early[0] == 4000
-    segments = torch.from_numpy(signal).unfold(0, 10240, 5120)
-    assert segments[3, 0] == 3 * 8 * 640  # segment s starts where frame 8 s does, 640 samples a frame
+    sound = np.sin(np.arange(16000 * 6) / 7).astype(np.float32) * np.linspace(0, 1, 16000 * 6, dtype=np.float32)
+    spectrograms = synchformer.spectrogram_segments(sound, 17)
+    assert spectrograms.shape == (17, 128, 66)
+    for s in (0, 3, 16):  # segment s starts where frame 8 s does, 640 samples a frame
+        start = s * 8 * 640
+        torch.testing.assert_close(spectrograms[s], synchformer.log_mel(torch.from_numpy(sound[start:start + 10240])))
 
 
 def test_the_offset_sign_and_desync():

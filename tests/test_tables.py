@@ -55,6 +55,24 @@ def test_datasets_reads_every_head_of_a_run_errors_and_all(finished_run, tmp_pat
         assert errors["empty (0-1).mp4"] and (head == "av_sync" or errors["good.0 (0-1).mp4"] is None)
 
 
+def test_datasets_reads_each_runs_own_records_through_one_cache(tmp_path):
+    """`datasets` caches a local folder by what its card says: runs in two folders, and a rerun that added a shard,
+    each read back their own rows from one shared cache."""
+    datasets = pytest.importorskip("datasets")
+
+    def probe_run(folder, shard, clips):
+        (tmp_path / folder).mkdir(exist_ok=True)
+        write_shard(tmp_path / folder / f"{shard}.tar", [(f"{shard} {i} (0-1).mp4", make_clip()) for i in range(clips)])
+        run(compose_cfg("+model=probe", f"tar_folder={tmp_path / folder}", f"output_dir={tmp_path / folder / 'out'}",
+                        "num_workers=0", "wandb.mode=disabled"))
+        return datasets.load_dataset(str(tmp_path / folder / "out" / "probe"), split="train", cache_dir=str(tmp_path / "cache"))
+
+    assert len(probe_run("first", "a", 1)) == 1
+    assert len(probe_run("second", "b", 3)) == 3
+    again = probe_run("first", "c", 1)  # a rerun of the first folder with one more shard
+    assert sorted(example["json"]["video_id"] for example in again) == ["a 0", "c 0"]
+
+
 def test_datasets_reads_arrays_beside_records_that_have_none(tmp_path):
     datasets = pytest.importorskip("datasets")
     (tmp_path / "in").mkdir()
@@ -183,3 +201,13 @@ def test_wandb_logs_a_sample_table_of_keyframes_and_what_the_heads_said(tmp_path
     assert tables and images
     table = json.loads(tables[-1].read_text())
     assert table["columns"] == ["key", "head", "keyframe", "status", "said"] and len(table["data"]) == 6  # 3 clips x 2 heads
+
+
+def test_the_duration_chart_leaves_out_clips_no_head_could_read():
+    from extract.report import DISTRIBUTIONS
+
+    duration = dict((title, value) for title, _, value in DISTRIBUTIONS)["Duration"]
+    broken = {"llava_video": {"status": "error", "start": 0.0, "end": 5.0}}
+    read = {"llava_video": {"status": "ok", "start": 0.0, "end": 5.0}}
+    probed = {"probe": {"status": "ok", "start": 0.0, "end": 5.0, "duration_s_measured": 4.96}}
+    assert (duration(broken), duration(read), duration(probed)) == (None, 5.0, 4.96)

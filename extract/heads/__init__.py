@@ -23,6 +23,9 @@ import importlib
 import importlib.util
 import logging
 import pkgutil
+from pathlib import Path
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -126,10 +129,45 @@ def _missing_package(head: str, package: str | None) -> ConfigError:
 
 def build(name: str, options: dict) -> Head:
     cls = head_class(name)
+    hints = typing.get_type_hints(cls.__init__)
+    for option, value in options.items():
+        if option in hints and not fits(value, hints[option]):
+            raise ConfigError(f"head {name}: {option}={value!r} is not {_describe(hints[option])}")
     try:
         return cls(**options)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise ConfigError(f"options of head {name}: {exc}") from None
+
+
+def fits(value, hint) -> bool:
+    """Whether an option's value is of its declared type (an int serves where a float is asked)."""
+    if hint is typing.Any:
+        return True
+    if hint is type(None):
+        return value is None
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(fits(value, arg) for arg in typing.get_args(hint))
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (list, tuple) or hint in (list, tuple):
+        return isinstance(value, (list, tuple))
+    if origin is dict or hint is dict:
+        return isinstance(value, dict)
+    return True
+
+
+def _describe(hint) -> str:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_describe(arg) for arg in typing.get_args(hint))
+    return {bool: "true or false", int: "a whole number", float: "a number", str: "a string", type(None): "null"}.get(
+        hint, getattr(hint, "__name__", str(hint)))
 
 
 # ---------------------------------------------------------------------------- helpers the model heads share
@@ -164,8 +202,14 @@ def load_config(checkpoint: str, revision: str | None = None):
         raise checkpoint_error(checkpoint, exc) from exc
 
 
-def checkpoint_error(checkpoint: str, exc: Exception, hint: str = "") -> ConfigError:
-    """One line that names a checkpoint that would not load, and how to fetch it."""
+def checkpoint_error(checkpoint: str, exc: Exception, hint: str = "", fetch: str = "") -> ConfigError:
+    """One line that names a checkpoint that would not load, and how to fetch it (`fetch`: the head's own recipe)."""
+    if checkpoint.startswith(("/", "./", "../", "~")) and not Path(checkpoint).expanduser().exists():
+        return ConfigError(f"the checkpoint folder {checkpoint} does not exist{hint}; "
+                           f"{fetch or 'point the model checkpoint option at a folder in transformers format, or at a hub id'}")
+    if fetch:
+        return ConfigError(f"cannot load checkpoint {checkpoint!r} ({type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0][:200] if str(exc) else ''}){hint}. {fetch}")
     return ConfigError(
         f"cannot load checkpoint {checkpoint!r} ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}){hint}. "
         f"Fetch it first with `huggingface-cli download {checkpoint}` (then run with HF_HUB_OFFLINE=1), "

@@ -43,7 +43,12 @@ def fetch_checkpoint(checkpoint: str, revision: str | None) -> Path:
     try:
         return Path(snapshot_download(checkpoint, revision=revision, allow_patterns=list(CHECKPOINT_FILES)))
     except Exception as exc:  # offline, unknown repo, no access: all one message
-        raise checkpoint_error(checkpoint, exc) from exc
+        raise checkpoint_error(checkpoint, exc, fetch=FETCH) from exc
+
+
+FETCH = ("Fetch it first with `huggingface-cli download slseanwu/beats-conformer-bart-audio-captioner config.json "
+         "pytorch_model.bin` and `huggingface-cli download facebook/bart-base` (its tokenizer), then run with HF_HUB_OFFLINE=1, "
+         "or point model.checkpoint at a folder holding config.json and pytorch_model.bin")
 
 
 def clean_caption(text: str) -> str:
@@ -97,7 +102,7 @@ class AudioCaption(Head):
         folder = fetch_checkpoint(self.model_id, self.revision)
         missing = [name for name in CHECKPOINT_FILES if not (folder / name).is_file()]
         if missing:
-            raise checkpoint_error(self.model_id, FileNotFoundError(f"{', '.join(missing)} not in {folder}"))
+            raise checkpoint_error(self.model_id, FileNotFoundError(f"{', '.join(missing)} not in {folder}"), fetch=FETCH)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_id)
         except (OSError, ValueError) as exc:

@@ -12,6 +12,7 @@ Method `synchformer`: the learned model (extract/synchformer.py) over 4.8 s wind
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TypedDict
 
@@ -176,8 +177,10 @@ class AVSync(Head):
         if not audio.size or np.sqrt(np.mean(np.square(audio, dtype=np.float64))) <= 10 ** (self.min_sound_dbfs / 20):
             return Result(fields=base, status="skipped", error_type="undecidable",
                           error=f"too little sound to decide (RMS below {self.min_sound_dbfs:g} dBFS)")
-        video_start = media.video.get("first_frame_s")
-        audio = synchformer.aligned_audio(audio, media.audio_start, media.frame_times[0] if video_start is None else video_start)
+        first_frame = media.video.get("first_frame_s")
+        first_frame = media.frame_times[0] if first_frame is None else first_frame
+        # frame k is the fps filter's slot k, shown from (first slot + k) / 25 s: the sound is laid on that clock
+        audio = synchformer.aligned_audio(audio, media.audio_start, math.floor(first_frame * synchformer.FPS + 0.5) / synchformer.FPS)
         segments = synchformer.segment_count(len(media.frames), len(audio))
         starts = synchformer.window_starts(segments)
         if not starts:
