@@ -82,3 +82,11 @@ def test_real_footage_gets_a_right_offset_or_a_skip(name):
         if result.status == "ok":
             fps = result.fields["fps"]
             assert result.fields["offset_s"] == pytest.approx(round(shift, 3), abs=2 / fps), (name, shift, result.fields)
+
+
+def test_a_guess_is_skipped_with_its_candidate_kept():
+    """Flashes over loud noise with no clicks: the correlation peaks somewhere, weakly; that is no offset."""
+    result = _estimate(flash_click_clip(25, 0.1, clicks=False, noise_db=-10))
+    assert (result.status, result.error_type) == ("skipped", "low_confidence")
+    assert result.fields["offset_s"] is None and result.fields["candidate_offset_s"] is not None
+    assert result.fields["confidence"] < 0.35 and "min_confidence 0.35" in result.error

@@ -146,3 +146,47 @@ def test_audio_that_does_not_decode_fails_the_heads_that_need_it_only(tmp_path, 
     assert "could not be decoded" in probe["audio_error"] and probe["stats"]["audio_rms_dbfs"] is None
     sync = {r["member"]: r for r in read_records(tmp_path / "out" / "av_sync")}["garbage audio (0-2).mkv"]
     assert (sync["status"], sync["error_type"]) == ("error", "audio_decode_error")
+
+
+BATCHES: dict[str, list[int]] = {}
+
+
+class _CountsBatches(Head):
+    fields = {"frames": int}
+
+    def __init__(self):
+        self.media_spec = MediaSpec(num_frames=1)
+
+    def infer(self, clips):
+        BATCHES.setdefault(self.name, []).append(len(clips))
+        return [Result(fields={"frames": 1}) for _ in clips]
+
+
+register(type("BatchesOfItsOwn", (_CountsBatches,), {"name": "test_batches_own"}))
+register(type("BatchesOfTheRun", (_CountsBatches,), {"name": "test_batches_run"}))
+
+
+def test_each_head_takes_its_own_batch_size(tmp_path, clip_bytes):
+    (tmp_path / "in").mkdir()
+    write_shard(tmp_path / "in" / "a.tar", [(f"c{i} (0-1).mp4", clip_bytes) for i in range(7)])
+    BATCHES.clear()
+    run(_cfg(tmp_path, {"test_batches_own": {"batch_size": 2}, "test_batches_run": {}}, "batch_size=5"))
+    assert BATCHES == {"test_batches_own": [2, 2, 2, 1], "test_batches_run": [5, 2]}
+
+
+def test_the_authors_presets_hold_the_authors_settings():
+    """The `authors` preset of each model head is the upstream setting the README's fidelity tables name."""
+    from extract.heads.audio_caption import PRESETS as AUDIO
+    from extract.heads.grounding_sam import PRESETS as GROUNDING
+
+    assert AUDIO["authors"]["dtype"] == "float32"  # inference_beam_search.py runs float32
+    assert GROUNDING["authors"]["box_threshold"] == 0.3 and GROUNDING["authors"]["text_threshold"] == 0.25  # grounded_sam_demo.py
+    assert GROUNDING["authors"]["dtype"] == "float32" and GROUNDING["authors"]["max_detections"] is None
+    assert GROUNDING["authors"]["segmenter"] == "facebook/sam-vit-huge"
+
+
+def test_float_fields_are_written_as_floats():
+    from extract.schema import conform
+
+    assert repr(conform(2, float)) == "2.0" and repr(conform([1, 2.5], list[float])) == "[1.0, 2.5]"
+    assert conform(float("nan"), float) is None and conform(3.0, int) == 3 and isinstance(conform(3.0, int), int)

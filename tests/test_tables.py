@@ -211,3 +211,18 @@ def test_the_duration_chart_leaves_out_clips_no_head_could_read():
     read = {"llava_video": {"status": "ok", "start": 0.0, "end": 5.0}}
     probed = {"probe": {"status": "ok", "start": 0.0, "end": 5.0, "duration_s_measured": 4.96}}
     assert (duration(broken), duration(read), duration(probed)) == (None, 5.0, 4.96)
+
+
+def test_an_export_that_fails_leaves_the_previous_table_as_it_was(finished_run, tmp_path, monkeypatch):
+    import extract.export as export_module
+
+    out = tmp_path / "clips.parquet"
+    out.write_bytes(b"the previous table")
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(export_module, "shard_rows", broken)
+    with pytest.raises(OSError):
+        export(finished_run, out, progress=False)
+    assert out.read_bytes() == b"the previous table" and list(tmp_path.glob("*.tmp")) == []
