@@ -39,7 +39,7 @@ def check_arguments(argv: list[str]) -> list[str]:
     try:
         argv = normalise_overrides(argv)
         values = [arg.split("=", 1)[1] for arg in argv if arg.startswith("output_dir=")]
-        if values and "," not in values[-1]:  # a sweep's values are checked by each job
+        if values and "," not in values[-1] and "${" not in values[-1]:  # a sweep's (or a job's own) folder: each job checks it
             ensure_writable(Path(values[-1]))
     except ConfigError as exc:
         fail(exc, 2)

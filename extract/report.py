@@ -213,7 +213,11 @@ def _said(head: str, record: dict) -> str:
         text = ", ".join(f'{html.escape(d["label"])} {d["score"]:.2f}' for d in first.get("detections") or []) or "nothing found"
     elif head == "av_sync":
         text = f'audio {"lags" if (record.get("offset_s") or 0) > 0 else "leads"} by {abs(record.get("offset_s") or 0):.3f} s ' \
-               f'(confidence {record.get("confidence") or 0:.2f})'
+               f'(confidence {record.get("confidence") or 0:.2f}, {html.escape(record.get("method") or "")}'
+        if record.get("desync_s") is not None:
+            windows = ", ".join(f'{w["start_s"]:.1f}-{w["end_s"]:.1f} s: {w["offset_s"]:+.1f}' for w in record.get("windows") or [])
+            text += f'; DeSync {record["desync_s"]:.2f} s over {len(record.get("windows") or [])} window(s): {windows}'
+        text += ")"
     elif head == "probe":
         video = (record.get("video_streams") or [{}])[0]
         text = (f'{record.get("container")}, {video.get("codec")} {video.get("width")}x{video.get("height")} at '

@@ -131,8 +131,9 @@ def chosen_heads(cfg: DictConfig) -> dict[str, Head]:
 
 # the run's settings that must be numbers, and their least values
 NUMBERS = {"batch_size": (int, 1), "num_workers": (int, 0), "csv_tolerance": (float, 0), "decode_timeout": (float, 0),
-           "decode_memory_gb": (float, 0), "max_member_mb": (float, 0), "max_decoded_gb": (float, 0),
+           "decode_memory_gb": (float, 0), "max_member_mb": (float, 1), "max_decoded_gb": (float, 0.01),
            "dist_timeout_s": (float, 1), "log_every_s": (float, 0)}
+WANDB_MODES = ("online", "offline", "disabled", "dryrun", "shared")
 
 
 def check_settings(cfg: DictConfig) -> None:
@@ -141,6 +142,9 @@ def check_settings(cfg: DictConfig) -> None:
         if not registry.fits(value, kind) or value < least:
             what = "a whole number" if kind is int else "a number"
             raise ConfigError(f"{key}={value!r} is not {what} of at least {least}")
+    mode = OmegaConf.to_container(cfg.wandb, resolve=True).get("mode") if "wandb" in cfg else "disabled"
+    if mode not in WANDB_MODES:
+        raise ConfigError(f"wandb.mode={mode!r} is not online, offline or disabled")
     if cfg.device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"device={cfg.device!r} is not auto, cpu or cuda (each rank takes cuda:LOCAL_RANK)")
     if cfg.device == "cuda" and not torch.cuda.is_available():

@@ -21,6 +21,7 @@ The modules carry the names of the released state dict (MMAudio's `synchformer_s
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,7 @@ OFFSETS_S = np.linspace(-2.0, 2.0, 21)  # the class grid: audio taken this much 
 FPS, SAMPLE_RATE = 25, 16000
 SHORT_SIDE, CROP = 256, 224
 SEGMENT_FRAMES, SEGMENT_STEP, SEGMENTS_PER_WINDOW = 16, 8, 14
+WINDOW_S = ((SEGMENTS_PER_WINDOW - 1) * SEGMENT_STEP + SEGMENT_FRAMES) / FPS  # 4.8
 SAMPLES_PER_FRAME = SAMPLE_RATE // FPS  # 640
 SEGMENT_SAMPLES, SEGMENT_SAMPLE_STEP = SEGMENT_FRAMES * SAMPLES_PER_FRAME, SEGMENT_STEP * SAMPLES_PER_FRAME
 N_MELS, SPEC_FRAMES = 128, 66
@@ -326,16 +328,20 @@ def _count(state: dict, prefix: str) -> int:
 def load_synchformer(path: str | None, device: torch.device, dtype: torch.dtype) -> Synchformer:
     """The released state dict (or one of its shape with other widths or depths), read with
     `weights_only=True` and mapped strictly: a tensor missing, left over or of another shape is an error naming it."""
-    fetch = f"fetch it with `wget {CHECKPOINT_URL}` and pass model.checkpoint=/path/to/synchformer_state_dict.pth"
+    fetch = f"fetch it with `wget {CHECKPOINT_URL}` and pass model.av_sync.checkpoint=/path/to/synchformer_state_dict.pth"
     if not path:
         raise ConfigError(f"av_sync method=synchformer needs its checkpoint, synchformer_state_dict.pth: {fetch}")
-    if not Path(path).is_file():
+    if not Path(path).exists():
         raise ConfigError(f"the Synchformer checkpoint {path} does not exist: {fetch}")
+    if not Path(path).is_file():
+        raise ConfigError(f"the Synchformer checkpoint {path} is a folder; give the file synchformer_state_dict.pth: {fetch}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise ConfigError(f"{path} holds pickled Python objects, not only tensors, and is not read (weights_only=True): "
+                          f"{fetch}") from None
     except Exception as exc:
-        raise ConfigError(f"cannot read the Synchformer checkpoint {path} ({type(exc).__name__}: "
-                          f"{str(exc).splitlines()[0][:200]}): {fetch}") from None
+        raise ConfigError(f"{path} is not a PyTorch checkpoint ({type(exc).__name__}): {fetch}") from None
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]  # the authors' training checkpoints keep it under "model"
     if not isinstance(state, dict) or "vproj.weight" not in state:

@@ -452,3 +452,23 @@ def test_a_missing_synchformer_checkpoint_is_one_line_before_any_work(tmp_path):
     assert result.returncode != 0
     lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
     assert lines[-1].startswith("error: ") and synchformer.CHECKPOINT_URL in lines[-1], result.stderr[-2000:]
+
+
+def test_options_the_method_would_ignore_and_bad_checkpoints_are_one_line_errors(tmp_path):
+    from extract.heads import build
+
+    for options, words in (({"method": "synchformer", "max_offset": 0.5}, "max_offset is for method=onset_xcorr"),
+                           ({"checkpoint": "x.pth"}, "checkpoint is for method=synchformer"),
+                           ({"method": "synchformer", "max_seconds": 1.0}, "shorter than one Synchformer window"),
+                           ({"method": "synchformer", "window_batch": 0}, "window_batch=0"),
+                           ({"method": "synchformer", "dtype": "foo"}, "dtype='foo'")):
+        with pytest.raises(ConfigError, match=words):
+            build("av_sync", options)
+    (tmp_path / "empty.pth").write_bytes(b"")
+    (tmp_path / "text.pth").write_text("hello")
+    torch.save(nn.Linear(2, 2), tmp_path / "module.pth")
+    for path, words in ((tmp_path / "empty.pth", "is not a PyTorch checkpoint"), (tmp_path / "text.pth", "is not a PyTorch checkpoint"),
+                        (tmp_path, "is a folder"), (tmp_path / "module.pth", "pickled Python objects")):
+        with pytest.raises(ConfigError, match=words) as error:
+            synchformer.load_synchformer(str(path), torch.device("cpu"), torch.float32)
+        assert "model.av_sync.checkpoint=" in str(error.value) and "\n" not in str(error.value) and "\x1b" not in str(error.value)

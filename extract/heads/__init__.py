@@ -133,6 +133,8 @@ def build(name: str, options: dict) -> Head:
     for option, value in options.items():
         if option in hints and not fits(value, hints[option]):
             raise ConfigError(f"head {name}: {option}={value!r} is not {_describe(hints[option])}")
+    if options.get("dtype") not in (None, *DTYPES):
+        raise ConfigError(f"head {name}: dtype={options['dtype']!r} is not one of {', '.join(DTYPES)}")
     try:
         return cls(**options)
     except (TypeError, ValueError) as exc:
@@ -215,6 +217,9 @@ def checkpoint_error(checkpoint: str, exc: Exception, hint: str = "", fetch: str
         f"Fetch it first with `huggingface-cli download {checkpoint}` (then run with HF_HUB_OFFLINE=1), "
         "or point the model's checkpoint option at a local folder in transformers format"
     )
+
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:

@@ -103,6 +103,13 @@ def onset_xcorr(media: Media, max_offset: float, min_motion: float, min_sound_db
 
 
 METHODS = ("onset_xcorr", "synchformer")
+# the options only one method reads, with their defaults
+OPTIONS_OF = {"onset_xcorr": {"max_offset": 2.0, "max_frames": 900, "short_side": 64, "min_motion": 1.0},
+              "synchformer": {"checkpoint": None, "dtype": "float32", "max_seconds": 30.0, "window_batch": 8}}
+
+
+def _other(method: str) -> str:
+    return next(m for m in METHODS if m != method)
 DEFAULT_MIN_CONFIDENCE = {"onset_xcorr": 0.35, "synchformer": 0.0}
 
 
@@ -127,6 +134,19 @@ class AVSync(Head):
                  max_seconds: float = 30.0, window_batch: int = 8):
         if method not in METHODS:
             raise TypeError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
+        given = {"max_offset": max_offset, "max_frames": max_frames, "short_side": short_side, "min_motion": min_motion,
+                 "checkpoint": checkpoint, "dtype": dtype, "max_seconds": max_seconds, "window_batch": window_batch}
+        foreign = [name for name, value in given.items() if name in OPTIONS_OF[_other(method)] and value != OPTIONS_OF[_other(method)][name]]
+        if foreign:  # an option the chosen method would ignore: most likely the method was forgotten
+            raise ValueError(f"{', '.join(foreign)} {'is' if len(foreign) == 1 else 'are'} for method={_other(method)}, "
+                             f"and this run's method is {method}")
+        for wrong, why in ((max_offset <= 0, f"max_offset={max_offset} must be positive"),
+                           (window_batch < 1, f"window_batch={window_batch} must be at least 1"),
+                           (not 0 <= (min_confidence or 0) <= 1, f"min_confidence={min_confidence} must be within 0 to 1")):
+            if wrong:
+                raise ValueError(why)
+        if method == "synchformer" and max_seconds < synchformer.WINDOW_S:
+            raise ValueError(f"max_seconds={max_seconds:g} is shorter than one Synchformer window ({synchformer.WINDOW_S:g} s)")
         self.method, self.max_offset = method, max_offset
         self.min_motion, self.min_sound_dbfs = min_motion, min_sound_dbfs
         self.min_confidence = DEFAULT_MIN_CONFIDENCE[method] if min_confidence is None else min_confidence

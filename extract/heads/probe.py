@@ -54,6 +54,8 @@ class Probe(Head):
               "audio_error": str, "stats": Stats}
 
     def __init__(self, fps: float = 4.0, max_frames: int = 64, short_side: int = 128, cut_threshold: float = 0.5):
+        if fps <= 0 or not 0 <= cut_threshold <= 1:
+            raise ValueError("fps must be positive and cut_threshold within 0 to 1")
         self.media_spec = MediaSpec(fps=fps, max_frames=max_frames, short_side=short_side, audio=True)
         self.cut_threshold = cut_threshold  # histogram distance (0..1) between sampled frames that counts as a cut
 
