@@ -257,7 +257,8 @@ class _Timeline:
 class _ViewFrames:
     """The frames one view selects during the sequential pass, resized as they arrive."""
 
-    def __init__(self, spec: MediaSpec, timeline: _Timeline, height: int, width: int, max_decoded_bytes: int):
+    def __init__(self, spec: MediaSpec, timeline: _Timeline, height: int, width: int, max_decoded_bytes: int,
+                 origin: float = 0.0):
         self.spec = spec
         self.height, self.width = _target_size(spec, height, width)
         self.crop = (spec.crop, spec.crop) if spec.crop else None
@@ -273,9 +274,10 @@ class _ViewFrames:
         elif spec.sampling == "rate":
             # ffmpeg's fps filter: a frame at pts p fills slot round(p * fps) (halves up) and each slot shows the
             # last frame of a slot at or before it, i.e. the last frame with p < (slot + 0.5) / fps
-            first_slot = math.floor(timeline.begin * spec.fps + 0.5)
-            count = min(spec.max_frames, max(1, math.floor(duration * spec.fps + 0.5)))
-            self.times = [(first_slot + i + 0.5) / spec.fps - 1e-7 for i in range(count)]
+            start = first_slot_time(origin, timeline.begin, spec.fps)
+            slots = math.floor((timeline.end - origin) * spec.fps + 0.5) - round((start - origin) * spec.fps)  # to the end's slot
+            count = min(spec.max_frames, max(1, slots))
+            self.times = [start + (i + 0.5) / spec.fps - 1e-7 for i in range(count)]
         else:
             if duration <= 0:
                 raise DecodeFailure("decode_error", "the video stream has no duration (no decodable frames)")
@@ -321,6 +323,17 @@ class _ViewFrames:
         """Past the last frame: a view of every frame wants no more."""
         if self.spec.every_frame:
             self._next_index = len(self.indices)
+
+
+def time_origin(info: dict) -> float:
+    """Where ffmpeg's command line puts time 0: the earliest stream start (it shifts every stream by it)."""
+    starts = [s["start_s"] for s in info.get("video_streams", []) + info.get("audio_streams", []) if s.get("start_s") is not None]
+    return min(starts) if starts else 0.0
+
+
+def first_slot_time(origin: float, first_frame: float, fps: float) -> float:
+    """When the fps filter's first output frame is shown: the slot of the first frame, counted from `origin`."""
+    return origin + math.floor((first_frame - origin) * fps + 0.5) / fps
 
 
 def sample_indices(rule: str, total: int, count: int) -> list[int]:
@@ -370,7 +383,7 @@ def _decode_video(data: bytes, info: dict, specs: list[MediaSpec], max_decoded_b
     views, outcome = {}, {}
     for spec in specs:
         try:
-            views[spec] = _ViewFrames(spec, timeline, stream["height"], stream["width"], max_decoded_bytes)
+            views[spec] = _ViewFrames(spec, timeline, stream["height"], stream["width"], max_decoded_bytes, time_origin(info))
         except DecodeFailure as exc:
             outcome[spec] = exc
     try:

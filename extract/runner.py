@@ -131,7 +131,7 @@ def chosen_heads(cfg: DictConfig) -> dict[str, Head]:
 
 # the run's settings that must be numbers, and their least values
 NUMBERS = {"batch_size": (int, 1), "num_workers": (int, 0), "csv_tolerance": (float, 0), "decode_timeout": (float, 0),
-           "decode_memory_gb": (float, 0), "max_member_mb": (float, 1), "max_decoded_gb": (float, 0.01),
+           "decode_memory_gb": (float, 0), "max_member_mb": (float, 1), "max_decoded_gb": (float, 0),
            "dist_timeout_s": (float, 1), "log_every_s": (float, 0)}
 WANDB_MODES = ("online", "offline", "disabled", "dryrun", "shared")
 

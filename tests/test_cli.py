@@ -61,9 +61,9 @@ def test_one_head_takes_its_options_with_or_without_its_name(tmp_path, clip_byte
 def test_multirun_sweeps(tmp_path, clip_bytes):
     write_shard(tmp_path / "x.tar.gz", [("v (0-1).mp4", clip_bytes)])
     result = run_cli("--multirun", "+model=probe", f"tar_folder={tmp_path}", "num_workers=0",
-                     f"output_dir={tmp_path / 'out'}", "model.fps=2,8")
+                     f"output_dir={tmp_path / 'out'}", "model.batch_size=1,2")
     assert result.returncode == 0, result.stderr[-2000:]
-    # the second job found the shard complete and wrote nothing twice
+    # the second job (batch sizes do not change the records) found the shard complete and wrote nothing twice
     assert len(list((tmp_path / "out" / "probe").glob("summary-*.json"))) == 2
     assert len(read_records(tmp_path / "out" / "probe")) == 1
 
@@ -100,6 +100,10 @@ def test_a_rerun_with_other_head_options_is_refused_and_a_sweep_gets_a_folder_pe
     _one_line_error(run_cli("+model=probe", f"tar_folder={tmp_path}", f"output_dir={out}", "model.fps=8"),
                     "holds records made with other options", "fps: 2 -> 8", "another output_dir")
     assert [r["stats"]["frames_sampled"] for r in read_records(out / "probe")] == [2]
+    (tmp_path / "fresh" / "probe").mkdir(parents=True)  # what a run refused before its first record leaves
+    (tmp_path / "fresh" / "probe" / "options.json").write_text('{"fps": 99.0}')
+    fresh = run_cli("+model=probe", f"tar_folder={tmp_path}", f"output_dir={tmp_path / 'fresh'}", "model.fps=2")
+    assert fresh.returncode == 0, fresh.stderr[-2000:]
     sweep = run_cli("--multirun", "+model=probe", f"tar_folder={tmp_path}", "model.fps=2,8", f"output_dir={tmp_path}/sweep/fps_${{model.probe.fps}}")
     assert sweep.returncode == 0, sweep.stderr[-2000:]
     assert [r["stats"]["frames_sampled"] for r in read_records(tmp_path / "sweep" / "fps_8" / "probe")] == [8]

@@ -8,6 +8,7 @@ import sys
 import textwrap
 
 import pytest
+import torch
 from omegaconf import open_dict
 
 from conftest import REPO, compose_cfg, ffmpeg_output, make_clip, plain_mp4, read_records, write_shard
@@ -190,3 +191,25 @@ def test_float_fields_are_written_as_floats():
 
     assert repr(conform(2, float)) == "2.0" and repr(conform([1, 2.5], list[float])) == "[1.0, 2.5]"
     assert conform(float("nan"), float) is None and conform(3.0, int) == 3 and isinstance(conform(3.0, int), int)
+
+
+def test_option_types_are_exact():
+    from extract.heads import fits
+
+    assert fits(2, float) and fits(2.5, float) and not fits(True, float) and not fits("2", float)
+    assert fits(True, bool) and not fits(1, bool) and not fits(1.0, int) and fits(None, float | None)
+    assert fits([1, 2], list[int]) and not fits("ab", list[int])
+
+
+def test_thumbnails_are_all_one_size():
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    sizes = set()
+    for height, width in ((48, 64), (360, 640), (640, 360), (100, 100)):
+        item = SimpleNamespace(media={"v": SimpleNamespace(frames=np.full((3, height, width, 3), 200, np.uint8))})
+        thumbnail = data_module._thumbnail(item)
+        sizes.add(tuple(thumbnail.shape))
+        assert thumbnail.dtype == torch.uint8 and int(thumbnail.max()) == 200  # the picture, letterboxed in black
+    assert sizes == {(96, 172, 3)}

@@ -57,11 +57,15 @@ def test_greedy_captions_do_not_depend_on_the_batch(checkpoint):
         assert a["confidence"] == pytest.approx(b["confidence"], abs=1e-4)
 
 
-def test_missing_checkpoint_is_one_clear_error(tmp_path):
+def test_missing_checkpoint_is_one_clear_error(tmp_path, monkeypatch):
     result = run_cli("+model=llava_video", f"model.checkpoint={tmp_path / 'nowhere'}", "tar_folder=shards",
                      f"output_dir={tmp_path / 'out'}")
     assert result.returncode == 2
-    assert "cannot load checkpoint" in result.stderr and "huggingface-cli download" in result.stderr
+    assert f"the checkpoint folder {tmp_path / 'nowhere'} does not exist" in result.stderr
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a hub id that is not in the cache
+    result = run_cli("+model=llava_video", "model.checkpoint=nobody/no-such-model", "tar_folder=shards", f"output_dir={tmp_path / 'out'}")
+    assert result.returncode == 2
+    assert "cannot load checkpoint 'nobody/no-such-model'" in result.stderr and "huggingface-cli download nobody/no-such-model" in result.stderr
 
 
 def test_out_of_memory_batch_is_retried_in_halves(checkpoint, monkeypatch):

@@ -296,7 +296,8 @@ def test_ranks_stop_when_their_agent_is_killed_and_the_rerun_finishes(tmp_path):
 
 
 def test_a_second_run_on_the_same_output_is_refused_while_the_first_writes(tmp_path):
-    names, args = _kill_dataset(tmp_path, shards=4, clips=16, seconds=8)  # long enough to still run when the second starts
+    # long enough that the first still writes when the second, started on a busy machine, looks at the output
+    names, args = _kill_dataset(tmp_path, shards=4, clips=32, seconds=8)
     out = tmp_path / "out"
     first = _launch(args)
     _wait_for_partial_records(out)
@@ -385,3 +386,19 @@ def test_wandb_follows_its_own_variables_and_writes_nothing_outside_output_dir(t
     assert result.returncode == 0, result.stderr[-2000:]
     assert list((tmp_path / "on" / "wandb").glob("offline-run-*"))
     assert [str(p.relative_to(home)) for p in home.rglob("*")] == []
+
+
+def test_ctrl_c_stops_a_run_in_one_line_and_the_same_command_finishes_it(tmp_path):
+    names, args = _kill_dataset(tmp_path, shards=2, clips=8, seconds=6)
+    out = tmp_path / "out"
+    job = subprocess.Popen([sys.executable, "-m", "extract", *args], cwd=REPO, start_new_session=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _wait_for_partial_records(out)
+    os.killpg(job.pid, signal.SIGINT)  # what a terminal sends the foreground process group
+    _, stderr = job.communicate(timeout=120)
+    assert job.returncode == 130, stderr.decode()[-3000:]
+    assert "Traceback" not in stderr.decode() and stderr.decode().rstrip().endswith("error: interrupted; run the same command again to resume")
+    assert list(out.glob("*/*.tar.partial")), "the run finished before the interrupt: the test proves nothing"
+    rerun = run_cli(*args)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    _check_every_clip_once(out, names)

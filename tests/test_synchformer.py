@@ -110,7 +110,7 @@ def random_state(seed=0, **depths) -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("synchformer") / "synchformer_state_dict.pth"
-    torch.save(random_state(), path)
+    torch.save(random_state(video_depth=2, audio_depth=2, sync_depth=2), path)  # a second block sees tokens that differ by segment
     return path
 
 
@@ -322,18 +322,32 @@ def test_the_spectrogram_is_torchaudios_mel_spectrogram_as_the_authors_normalise
     assert np.all(ours[:, 65] == pytest.approx(4.2677393 / (2 * 4.5689974)))  # the padded 66th column, log 0 normalised
 
 
-def test_frames_at_25_fps_are_the_ones_ffmpegs_fps_filter_keeps(tmp_path):
+@pytest.mark.parametrize("layout", ["from 0", "video from 0.1 s", "video from 0.1 s, sound from 0"])
+def test_frames_at_25_fps_are_the_ones_ffmpegs_fps_filter_keeps(tmp_path, layout):
     # a 30 fps clip whose frame i has brightness 8 * i: which frames were kept reads off the picture
     source = ffmpeg_output("-f", "lavfi", "-i", "nullsrc=s=64x48:r=30:d=1.5", "-vf", "geq=lum='8*N':cb=128:cr=128",
                            "-c:v", "libx264", "-qp", "0", "-pix_fmt", "yuv444p", suffix=".mkv")
+    if layout != "from 0":  # ffmpeg counts slots from the file's earliest stream start: the sound's, when there is one
+        sound = ["-f", "lavfi", "-i", "sine=d=1.6:r=16000", "-map", "0:v", "-map", "1:a", "-c:a", "pcm_s16le"] if "sound" in layout else []
+        source = _delayed(source, sound, tmp_path)
     (tmp_path / "in.mkv").write_bytes(source)
-    raw = subprocess.run(["ffmpeg", "-v", "error", "-i", str(tmp_path / "in.mkv"), "-vf", "fps=25", "-f", "rawvideo",
-                          "-pix_fmt", "gray", "-"], capture_output=True, check=True).stdout
+    raw = subprocess.run(["ffmpeg", "-v", "error", "-i", str(tmp_path / "in.mkv"), "-map", "0:v", "-vf", "fps=25",
+                          "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "gray", "-"], capture_output=True, check=True).stdout
     theirs = np.frombuffer(raw, np.uint8).reshape(-1, 48, 64)[:, 24, 32].astype(int)
     media = decode_media(source, MediaSpec(fps=25, sampling="rate", max_frames=1000))
+    assert media.video["start_s"] == pytest.approx(0.0 if layout == "from 0" else 0.1, abs=1e-3)
     ours = np.asarray(media.frames)[:, 24, 32].mean(-1).round().astype(int)
-    assert len(ours) == len(theirs) == 38
+    assert len(ours) == len(theirs) == (37 if "sound" in layout else 38)
     assert np.abs(ours - theirs).max() <= 2 and len(set(theirs.tolist())) < 45  # some frames dropped, the same ones
+
+
+def _delayed(source: bytes, sound: list[str], tmp_path) -> bytes:
+    """The clip with its video stream starting at 0.1 s (and, given `sound`, a sound stream from 0)."""
+    (tmp_path / "early.mkv").write_bytes(source)
+    target = tmp_path / "delayed.mkv"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-itsoffset", "0.1", "-i", str(tmp_path / "early.mkv"), *sound,
+                    "-c:v", "copy", str(target)], check=True)
+    return target.read_bytes()
 
 
 def test_frames_are_scaled_to_a_256_short_side_and_centre_cropped():
@@ -345,10 +359,12 @@ def test_frames_are_scaled_to_a_256_short_side_and_centre_cropped():
     assert _target_size(spec, 1080, 1920) == (256, 454)  # ffmpeg: 1920 * 256 / 1080 = 455.1 -> 455 -> even 454
     assert _target_size(spec, 120, 160) == (256, 340)  # small pictures are scaled up, as the authors' re-encode does
     assert _target_size(spec, 1920, 1080) == (454, 256)
+    assert _target_size(spec, 360, 641) == (256, 454)  # 455.8: ffmpeg truncates to 455, then the even crop 454
     from extract.decode import _centre_crop
     columns = torch.arange(454)[None, :, None].expand(256, 454, 3)
     cropped = _centre_crop(columns, (224, 224))
     assert cropped.shape == (224, 224, 3) and cropped[0, 0, 0] == 115  # int(round((454 - 224) / 2)), RGBSpatialCrop's
+    assert _centre_crop(torch.arange(455)[None, :, None].expand(256, 455, 3), (224, 224))[0, 0, 0] == 116  # Python rounds 115.5 up
 
 
 def test_windows_are_laid_out_as_av_benchmark_does_for_desync():
@@ -357,6 +373,7 @@ def test_windows_are_laid_out_as_av_benchmark_does_for_desync():
     assert synchformer.window_starts(24) == [0, 10]
     assert synchformer.window_starts(14) == [0] and synchformer.window_starts(13) == []
     assert synchformer.window_starts(30) == [0, 14, 16]
+    assert synchformer.segment_count(200, 64000) == 11  # the sound ends first: (64000 - 10240) // 5120 + 1
     frames = torch.arange(200, dtype=torch.uint8)[:, None, None, None].expand(200, 2, 2, 3)
     spectrograms = torch.arange(24, dtype=torch.float32)[:, None, None].expand(24, 128, 66)
     pictures, sounds = synchformer.window_inputs(frames, spectrograms, [0, 10], torch.float32)
@@ -440,6 +457,24 @@ def test_sound_that_starts_late_in_the_container_reaches_the_model_late():
     expected = synchformer.spectrogram_segments(played, len(late["spectrograms"]))
     torch.testing.assert_close(late["spectrograms"], expected, atol=1e-4, rtol=1e-4)
     assert late["frames"].shape[1:] == (224, 224, 3) and late["frames"].dtype == torch.uint8
+
+
+def test_the_sound_is_laid_on_the_clock_of_the_fps_filters_frames(tmp_path):
+    """A picture that starts 0.03 s after its sound: ffmpeg's first 25 fps frame is slot 1 (0.04 s), so the sound
+    the model hears with frame 0 starts 640 samples in. A 5 s clip holds one window."""
+    from extract.heads import Clip, build
+    from extract.synthetic import flash_click_clip
+
+    (tmp_path / "clip.mkv").write_bytes(flash_click_clip(25, 0.0, seconds=5.0))
+    subprocess.run(["ffmpeg", "-v", "error", "-itsoffset", "0.03", "-i", str(tmp_path / "clip.mkv"), "-i", str(tmp_path / "clip.mkv"),
+                    "-map", "0:v", "-map", "1:a", "-c", "copy", str(tmp_path / "late.mkv")], check=True)
+    head = build("av_sync", {"method": "synchformer"})
+    media = decode_media((tmp_path / "late.mkv").read_bytes(), head.media_spec)
+    assert media.video["start_s"] == pytest.approx(0.03, abs=1e-3) and media.audio_start == pytest.approx(0.0, abs=1e-3)
+    prepared = head.prepare(Clip("k", "v", None, None, media))
+    assert prepared["starts"] == [0]
+    expected = synchformer.spectrogram_segments(np.asarray(media.audio)[640:], len(prepared["spectrograms"]))
+    torch.testing.assert_close(prepared["spectrograms"], expected, atol=1e-4, rtol=1e-4)
 
 
 def test_a_missing_synchformer_checkpoint_is_one_line_before_any_work(tmp_path):

@@ -12,7 +12,6 @@ Method `synchformer`: the learned model (extract/synchformer.py) over 4.8 s wind
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import TypedDict
 
@@ -20,7 +19,7 @@ import numpy as np
 import torch
 
 from extract import synchformer
-from extract.decode import Media, MediaSpec
+from extract.decode import Media, MediaSpec, first_slot_time, time_origin
 from extract.heads import Clip, Head, Result, register, resolve_dtype, split_on_oom
 
 SAMPLE_RATE = 16000
@@ -199,8 +198,9 @@ class AVSync(Head):
                           error=f"too little sound to decide (RMS below {self.min_sound_dbfs:g} dBFS)")
         first_frame = media.video.get("first_frame_s")
         first_frame = media.frame_times[0] if first_frame is None else first_frame
-        # frame k is the fps filter's slot k, shown from (first slot + k) / 25 s: the sound is laid on that clock
-        audio = synchformer.aligned_audio(audio, media.audio_start, math.floor(first_frame * synchformer.FPS + 0.5) / synchformer.FPS)
+        # frame k is the fps filter's k-th output, shown from the first slot's time + k / 25 s: the sound goes on that clock
+        video_start = first_slot_time(time_origin(media.info), first_frame, synchformer.FPS)
+        audio = synchformer.aligned_audio(audio, media.audio_start, video_start)
         segments = synchformer.segment_count(len(media.frames), len(audio))
         starts = synchformer.window_starts(segments)
         if not starts:
