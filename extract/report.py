@@ -20,7 +20,6 @@ import argparse
 import base64
 import html
 import io
-import json
 import math
 import sys
 from collections import Counter, defaultdict

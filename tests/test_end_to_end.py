@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import tarfile
-import time
 
 import pytest
 import webdataset as wds

@@ -4,7 +4,6 @@ import io
 
 import numpy as np
 import pytest
-import torch
 import webdataset as wds
 
 from conftest import compose_cfg, make_clip, read_records, write_shard, ready
