@@ -395,7 +395,7 @@ THUMBNAIL_HEIGHT, THUMBNAIL_WIDTH = 96, 172
 
 
 def _thumbnail(item: "ClipItem") -> torch.Tensor | None:
-    """A small picture of the clip (its middle sampled frame, 96 px high), for W&B's sample table."""
+    """A small picture of the clip (its middle sampled frame in a 96 x 172 box), for W&B's sample table."""
     media = next((m for m in item.media.values() if m.frames is not None and len(m.frames)), None)
     if media is None:
         return None

@@ -24,7 +24,7 @@ from pathlib import Path
 import pyarrow as pa
 from tqdm import tqdm
 
-from extract.errors import ConfigError
+from extract.errors import ConfigError, or_exit
 from extract.schema import arrow_type, base_types, conform
 from extract.writer import complete_records
 
@@ -177,11 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--format", choices=("parquet", "csv", "jsonl"), default="parquet")
     parser.add_argument("--out", type=Path, help="the file to write (default: OUTPUT_DIR/clips.<format>)")
     args = parser.parse_args(argv)
-    try:
-        done = export(args.output_dir, args.out, args.format)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    done = or_exit(lambda: export(args.output_dir, args.out, args.format))
     for head, stems in done["unfinished_shards"].items():
         print(f"note: {head}: {len(stems)} shard(s) unfinished (their complete records are in): {', '.join(stems[:10])}", file=sys.stderr)
     print(f"wrote {done['out']}: {done['rows']} clips x {len(done['heads'])} heads ({', '.join(done['heads'])}) from {done['shards']} shards")

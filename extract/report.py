@@ -21,13 +21,12 @@ import base64
 import html
 import io
 import math
-import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
 
-from extract.errors import ConfigError
+from extract.errors import or_exit
 from extract.export import head_folders, shard_records, shard_stems
 
 THUMB_WIDTH = 320
@@ -303,11 +302,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, help="the page to write (default: OUTPUT_DIR/report.html)")
     parser.add_argument("--limit", type=int, default=120, help="clips in the grid (the first decoded ones)")
     args = parser.parse_args(argv)
-    try:
-        done = report(args.output_dir, args.out, args.limit)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    done = or_exit(lambda: report(args.output_dir, args.out, args.limit))
     print(f"wrote {done['out']}: {done['clips']} clips, {done['shown']} in the grid ({done['pictures']} with a picture)")
 
 

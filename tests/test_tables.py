@@ -226,3 +226,15 @@ def test_an_export_that_fails_leaves_the_previous_table_as_it_was(finished_run, 
     with pytest.raises(OSError):
         export(finished_run, out, progress=False)
     assert out.read_bytes() == b"the previous table" and list(tmp_path.glob("*.tmp")) == []
+
+
+@pytest.mark.parametrize("tool", ["extract.export", "extract.report"])
+def test_the_tools_say_what_is_wrong_in_one_line(tool, tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "empty").mkdir()
+    for folder, words in ((tmp_path / "nowhere", "is not a folder"), (tmp_path / "empty", "holds no head's output")):
+        result = subprocess.run([sys.executable, "-m", tool, str(folder)], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2 and result.stderr.strip().splitlines() == [f"error: {folder} {words} (<head>/NAME.tar)"
+                                                                               if "no head" in words else f"error: {folder} {words}"]
