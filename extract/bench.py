@@ -2,6 +2,8 @@
 
     python -m extract.bench data [--clips 48] [--shards 4] [--workers 0,1,2]
     python -m extract.bench av_sync
+    python -m extract.bench generation [--size full] [--requests 32] [--slots 8] [--cap 1024]
+    python -m extract.bench run [--input DIR] [--layers N]
     python -m extract.bench llava_video [--size full] [--checkpoint DIR] [--frames 64] [--new-tokens 32] [--batches 1,2,4,8,16]
     python -m extract.bench grounding_sam [--size full] [--detector DIR --segmenter DIR] [--batches 1,2,4]
     python -m extract.bench internvl [--size full] [--checkpoint DIR] [--new-tokens 32] [--batches 1,2,4]
@@ -279,7 +281,7 @@ def bench_pipeline(args) -> None:
               f"{args.model_wait_ms:g} ms a clip: the main process's own time per clip, outside the model call and the wait for data")
         print(f"{'processor runs in':<18}  {'main own ms/clip':>16}  {'main CPU ms/clip':>16}  {'waiting for data':>16}  {'clips/s':>7}")
         for where, head in (("the main loop", in_main), ("the workers", in_workers)):
-            _, summary = _run_heads({head.name: {"checkpoint": "stand-in", "num_frames": args.frames}}, urls,
+            _, summary = _run_heads({head.name: {"checkpoint": "stand-in", "num_frames": args.frames, "engine": "generate"}}, urls,
                                     scratch / f"stand-in-{head.name}", args.workers, args.batch_size)
             [rank] = summary["ranks"]
             timing, clips = rank["timing"], rank["clips_read"]
@@ -287,6 +289,45 @@ def bench_pipeline(args) -> None:
             own = (timing["loop_s"] - timing["waiting_for_data_s"] - waited) / clips
             print(f"{where:<18}  {1000 * own:>16.1f}  {1000 * timing['loop_cpu_s'] / clips:>15.1f}  "
                   f"{timing['waiting_for_data_s']:>14.1f} s  {clips / timing['loop_s']:>7.2f}")
+
+
+def _random_llava_head(layers: int | None):
+    """llava_video with LLaVA-Video-7B's architecture and random weights built on the device when the run loads it."""
+    from extract import random_models
+    from extract.heads import register, resolve_dtype
+    from extract.heads.llava_video import LlavaVideo
+
+    class RandomLlava(LlavaVideo):
+        name = "llava_video_random_weights"
+
+        def open(self, device):
+            tokenizer = random_models.tiny_tokenizer()
+            self._use(tokenizer, random_models.llava_video_config(tokenizer, layers), resolve_dtype("auto", device), device)
+
+        def load(self, device):
+            self.attach(*random_models.llava_video(device, resolve_dtype("auto", device), "sdpa", layers), device)
+
+    return register(RandomLlava)
+
+
+def bench_run(args) -> None:
+    """One run of [probe, llava_video] through run(cfg), the full-size random model attached: clips/hour end to end
+    and the main loop's time waiting for data."""
+    head = _random_llava_head(args.layers)
+    with tempfile.TemporaryDirectory() as tmp:
+        scratch = Path(tmp)
+        urls = resolve_shards(args.input, None) if args.input else make_shards(scratch, args.clips, args.shards, args.seconds)
+        options = {"checkpoint": "random weights", "max_new_tokens": args.new_tokens, **({"batch_size": args.batch_size} if args.batch_size else {})}
+        wall, summary = _run_heads({"probe": {}, head.name: options}, urls, scratch / "out", args.workers, 4)
+    [rank] = summary["ranks"]
+    timing, clips = rank["timing"], rank["clips_read"]
+    print(f"# extract.bench run: '+model=[probe,llava_video]' through run(cfg), LLaVA-Video-7B architecture with RANDOM weights"
+          f"{_cut(args.layers)}, {args.new_tokens} new tokens a clip (random weights never end one), {args.workers} workers, "
+          f"on {_device_name(torch.device('cuda' if torch.cuda.is_available() else 'cpu'))}, torch {torch.__version__}, "
+          f"{time.strftime('%Y-%m-%d')}")
+    print(f"{'clips':>5}  {'wall s':>7}  {'loop s':>7}  {'clips/hour (loop)':>17}  {'waiting for data':>16}")
+    print(f"{clips:>5}  {wall:>7.1f}  {timing['loop_s']:>7.1f}  {3600 * clips / timing['loop_s']:>17.0f}  "
+          f"{timing['waiting_for_data_s']:>14.1f} s")
 
 
 # ---------------------------------------------------------------------------- export
@@ -425,34 +466,54 @@ def bench_llava_video(args) -> None:
 
 
 def _time_llava(head, device: torch.device, args, peaks) -> None:
+    """Both generation paths of the head side by side on the same clips: clips/hour through `head.infer` (prefill and
+    decode of `new_tokens` tokens; random weights never end a caption), prefill s/clip, decode ms/step, peak memory."""
     from extract.heads import Clip
 
     media = moving_pattern(head.media_spec, seconds=4.0)
     floor_columns = f"  {'floor clips/h':>13}  {'of floor':>8}" if peaks else ""
-    print(f"{'batch':>5}  {'clips/hour':>10}  {'prefill tok/s':>13}  {'decode tok/s':>12}  {'peak memory':>11}{floor_columns}")
-    for batch in [int(b) for b in args.batches.split(",")]:
-        prepared = [head.prepare(Clip(f"k{i}", "v", 0.0, 4.0, media)) for i in range(batch)]  # a worker's share
-        prompt_tokens = len(prepared[0]["input_ids"])
-        try:
-            with torch.inference_mode():
-                # the head's model step: the vision tower and the splice, then generation as greedy_generate runs it
-                generate = lambda **kwargs: head.model.generate(**head.model_inputs(prepared), do_sample=False,  # noqa: E731
-                                                                  cache_implementation="static", disable_compile=True, **kwargs)
-                generate(max_new_tokens=1)  # warm-up
-                prefill = _timed(generate, device, max_new_tokens=1)  # prefill and the first token
-                total = _timed(generate, device, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens)
-        except torch.cuda.OutOfMemoryError:
-            torch.cuda.empty_cache()
-            print(f"{batch:>5}  out of memory")
-            continue
-        # decode speed from the extra tokens; too few of them to see past the timing noise shows as "-"
-        decode = f"{batch * (args.new_tokens - 1) / (total - prefill):.1f}" if total > prefill and args.new_tokens > 1 else "-"
-        row = (f"{batch:>5}  {3600 * batch / total:>10.0f}  {batch * prompt_tokens / prefill:>13.0f}  "
-               f"{decode:>12}  {_peak_memory(device) / 2**30:>9.2f} GiB")
-        if peaks:
-            floor = sum(llava_floor(head.model.config, batch, prompt_tokens, head.num_frames, args.new_tokens, peaks))
-            row += f"  {3600 * batch / floor:>13.0f}  {floor / total:>8.2f}"
-        print(row)
+    print(f"{'engine':<10}  {'clips':>5}  {'clips/hour':>10}  {'prefill s/clip':>14}  {'decode ms/step':>14}  {'peak memory':>11}{floor_columns}")
+    clips_per_hour = {}
+    for engine in ("generate", "continuous"):
+        head.engine_name = engine
+        batches = args.generate_batches if engine == "generate" and args.generate_batches else args.batches
+        for batch in [int(b) for b in batches.split(",")]:
+            head.engine, head.max_slots = None, batch  # the engine decodes every clip of the batch at once
+            clips = [Clip(f"k{i}", "v", 0.0, 4.0, media) for i in range(batch)]
+            for clip in clips:
+                clip.prepared = head.prepare(clip)  # a worker's share
+            prompt_tokens = len(clips[0].prepared["input_ids"])
+            try:
+                with torch.inference_mode():
+                    head.max_new_tokens = 2
+                    head.infer(clips)  # warm-up (and the engine's CUDA graph capture)
+                    _reset_peak(device)
+                    head.max_new_tokens = 1
+                    prefill = _timed(head.infer, device, clips=clips)
+                    head.max_new_tokens = args.new_tokens
+                    total = _timed(head.infer, device, clips=clips)
+            except torch.cuda.OutOfMemoryError:
+                torch.cuda.empty_cache()
+                print(f"{engine:<10}  {batch:>5}  out of memory")
+                continue
+            # too few new tokens to see past the timing noise shows as nan
+            step_ms = 1000 * (total - prefill) / (args.new_tokens - 1) if args.new_tokens > 1 and total > prefill else float("nan")
+            clips_per_hour[engine, batch] = 3600 * batch / total
+            row = (f"{engine:<10}  {batch:>5}  {clips_per_hour[engine, batch]:>10.0f}  {prefill / batch:>14.3f}  {step_ms:>14.1f}  "
+                   f"{_peak_memory(device) / 2**30:>9.2f} GiB")
+            if peaks:
+                floor = sum(llava_floor(head.model.config, batch, prompt_tokens, head.num_frames, args.new_tokens, peaks))
+                row += f"  {3600 * batch / floor:>13.0f}  {floor / total:>8.2f}"
+            print(row)
+    best = {engine: max((v for (e, _), v in clips_per_hour.items() if e == engine), default=None) for engine in ("generate", "continuous")}
+    if all(best.values()):
+        print(f"best clips/hour: engine {best['continuous']:.0f} against generate {best['generate']:.0f} "
+              f"({best['continuous'] / best['generate']:.2f} times)")
+
+
+def _reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
 
 
 def _timed(function, device: torch.device, **kwargs) -> float:
@@ -465,6 +526,117 @@ def _timed(function, device: torch.device, **kwargs) -> float:
 
 def _device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
+
+
+# ---------------------------------------------------------------------------- generation: engine vs generate
+
+
+def long_tailed_lengths(count: int, cap: int, median: float = 150, share_at_cap: float = 0.10, seed: int = 0) -> list[int]:
+    """Caption lengths drawn log-normally with this median and this share of them at the cap (cut to it): long-tailed,
+    as real captions are under the authors' 1,024-token limit."""
+    import math
+    import random
+    from statistics import NormalDist
+
+    sigma = math.log(cap / median) / NormalDist().inv_cdf(1 - share_at_cap)
+    rng = random.Random(seed)
+    return [max(1, min(cap, round(rng.lognormvariate(math.log(median), sigma)))) for _ in range(count)]
+
+
+class _RowLengths:
+    """transformers' stopping criterion that ends row r after lengths[r] new tokens, as an end token would."""
+
+    def __init__(self, lengths: list[int]):
+        self.lengths = torch.tensor(lengths)
+
+    def __call__(self, input_ids, scores, **kwargs):  # given embeddings alone, input_ids holds the new tokens only
+        return (input_ids.shape[1] >= self.lengths).to(input_ids.device)
+
+
+def _generate_static(model, prompts: list[torch.Tensor], lengths: list[int], batch: int, static_cache: bool):
+    """transformers' generate over static batches of `batch` requests (left-padded), each batch running until its
+    longest caption ends: (tokens of each request, decode steps)."""
+    from transformers import StoppingCriteriaList
+
+    tokens, steps = [], 0
+    for first in range(0, len(prompts), batch):
+        rows, row_lengths = prompts[first : first + batch], lengths[first : first + batch]
+        longest = max(len(p) for p in rows)
+        embeds = torch.zeros(len(rows), longest, rows[0].shape[1], dtype=rows[0].dtype, device=rows[0].device)
+        mask = torch.zeros(len(rows), longest, dtype=torch.long, device=rows[0].device)
+        for r, prompt in enumerate(rows):
+            embeds[r, longest - len(prompt):], mask[r, longest - len(prompt):] = prompt, 1
+        cache = {"cache_implementation": "static", "disable_compile": True} if static_cache else {}
+        out = model.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max(row_lengths), do_sample=False,
+                             stopping_criteria=StoppingCriteriaList([_RowLengths(row_lengths)]), pad_token_id=0, **cache)
+        steps += out.shape[1] - 1  # the first token comes from the prefill
+        tokens += [row[:n] for row, n in zip(out.tolist(), row_lengths)]
+    return tokens, steps
+
+
+def bench_generation(args) -> None:
+    """The generation engine against transformers' generate on the same requests with long-tailed caption lengths
+    (each request ends after its drawn length, as an end token would end it): decode steps per request and wall time."""
+    from extract.generation import GenerationEngine, Request
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    lengths = long_tailed_lengths(args.requests, args.cap, args.median, args.share_at_cap)
+    model, prompts, what = _generation_model(args, device)
+    engine = GenerationEngine(model.model.language_model if hasattr(model.model, "language_model") else model.model,
+                              model.lm_head, [], max_slots=args.slots)
+    ordered = sorted(lengths)
+    print(f"# extract.bench generation: {what} on {_device_name(device)}, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}")
+    print(f"# {args.requests} requests of {min(len(p) for p in prompts)}-{max(len(p) for p in prompts)} prompt tokens; caption lengths "
+          f"log-normal, median {args.median:g}, {args.share_at_cap:.0%} at the {args.cap}-token cap (drawn: median "
+          f"{ordered[len(ordered) // 2]}, mean {sum(lengths) / len(lengths):.0f}, {sum(n == args.cap for n in lengths)} at the cap); "
+          f"{args.slots} requests at once both ways")
+    with torch.inference_mode():
+        engine.generate([Request(prompts[0], len(prompts[0]), 2)])  # warm-up (and CUDA graph capture)
+        engine.stats.decode_steps = 0
+        _sync(device)
+        started = time.perf_counter()
+        generations = engine.generate([Request(p, len(p), n) for p, n in zip(prompts, lengths)])
+        _sync(device)
+        engine_s = time.perf_counter() - started
+        engine_steps = engine.stats.decode_steps
+        del engine
+        _sync(device)
+        started = time.perf_counter()
+        reference, static_steps = _generate_static(model, prompts, lengths, args.slots, static_cache=device.type == "cuda")
+        _sync(device)
+        static_s = time.perf_counter() - started
+    same = sum(g.tokens == r for g, r in zip(generations, reference))
+    print(f"{'path':<34}  {'decode steps':>12}  {'steps/request':>13}  {'wall s':>8}  {'requests/hour':>13}")
+    for name, steps, seconds in ((f"generate, static batches of {args.slots}", static_steps, static_s),
+                                 (f"engine, {args.slots} slots", engine_steps, engine_s)):
+        print(f"{name:<34}  {steps:>12}  {steps / args.requests:>13.1f}  {seconds:>8.2f}  {3600 * args.requests / seconds:>13.0f}")
+    print(f"engine/generate: decode steps {engine_steps / static_steps:.2f}, wall time {engine_s / static_s:.2f}; "
+          f"same tokens on {same} of {args.requests} requests")
+
+
+def _generation_model(args, device: torch.device):
+    """(causal LM with .model and .lm_head, prompt embeddings, what it is): a small random Qwen2 (any machine), or
+    LLaVA-Video-7B's architecture with random weights and the head's own 64-frame prompt embeddings."""
+    if args.size == "full":
+        from extract import random_models
+        from extract.heads import Clip, build, resolve_dtype
+
+        head = build("llava_video", {"checkpoint": "random weights"})
+        head.attach(*random_models.llava_video(device, resolve_dtype("auto", device), "sdpa", args.layers), device)
+        prepared = head.prepare(Clip("k", "v", 0.0, 4.0, moving_pattern(head.media_spec, seconds=4.0)))
+        with torch.inference_mode():
+            prompt = head.prompt_embeddings(prepared)
+        return head.model, [prompt] * args.requests, "LLaVA-Video-7B architecture, RANDOM weights, its 64-frame prompt" + _cut(args.layers)
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=1024, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, max_position_embeddings=4096, eos_token_id=None, pad_token_id=0)
+    model = Qwen2ForCausalLM(config).to(device).eval()
+    generator = torch.Generator().manual_seed(1)
+    prompts = [torch.randn(int(length), config.hidden_size, generator=generator).to(device)
+               for length in torch.randint(64, 257, (args.requests,), generator=generator)]
+    return model, prompts, "a small random Qwen2 (2 layers, hidden 128)"
 
 
 def bench_internvl(args) -> None:
@@ -482,7 +654,16 @@ def bench_internvl(args) -> None:
         print(f"# extract.bench internvl: {what} on {_device_name(device)}, {head.media_spec.num_frames} keyframes per clip of "
               f"640x360 ({args.preset} preset: up to {head.max_tiles} tiles each), {args.new_tokens} new tokens each, "
               f"{head.model.dtype}, attention {head.model.config._attn_implementation}")
-        _time_keyframes(head, device, args.batches)
+        rates = {}
+        for engine in ("generate", "continuous"):
+            # the engine takes every keyframe of the largest batch at once
+            head.engine_name, head.engine = engine, None
+            head.max_slots = max(int(b) for b in args.batches.split(",")) * head.media_spec.num_frames
+            print(f"engine={engine}")
+            rates[engine] = _time_keyframes(head, device, args.batches)
+        print("keyframes/s, engine against generate: " + ", ".join(
+            f"{batch} clips {rates['continuous'][batch] / rates['generate'][batch]:.2f} times"
+            for batch in rates["generate"] if batch in rates["continuous"]))
 
 
 def bench_grounding_sam(args) -> None:
@@ -614,18 +795,25 @@ def moving_pattern(spec: MediaSpec, seconds: float, height: int = 360, width: in
                  sample_rate=spec.sample_rate if spec.audio else 0)
 
 
-def _time_keyframes(head, device: torch.device, batches: str) -> None:
+def _time_keyframes(head, device: torch.device, batches: str) -> dict[int, float]:
     """Print keyframes/s and peak memory of the head's model step on batches of the same clip, and the CPU time
-    of its `prepare` per clip (a worker's share, off the model's path)."""
+    of its `prepare` per clip (a worker's share, off the model's path); return keyframes/s per batch."""
     from extract.heads import Clip
 
     media = moving_pattern(head.media_spec, seconds=4.0)
     print(f"{'clips':>5}  {'keyframes/s':>11}  {'peak memory':>11}  {'prepare ms/clip':>15}")
+    rates = {}
     for batch in [int(b) for b in batches.split(",")]:
         clips = [Clip(f"k{i}", "v", 0.0, 4.0, media) for i in range(batch)]
-        elapsed, prepare = _time_infer(head, clips, device)
-        print(f"{batch:>5}  {batch * head.media_spec.num_frames / elapsed:>11.1f}  {_peak_memory(device) / 2**30:>9.2f} GiB  "
-              f"{1000 * prepare / batch:>15.0f}")
+        try:
+            elapsed, prepare = _time_infer(head, clips, device)
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            print(f"{batch:>5}  out of memory")
+            continue
+        rates[batch] = batch * head.media_spec.num_frames / elapsed
+        print(f"{batch:>5}  {rates[batch]:>11.1f}  {_peak_memory(device) / 2**30:>9.2f} GiB  {1000 * prepare / batch:>15.0f}")
+    return rates
 
 
 def _time_infer(head, clips: list, device: torch.device) -> tuple[float, float]:
@@ -680,10 +868,28 @@ def main() -> None:
     pipeline.add_argument("--model-wait-ms", type=float, default=100.0)
     pipeline.add_argument("--input", help="time these shards (a folder) instead of generated ones: machines without ffmpeg's command")
 
+    generation = sub.add_parser("generation", help="the generation engine against transformers' generate, long-tailed captions")
+    generation.add_argument("--size", choices=("tiny", "full"), default="tiny", help="full: LLaVA-Video-7B's architecture (a GPU)")
+    generation.add_argument("--layers", type=int, help="with --size full: cut the depth, for a quick check on a small machine")
+    generation.add_argument("--requests", type=int, default=32)
+    generation.add_argument("--slots", type=int, default=8, help="requests at once: the engine's slots, generate's batch")
+    generation.add_argument("--cap", type=int, default=1024, help="max_new_tokens (the authors' 1,024)")
+    generation.add_argument("--median", type=float, default=150)
+    generation.add_argument("--share-at-cap", type=float, default=0.10)
+    run_bench = sub.add_parser("run", help="[probe,llava_video] through run(cfg) with the full-size random model attached")
+    run_bench.add_argument("--input", help="a folder of shards (machines without ffmpeg's command); default: generated")
+    run_bench.add_argument("--clips", type=int, default=32)
+    run_bench.add_argument("--shards", type=int, default=2)
+    run_bench.add_argument("--seconds", type=float, default=4.0)
+    run_bench.add_argument("--workers", type=int, default=8)
+    run_bench.add_argument("--batch-size", type=int, help="llava_video's batch (default: 64 on a GPU)")
+    run_bench.add_argument("--new-tokens", type=int, default=256)
+    run_bench.add_argument("--layers", type=int, help="cut the depth, for a quick check on a small machine")
     llava = sub.add_parser("llava_video", help="llava_video generation speed and its floor per batch size and attention kernel")
     llava.add_argument("--checkpoint", help="a transformers-format checkpoint")
     llava.add_argument("--frames", type=int, help="frames per clip (default: the preset's)")
     llava.add_argument("--new-tokens", type=int, default=32)
+    llava.add_argument("--generate-batches", help="batch sizes for transformers' generate (default: --batches)")
     llava.add_argument("--attention", help="comma-separated attn_implementation values; default sdpa and flash-attn when installed")
     llava.add_argument("--peak-tflops", type=float, help="the device's dense bf16 TFLOP/s for the floor (known for H100/H200/A100)")
     llava.add_argument("--hbm-tbps", type=float, help="the device's memory bandwidth in TB/s for the floor")
@@ -716,7 +922,7 @@ def main() -> None:
     sync.add_argument("--window-batch", type=int, default=8)
     sync.add_argument("--dtype", default="float32", choices=("auto", "float32", "bfloat16", "float16"))
     args = parser.parse_args()
-    {"synchformer": bench_synchformer, "data": bench_data, "av_sync": bench_av_sync, "pipeline": bench_pipeline, "export": bench_export, "llava_video": bench_llava_video, "grounding_sam": bench_grounding_sam,
+    {"run": bench_run, "generation": bench_generation, "synchformer": bench_synchformer, "data": bench_data, "av_sync": bench_av_sync, "pipeline": bench_pipeline, "export": bench_export, "llava_video": bench_llava_video, "grounding_sam": bench_grounding_sam,
      "internvl": bench_internvl, "audio_caption": bench_audio_caption}[args.what](args)
 
 

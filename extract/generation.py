@@ -1,11 +1,323 @@
-"""Generation with per-token log-probabilities and its confidence, shared by the captioning heads."""
+"""Generation for the captioning heads: one engine, greedy decoding with continuous batching, and the fields a
+caption carries (confidence, finish reason).
+
+A request is a prompt given as input embeddings (a clip for llava_video, a keyframe for internvl).
+The engine runs the model's own modules (its decoder layers, final norm and lm_head):
+
+1. each request is prefilled alone, unpadded, with causal attention (SDPA's flash kernel on CUDA),
+   into its slot of a preallocated KV cache;
+2. one decode step advances every slot at once, each at its own position (a per-slot mask over the
+   cache); on CUDA that step is captured once as a CUDA graph per slot count and replayed;
+3. a slot whose request ends (an end-of-sequence token, or max_new_tokens) is refilled at once
+   with the next request;
+4. each step keeps only the chosen token and its log-probability, computed on the device;
+5. the slot count follows free memory and the KV size of a request, capped by `max_slots`; on
+   out-of-memory the engine halves it and runs the unfinished requests again (greedy decoding is
+   deterministic), so no request is lost.
+
+The tokens are those of transformers' greedy `generate` run on one request at a time (tested).
+"""
 
 from __future__ import annotations
 
+import inspect
+import logging
 import math
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import torch
+
+log = logging.getLogger(__name__)
+
+# memory kept free beside the KV cache for a prefill's activations (a 14k-token prompt, the vision tower)
+PREFILL_RESERVE_BYTES = 6 * 2**30
+CAPACITY_STEP = 256  # cache lengths are rounded up to this, so one captured step serves many batches
+
+
+@dataclass
+class Request:
+    """A prompt as input embeddings [length, hidden], or a function that makes them when its slot is free (so only
+    the requests in flight hold their embeddings)."""
+
+    embeddings: torch.Tensor | Callable[[], torch.Tensor]
+    length: int  # prompt tokens
+    max_new_tokens: int
+
+
+@dataclass
+class Generation:
+    tokens: list[int] = field(default_factory=list)  # generated ids, the end-of-sequence token included when it came
+    logprobs: list[float] = field(default_factory=list)  # of each generated token, over the kept vocabulary rows
+
+
+@dataclass
+class EngineStats:
+    decode_steps: int = 0  # decode forwards (each advances every slot)
+    prefills: int = 0
+    slot_steps: int = 0  # slots advanced, summed over steps (busy slots only)
+    slots: int = 0  # slot count of the last run
+    graphs: bool = False  # whether decode steps replayed a CUDA graph
+
+
+class SlotCache:
+    """K and V of every layer for `slots` requests, [slots, kv_heads, capacity, head_dim]; what the model's attention
+    layers call `update` on. In prefill it stores one request's keys in its slot and hands them back as they came (the
+    attention is causal over the prompt alone); in decode it stores each slot's new key at that slot's position and
+    hands back the whole cache, which the slot mask limits to each slot's past."""
+
+    def __init__(self, layers: int, slots: int, kv_heads: int, head_dim: int, capacity: int, dtype, device):
+        shape = (slots, kv_heads, capacity, head_dim)
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
+        self.slots, self.capacity = slots, capacity
+        self.active_slots = slots  # decode runs over the first `active_slots` slots
+        self.prefill_slot: int | None = None
+        self.positions: torch.Tensor | None = None  # [active_slots] long, during a decode step
+
+    def update(self, key: torch.Tensor, value: torch.Tensor, layer: int, *args, **kwargs):
+        if self.prefill_slot is not None:
+            length = key.shape[2]
+            self.keys[layer][self.prefill_slot, :, :length] = key[0]
+            self.values[layer][self.prefill_slot, :, :length] = value[0]
+            return key, value
+        rows = torch.arange(self.active_slots, device=key.device)
+        keys, values = self.keys[layer][: self.active_slots], self.values[layer][: self.active_slots]
+        keys[rows, :, self.positions] = key[:, :, 0]
+        values[rows, :, self.positions] = value[:, :, 0]
+        return keys, values
+
+
+class GenerationEngine:
+    """Greedy generation with continuous batching over a decoder-only language model and its lm_head.
+
+    `language_model` is the transformers text model (embed_tokens, layers, norm, rotary_emb), `lm_head` its output
+    projection; `vocab_rows` limits the log-probabilities and the argmax to the first rows of the vocabulary (the
+    rows a checkpoint's authors keep), all of them when None."""
+
+    def __init__(self, language_model, lm_head, eos_ids, max_slots: int = 32, vocab_rows: int | None = None,
+                 cuda_graphs: bool = True):
+        self.model, self.lm_head = language_model, lm_head
+        config = language_model.config
+        if "sliding_attention" in (getattr(config, "layer_types", None) or ()):
+            raise ValueError("the generation engine runs full attention only; this model has sliding-window layers")
+        self.config = config
+        self.eos_ids = set(eos_ids)
+        self.max_slots, self.vocab_rows, self.use_graphs = max_slots, vocab_rows, cuda_graphs
+        self.layers = list(language_model.layers)
+        self.kv_heads = config.num_key_value_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        # transformers renamed the layers' cache argument (past_key_values -> cache); call them by the name they take
+        parameters = inspect.signature(self.layers[0].forward).parameters
+        self.cache_argument = "cache" if "cache" in parameters else "past_key_values"
+        self.cache: SlotCache | None = None
+        self.graphs: dict[int, tuple] = {}  # active slot count -> (graph, its static buffers)
+        self.graph_pool = None
+        self.stats = EngineStats()
+
+    # ------------------------------------------------------------------------------------------------ sizing
+
+    @property
+    def device(self) -> torch.device:
+        return self.lm_head.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.lm_head.weight.dtype
+
+    def kv_bytes_per_token(self) -> int:
+        """layers x (K and V) x kv heads x head dim x bytes per value."""
+        return len(self.layers) * 2 * self.kv_heads * self.head_dim * torch.finfo(self.dtype).bits // 8
+
+    def slot_count(self, requests: list[Request], capacity: int) -> int:
+        """As many slots as requests, at most `max_slots`, and on CUDA as many as free memory holds beside a prefill."""
+        slots = min(self.max_slots, len(requests))
+        if self.device.type == "cuda":
+            held = self.cache.slots * self.cache.capacity * self.kv_bytes_per_token() if self.cache else 0
+            free = torch.cuda.mem_get_info(self.device)[0] + held
+            fits = int((free - PREFILL_RESERVE_BYTES) // (capacity * self.kv_bytes_per_token()))
+            slots = min(slots, max(fits, 1))
+        return max(slots, 1)
+
+    def _ensure_cache(self, slots: int, capacity: int) -> None:
+        if self.cache is not None and self.cache.slots >= slots and self.cache.capacity >= capacity:
+            return
+        self._release()
+        self.cache = SlotCache(len(self.layers), slots, self.kv_heads, self.head_dim, capacity, self.dtype, self.device)
+
+    def _release(self) -> None:
+        """Drop the cache and the steps captured on it."""
+        self.cache, self.graphs, self.graph_pool = None, {}, None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    # ------------------------------------------------------------------------------------------------ running
+
+    @torch.inference_mode()
+    def generate(self, requests: list[Request]) -> list[Generation]:
+        """Every request's greedy generation, in the requests' order."""
+        results: list[Generation | None] = [None] * len(requests)
+        capacity = math.ceil(max(r.length + r.max_new_tokens for r in requests) / CAPACITY_STEP) * CAPACITY_STEP
+        slots = self.slot_count(requests, capacity)
+        while True:
+            pending = [i for i, result in enumerate(results) if result is None]
+            if not pending:
+                return results
+            try:
+                self._ensure_cache(slots, capacity)
+                self._run([requests[i] for i in pending], pending, results, slots)
+            except torch.cuda.OutOfMemoryError:
+                if slots == 1:
+                    raise
+                slots //= 2
+                self._release()
+                log.warning("out of GPU memory in generation; running the unfinished requests again with %d slots", slots)
+
+    def _run(self, requests: list[Request], indexes: list[int], results: list, slots: int) -> None:
+        self.stats.slots = slots
+        step = self._decode_step_for(slots)
+        queue = deque(zip(indexes, requests))
+        in_flight: list[tuple[int, Request, Generation, int] | None] = [None] * slots  # (index, request, so far, position)
+        tokens = torch.zeros(slots, dtype=torch.long)
+        positions = torch.zeros(slots, dtype=torch.long)
+        while True:
+            for slot in range(slots):
+                while in_flight[slot] is None and queue:
+                    index, request = queue.popleft()
+                    generation = Generation()
+                    token, logprob = self._prefill(request, slot)
+                    generation.tokens.append(token)
+                    generation.logprobs.append(logprob)
+                    if self._finished(generation, request):
+                        results[index] = generation
+                    else:
+                        in_flight[slot] = (index, request, generation, request.length)
+            busy = [slot for slot in range(slots) if in_flight[slot] is not None]
+            if not busy:
+                return
+            for slot in busy:
+                tokens[slot] = in_flight[slot][2].tokens[-1]
+                positions[slot] = in_flight[slot][3]
+            next_tokens, next_logprobs = step(tokens, positions)
+            self.stats.decode_steps += 1
+            self.stats.slot_steps += len(busy)
+            for slot in busy:
+                index, request, generation, position = in_flight[slot]
+                generation.tokens.append(int(next_tokens[slot]))
+                generation.logprobs.append(float(next_logprobs[slot]))
+                if self._finished(generation, request):
+                    results[index] = generation
+                    in_flight[slot] = None
+                else:
+                    in_flight[slot] = (index, request, generation, position + 1)
+
+    def _finished(self, generation: Generation, request: Request) -> bool:
+        return generation.tokens[-1] in self.eos_ids or len(generation.tokens) >= request.max_new_tokens
+
+    def _prefill(self, request: Request, slot: int) -> tuple[int, float]:
+        embeddings = request.embeddings() if callable(request.embeddings) else request.embeddings
+        hidden = embeddings.to(self.device, self.dtype)[None]
+        positions = torch.arange(hidden.shape[1], device=self.device)[None]
+        self.cache.prefill_slot = slot
+        try:
+            last = self._forward(hidden, positions, attention_mask=None)[:, -1]
+        finally:
+            self.cache.prefill_slot = None
+        self.stats.prefills += 1
+        token, logprob = self._choose(last)
+        return int(token[0]), float(logprob[0])
+
+    def _forward(self, hidden: torch.Tensor, positions: torch.Tensor, attention_mask) -> torch.Tensor:
+        """The decoder layers and the final norm, as the text model's own forward runs them, on our cache and mask."""
+        position_embeddings = self.model.rotary_emb(hidden, positions)
+        for layer in self.layers:
+            hidden = layer(hidden, attention_mask=attention_mask, position_ids=positions, use_cache=True,
+                           position_embeddings=position_embeddings, **{self.cache_argument: self.cache})
+        return self.model.norm(hidden)
+
+    def _choose(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The greedy token of each row and its log-probability, as generate scores it (float32 logits)."""
+        logits = self.lm_head(hidden).float()
+        if self.vocab_rows is not None:
+            logits = logits[..., : self.vocab_rows]
+        token = logits.argmax(dim=-1)
+        logprob = logits.log_softmax(dim=-1).gather(-1, token[:, None])[:, 0]
+        return token, logprob
+
+    def _decode(self, tokens: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One decode step over the first len(tokens) slots: each slot's last token at its own position."""
+        slots = tokens.shape[0]
+        self.cache.active_slots, self.cache.positions = slots, positions
+        hidden = self.model.embed_tokens(tokens[:, None])
+        # slot s sees its cache up to its own position (its prompt, its tokens so far, the one written now)
+        visible = torch.arange(self.cache.capacity, device=tokens.device)[None, :] <= positions[:, None]
+        with self._sdpa():
+            return self._choose(self._forward(hidden, positions[:, None], visible[:, None, None, :])[:, -1])
+
+    @contextmanager
+    def _sdpa(self):
+        """Decode steps attend through SDPA with the slot mask (a flash-attention-2 kernel would ignore a 4D mask)."""
+        before = self.config._attn_implementation
+        if before not in ("sdpa", "eager"):
+            self.config._attn_implementation = "sdpa"
+        try:
+            yield
+        finally:
+            if self.config._attn_implementation != before:
+                self.config._attn_implementation = before
+
+    def _decode_step_for(self, slots: int) -> Callable:
+        """The decode step for `slots` slots: eager, or a CUDA graph captured once and replayed."""
+        if self.device.type != "cuda" or not self.use_graphs:
+            self.stats.graphs = False
+
+            def eager(tokens: torch.Tensor, positions: torch.Tensor):
+                token, logprob = self._decode(tokens.to(self.device), positions.to(self.device))
+                return token.cpu(), logprob.cpu()
+
+            return eager
+        if slots not in self.graphs:
+            try:
+                self.graphs[slots] = self._capture(slots)
+            except Exception as exc:  # a model whose step cannot be captured still runs, eagerly
+                log.warning("decode step not captured as a CUDA graph (%s: %s); running it eagerly", type(exc).__name__, exc)
+                self.use_graphs = False
+                return self._decode_step_for(slots)
+        graph, static_tokens, static_positions, outputs = self.graphs[slots]
+        self.stats.graphs = True
+
+        def replay(tokens: torch.Tensor, positions: torch.Tensor):
+            static_tokens.copy_(tokens, non_blocking=True)
+            static_positions.copy_(positions, non_blocking=True)
+            graph.replay()
+            return outputs[0].cpu(), outputs[1].cpu()
+
+        return replay
+
+    def _capture(self, slots: int) -> tuple:
+        """Capture the decode step while no request holds a slot (warm-up steps write stale keys, which prefill and
+        the mask make harmless)."""
+        static_tokens = torch.zeros(slots, dtype=torch.long, device=self.device)
+        static_positions = torch.zeros(slots, dtype=torch.long, device=self.device)
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self._decode(static_tokens, static_positions)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        if self.graph_pool is None:
+            self.graph_pool = torch.cuda.graph_pool_handle()
+        with torch.cuda.graph(graph, pool=self.graph_pool):
+            outputs = self._decode(static_tokens, static_positions)
+        return graph, static_tokens, static_positions, outputs
+
+
+# ---------------------------------------------------------------------------- what a caption carries
+
+
 
 
 @dataclass

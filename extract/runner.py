@@ -122,11 +122,19 @@ def chosen_heads(cfg: DictConfig) -> dict[str, Head]:
         if batch_size is not None and not (registry.fits(batch_size, int) and batch_size >= 1):
             raise ConfigError(f"head {name}: batch_size={batch_size!r} is not a whole number of at least 1")
         head = registry.build(str(name), options)
-        head.batch_size = batch_size or cfg.batch_size
+        head.batch_size = batch_size  # None: chosen once the device is known (batch_size_on)
         # what the records depend on (batch sizes do not): a folder's records come from one set of these
         head.options = {key: value for key, value in options.items() if not key.endswith("_batch")}
         heads[str(name)] = head
     return heads
+
+
+def batch_size_on(head: Head, device: torch.device, run_batch_size: int) -> int:
+    """A head's own batch_size, else on a GPU the one it asks for there (the captioning heads: a long queue for the
+    generation engine), else the run's."""
+    if head.batch_size is not None:
+        return head.batch_size
+    return head.device_batch_size if device.type == "cuda" and head.device_batch_size else run_batch_size
 
 
 # the run's settings that must be numbers, and their least values
@@ -274,6 +282,7 @@ def run(cfg: DictConfig) -> dict:
         mine = shards[ranks.rank :: ranks.world]
         plan, resumed = plan_shards(runners, mine)
         for head in heads.values():
+            head.batch_size = batch_size_on(head, ranks.device, cfg.batch_size)
             head.open(ranks.device)
         wandb_on = ranks.rank == 0 and OmegaConf.to_container(cfg.wandb, resolve=True).get("mode") != "disabled"
         loader = make_loader(plan, heads, Limits.from_cfg(cfg), cfg.batch_size, cfg.num_workers, pin_memory=ranks.device.type == "cuda",

@@ -57,3 +57,21 @@ def test_tiling_pools_each_keyframe_over_its_tiles(checkpoint):
     ready(head)
     [result] = head.infer(_clips(head)[:1])
     assert result.arrays["features"].shape == (2, 32)
+
+
+def test_the_engine_gives_the_records_of_generate_run_keyframe_by_keyframe(checkpoint):
+    """Every keyframe is a request of the engine; its descriptions, confidences and features equal transformers'
+    generate run on one clip at a time (tiles of different counts: prompts of different lengths)."""
+    options = {"checkpoint": str(checkpoint), "num_keyframes": 2, "max_new_tokens": 6, "max_tiles": 4, "dtype": "float32"}
+    reference = ready(build("internvl", {**options, "engine": "generate"}))
+    clips = _clips(reference)
+    expected = [reference.infer([clip])[0] for clip in clips]
+    engine = ready(build("internvl", {**options, "max_slots": 3}))
+    got = engine.infer(clips)
+    assert engine.engine.stats.prefills == 6
+    for a, b in zip(got, expected):
+        for mine, theirs in zip(a.fields["keyframes"], b.fields["keyframes"]):
+            assert (mine["description"], mine["num_tokens"], mine["tiles"]) == (theirs["description"], theirs["num_tokens"], theirs["tiles"])
+            assert mine["mean_logprob"] == pytest.approx(theirs["mean_logprob"], abs=2e-5)
+        assert a.fields["confidence"] == pytest.approx(b.fields["confidence"], abs=2e-6)
+        np.testing.assert_allclose(a.arrays["features"].astype(np.float32), b.arrays["features"].astype(np.float32), atol=2e-3)

@@ -134,3 +134,34 @@ def test_frames_normalised_on_the_device_are_those_normalised_in_a_worker(checkp
     handed_over = head.prepare(clip)
     assert handed_over["frames"].dtype == torch.uint8 and torch.equal(handed_over["input_ids"], in_worker["input_ids"])
     torch.testing.assert_close(head.pixel_values(handed_over["frames"]), in_worker["pixel_values"], atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("max_slots", [1, 3])
+def test_the_engine_gives_the_records_of_generate_run_clip_by_clip(checkpoint, max_slots):
+    """The head's generation engine (continuous batching) against transformers' generate on one clip at a time, with
+    an end token taken from what the model says, so that the captions end at different steps or run to the limit."""
+    options = {"checkpoint": str(checkpoint), "num_frames": 4, "max_new_tokens": 8, "dtype": "float32"}
+    reference = ready(build("llava_video", {**options, "engine": "generate"}))
+    clips = _clips(reference, 5)
+    [row], _ = _free_running(reference, clips[:1], 8)
+    ends = [next(t for k, t in enumerate(row) if k >= 2 and t not in row[:k])]
+    reference.model.generation_config.eos_token_id = ends
+    expected = [reference.infer([clip])[0].fields for clip in clips]
+    engine = ready(build("llava_video", {**options, "max_slots": max_slots}))
+    engine.model.generation_config.eos_token_id = ends
+    got = [result.fields for result in engine.infer(clips)]
+    assert engine.engine.stats.prefills == 5 and engine.engine.stats.slots == max_slots
+    assert {f["finish_reason"] for f in expected} == {"eos", "length"} and len({f["num_tokens"] for f in expected}) > 2
+    for a, b in zip(got, expected):
+        assert (a["caption"], a["num_tokens"], a["finish_reason"]) == (b["caption"], b["num_tokens"], b["finish_reason"])
+        assert a["confidence"] == pytest.approx(b["confidence"], abs=2e-6)
+        assert a["mean_logprob"] == pytest.approx(b["mean_logprob"], abs=2e-5)
+
+
+def test_engine_and_slot_options_are_checked(checkpoint):
+    from extract.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="engine='vllm' is not one of continuous, generate"):
+        build("llava_video", {"checkpoint": str(checkpoint), "engine": "vllm"})
+    with pytest.raises(ConfigError, match="max_slots=0 must be at least 1"):
+        build("llava_video", {"checkpoint": str(checkpoint), "max_slots": 0})

@@ -73,6 +73,8 @@ class Head:
     media_spec: MediaSpec
     # whether `infer` reads the decoded frames, or only what `prepare` made of them (then they stay in the worker)
     frames_in_model_step: ClassVar[bool] = True
+    # clips a model call on a GPU unless the head's batch_size is given (runner.batch_size_on); None: the run's batch_size
+    device_batch_size: ClassVar[int | None] = None
 
     def open(self, device: torch.device) -> None:
         """CPU-side set-up that `prepare` needs (processor, tokenizer); runs before the workers start."""
@@ -254,6 +256,34 @@ def pick_attention(requested: str) -> str:
     if requested != "auto":
         return requested
     return "flash_attention_2" if importlib.util.find_spec("flash_attn") else "sdpa"
+
+
+ENGINES = ("continuous", "generate")  # the captioning heads' generation: the engine, or transformers' generate
+
+
+def check_engine(head: str, engine: str, max_slots: int) -> str:
+    if engine not in ENGINES:
+        raise ConfigError(f"head {head}: engine={engine!r} is not one of {', '.join(ENGINES)}")
+    if max_slots < 1:
+        raise ConfigError(f"head {head}: max_slots={max_slots!r} must be at least 1")
+    return engine
+
+
+def end_tokens(model) -> set[int]:
+    """The end-of-sequence ids of a checkpoint's generation config."""
+    eos = model.generation_config.eos_token_id
+    return set(eos if isinstance(eos, list) else [eos])
+
+
+def generation_engine(head):
+    """The head's generation engine over its model's language model and lm_head, made once and kept (its cache and
+    captured steps serve every batch)."""
+    from extract.generation import GenerationEngine
+
+    if head.engine is None or head.engine.lm_head is not head.model.lm_head:
+        head.engine = GenerationEngine(head.model.model.language_model, head.model.lm_head, end_tokens(head.model), head.max_slots)
+    head.engine.eos_ids = end_tokens(head.model)
+    return head.engine
 
 
 def split_on_oom(run, items: list) -> list:

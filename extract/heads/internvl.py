@@ -19,6 +19,7 @@ tower's patch tokens of a keyframe's tiles) is captured by a hook during the sam
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import TypedDict
 
 import numpy as np
@@ -26,10 +27,10 @@ import torch
 import torch.nn.functional as F
 
 from extract.decode import MediaSpec
-from extract.generation import combined_confidence, greedy_generate, left_pad
+from extract.generation import Request, combined_confidence, greedy_generate, left_pad, summarise
 from extract.errors import ConfigError
-from extract.heads import (Clip, Head, Result, load_config, load_model, load_tokenizer, pick_attention, register,
-                           resolve_dtype, with_preset)
+from extract.heads import (Clip, Head, Result, check_engine, end_tokens, generation_engine, load_config, load_model, load_tokenizer,
+                           pick_attention, register, resolve_dtype, split_on_oom, with_preset)
 
 PRESETS = {
     "authors": {"max_tiles": 12, "max_new_tokens": 1024},
@@ -97,12 +98,14 @@ class InternVL(Head):
               "preset": str, "revision": str}
     arrays = {"features": ("float16", 2)}
     frames_in_model_step = False
+    device_batch_size = 64  # clips a model call on a GPU: their keyframes feed the generation engine's queue
 
     def __init__(self, checkpoint: str, revision: str | None = None, preset: str = "authors", num_keyframes: int = 4,
                  prompt: str = "Please describe the image in detail.", max_new_tokens: int | None = None,
                  max_tiles: int | None = None, attn_implementation: str = "auto", dtype: str = "auto",
-                 trust_remote_code: bool = False):
+                 trust_remote_code: bool = False, engine: str = "continuous", max_slots: int = 32):
         options = with_preset(self.name, PRESETS, preset, {"max_tiles": max_tiles, "max_new_tokens": max_new_tokens})
+        self.engine_name, self.max_slots, self.engine = check_engine(self.name, engine, max_slots), max_slots, None
         self.model_id, self.revision, self.preset = checkpoint, revision, preset
         self.question, self.max_new_tokens, self.max_tiles = prompt, options["max_new_tokens"], options["max_tiles"]
         self.attn_implementation, self.dtype_name, self.trust_remote_code = attn_implementation, dtype, trust_remote_code
@@ -165,22 +168,38 @@ class InternVL(Head):
         std = torch.tensor(IMAGENET_STD, device=tiles.device).view(1, 3, 1, 1)
         return ((tiles.permute(0, 3, 1, 2).float() / 255 - mean) / std).to(self.dtype)
 
-    def infer(self, clips: list[Clip]) -> list[Result]:
-        prepared = [clip.prepared if clip.prepared is not None else self.prepare(clip) for clip in clips]
-        inputs = {name: value.to(self.device) for name, value in
-                  left_pad([ids for p in prepared for ids in p["input_ids"]], self.tokenizer.pad_token_id).items()}
-        inputs["pixel_values"] = torch.cat([p["pixel_values"].to(self.device) if "pixel_values" in p
-                                            else self.pixel_values(p["frames"].to(self.device, non_blocking=True)) for p in prepared])
-        tiles = [count for p in prepared for count in p["tiles"]]
+    def pixels_of(self, prepared: dict) -> torch.Tensor:
+        """A clip's tiles as the vision tower reads them, on the device."""
+        if "pixel_values" in prepared:
+            return prepared["pixel_values"].to(self.device)
+        return self.pixel_values(prepared["frames"].to(self.device, non_blocking=True))
 
+    @contextmanager
+    def tower_output(self):
+        """The vision tower's last hidden states of every pass through it while inside."""
         captured = []
         hook = self.model.model.vision_tower.register_forward_hook(lambda module, args, output: captured.append(output.last_hidden_state))
         try:
-            generations, _ = greedy_generate(self.model, self.tokenizer, inputs, self.max_new_tokens)
+            yield captured
         finally:
             hook.remove()
-        patch_means = captured[0][:, 1:].float().mean(dim=1)  # [tiles, dim], the CLS token left out
-        pooled = torch.stack([chunk.mean(dim=0) for chunk in patch_means.split(tiles)]).cpu().numpy().astype(np.float16)
+
+    def image_features(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the visual tokens of these tiles [tiles * 256, D], the vision tower's patch mean of each tile [tiles, dim]),
+        from one pass through the tower: its output is caught on the way to the projector."""
+        config = self.model.config
+        with self.tower_output() as captured:
+            features = self.model.model.get_image_features(pixel_values=pixel_values, vision_feature_layer=config.vision_feature_layer,
+                                                           vision_feature_select_strategy=config.vision_feature_select_strategy)
+        features = features if isinstance(features, torch.Tensor) else features.pooler_output  # transformers < 5.20: a tensor
+        return features.reshape(-1, features.shape[-1]), captured[0][:, 1:].float().mean(dim=1)  # the CLS token left out
+
+    def infer(self, clips: list[Clip]) -> list[Result]:
+        return split_on_oom(self._describe, clips)
+
+    def _describe(self, clips: list[Clip]) -> list[Result]:
+        prepared = [clip.prepared if clip.prepared is not None else self.prepare(clip) for clip in clips]
+        generations, pooled = self._generate_with_engine(prepared) if self.engine_name == "continuous" else self._generate(prepared)
 
         results, index = [], 0
         for p in prepared:
@@ -196,3 +215,34 @@ class InternVL(Head):
                 arrays={"features": pooled[index : index + count]}))
             index += count
         return results
+
+    def _generate_with_engine(self, prepared: list[dict]) -> tuple[list, np.ndarray]:
+        """Every keyframe of the batch is one request of the engine; its tiles go through the tower when its slot is free."""
+        keyframes = [(ids, pixels) for p in prepared for ids, pixels in zip(p["input_ids"], self.pixels_of(p).split(p["tiles"]))]
+        pooled: list[torch.Tensor | None] = [None] * len(keyframes)
+
+        def embeddings(index: int) -> torch.Tensor:
+            ids, pixels = keyframes[index]
+            ids = ids.to(self.device)
+            visual, patch_means = self.image_features(pixels)
+            pooled[index] = patch_means.mean(dim=0)
+            embedded = self.model.get_input_embeddings()(ids)
+            embedded[ids == self.image_token] = visual.to(embedded.dtype)
+            return embedded
+
+        requests = [Request(lambda i=i: embeddings(i), len(ids), self.max_new_tokens) for i, (ids, _) in enumerate(keyframes)]
+        generations = [summarise(self.tokenizer, g.tokens, torch.tensor(g.logprobs), end_tokens(self.model))
+                       for g in generation_engine(self).generate(requests)]
+        return generations, torch.stack(pooled).cpu().numpy().astype(np.float16)
+
+    def _generate(self, prepared: list[dict]) -> tuple[list, np.ndarray]:
+        """transformers' `generate` over the batch's keyframes, left-padded (engine=generate)."""
+        inputs = {name: value.to(self.device) for name, value in
+                  left_pad([ids for p in prepared for ids in p["input_ids"]], self.tokenizer.pad_token_id).items()}
+        inputs["pixel_values"] = torch.cat([self.pixels_of(p) for p in prepared])
+        tiles = [count for p in prepared for count in p["tiles"]]
+        with self.tower_output() as captured:
+            generations, _ = greedy_generate(self.model, self.tokenizer, inputs, self.max_new_tokens)
+        patch_means = captured[0][:, 1:].float().mean(dim=1)  # [tiles, dim], the CLS token left out
+        pooled = torch.stack([chunk.mean(dim=0) for chunk in patch_means.split(tiles)]).cpu().numpy().astype(np.float16)
+        return generations, pooled

@@ -30,9 +30,9 @@ import torch
 import torch.nn.functional as F
 
 from extract.decode import MediaSpec
-from extract.generation import greedy_generate, left_pad
-from extract.heads import (Clip, Head, Result, load_config, load_model, load_tokenizer, pick_attention, register,
-                           resolve_dtype, split_on_oom, with_preset)
+from extract.generation import Request, greedy_generate, left_pad, summarise
+from extract.heads import (Clip, Head, Result, check_engine, end_tokens, generation_engine, load_config, load_model, load_tokenizer,
+                           pick_attention, register, resolve_dtype, split_on_oom, with_preset)
 
 PRESETS = {
     "authors": {"num_frames": 64, "max_new_tokens": 1024},
@@ -55,11 +55,13 @@ class LlavaVideo(Head):
               "num_frames": int, "frame_times": list[float], "video_s": float, "preset": str, "revision": str,
               "prompt_sha1": str}
     frames_in_model_step = False  # the model reads what the workers made of the frames
+    device_batch_size = 64  # clips a model call on a GPU: the generation engine's queue
 
     def __init__(self, checkpoint: str, revision: str | None = None, preset: str = "authors", num_frames: int | None = None,
                  prompt: str = "Please describe this video in detail.", max_new_tokens: int | None = None,
-                 attn_implementation: str = "auto", dtype: str = "auto"):
+                 attn_implementation: str = "auto", dtype: str = "auto", engine: str = "continuous", max_slots: int = 32):
         options = with_preset(self.name, PRESETS, preset, {"num_frames": num_frames, "max_new_tokens": max_new_tokens})
+        self.engine_name, self.max_slots, self.engine = check_engine(self.name, engine, max_slots), max_slots, None
         self.model_id, self.revision, self.preset = checkpoint, revision, preset
         self.num_frames, self.max_new_tokens, self.question = options["num_frames"], options["max_new_tokens"], prompt
         self.attn_implementation, self.dtype_name = attn_implementation, dtype
@@ -148,21 +150,32 @@ class LlavaVideo(Head):
     def infer(self, clips: list[Clip]) -> list[Result]:
         return split_on_oom(self._generate, clips)
 
+    def prompt_embeddings(self, prepared: dict) -> torch.Tensor:
+        """One clip's prompt as the language model reads it, [tokens, D]: the prompt's embeddings with the clip's visual
+        tokens in its placeholder slots."""
+        ids = prepared["input_ids"].to(self.device)
+        pixels = prepared["pixel_values"].to(self.device) if "pixel_values" in prepared \
+            else self.pixel_values(prepared["frames"].to(self.device, non_blocking=True))
+        embeddings = self.model.get_input_embeddings()(ids)
+        embeddings[ids == self.video_token] = self.visual_tokens(pixels).to(embeddings.dtype)
+        return embeddings
+
     def model_inputs(self, prepared: list[dict]) -> dict:
-        """The batch as the language model reads it: left-padded prompt embeddings with each clip's visual tokens in
-        its placeholder slots (every clip's frames through the vision tower at once)."""
-        inputs = {name: value.to(self.device) for name, value in left_pad([p["input_ids"] for p in prepared],
-                                                                           self.tokenizer.pad_token_id).items()}
-        pixels = torch.cat([p["pixel_values"].to(self.device) if "pixel_values" in p
-                            else self.pixel_values(p["frames"].to(self.device, non_blocking=True)) for p in prepared])
-        embeddings = self.model.get_input_embeddings()(inputs["input_ids"])
-        slots = inputs["input_ids"] == self.video_token
-        embeddings[slots] = self.visual_tokens(pixels).to(embeddings.dtype)  # row by row: the clips' frames in order
-        return {"inputs_embeds": embeddings, "attention_mask": inputs["attention_mask"]}
+        """The batch as transformers' `generate` reads it: left-padded prompt embeddings (padding: the pad token's)."""
+        pad = left_pad([p["input_ids"] for p in prepared], self.tokenizer.pad_token_id)
+        embeddings = self.model.get_input_embeddings()(pad["input_ids"].to(self.device))
+        for row, p in enumerate(prepared):
+            embeddings[row, pad["input_ids"].shape[1] - len(p["input_ids"]):] = self.prompt_embeddings(p)
+        return {"inputs_embeds": embeddings, "attention_mask": pad["attention_mask"].to(self.device)}
 
     def _generate(self, clips: list[Clip]) -> list[Result]:
         prepared = [clip.prepared if clip.prepared is not None else self.prepare(clip) for clip in clips]
-        generations, _ = greedy_generate(self.model, self.tokenizer, self.model_inputs(prepared), self.max_new_tokens)
+        if self.engine_name == "generate":
+            generations, _ = greedy_generate(self.model, self.tokenizer, self.model_inputs(prepared), self.max_new_tokens)
+        else:
+            requests = [Request(lambda p=p: self.prompt_embeddings(p), len(p["input_ids"]), self.max_new_tokens) for p in prepared]
+            generations = [summarise(self.tokenizer, g.tokens, torch.tensor(g.logprobs), end_tokens(self.model))
+                           for g in generation_engine(self).generate(requests)]
         revision = self.revision or getattr(self.model.config, "_commit_hash", None)
         return [Result(fields={"caption": g.text, **g.fields(), "num_frames": len(p["frame_times"]), "frame_times": p["frame_times"],
                                "video_s": p["video_s"], "preset": self.preset, "revision": revision, "prompt_sha1": self.prompt_hash})

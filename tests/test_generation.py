@@ -1,0 +1,171 @@
+"""The generation engine against transformers' greedy `generate`, run on one request at a time.
+
+Expected tokens and log-probabilities come from transformers (its `generate` and `compute_transition_scores`) on the
+same tiny random language models, never from the engine.
+"""
+
+import random
+
+import pytest
+import torch
+
+from extract.generation import GenerationEngine, Request
+
+HIDDEN = 64
+
+
+def _tiny_lm(kind: str, seed: int = 0):
+    from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+    common = {"vocab_size": 97, "hidden_size": HIDDEN, "intermediate_size": 96, "num_hidden_layers": 2,
+              "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512,
+              "eos_token_id": None, "pad_token_id": 0}
+    torch.manual_seed(seed)
+    if kind == "qwen3":  # InternVL3.5's language model: q/k norms and an explicit head_dim
+        model = Qwen3ForCausalLM(Qwen3Config(**common, head_dim=24))
+    else:  # LLaVA-Video's
+        model = Qwen2ForCausalLM(Qwen2Config(**common))
+    return model.eval()
+
+
+def _prompts(count: int, seed: int = 1) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn(length, HIDDEN, generator=generator) for length in
+            [random.Random(seed + i).randint(2, 40) for i in range(count)]]
+
+
+def _reference(model, prompt: torch.Tensor, max_new_tokens: int, eos: list[int] | None):
+    """transformers' greedy generation of one request: (tokens, log-probabilities)."""
+    output = model.generate(inputs_embeds=prompt[None], attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                            max_new_tokens=max_new_tokens, do_sample=False, output_scores=True, return_dict_in_generate=True,
+                            eos_token_id=eos, pad_token_id=0)
+    scores = model.compute_transition_scores(output.sequences, output.scores, normalize_logits=True)[0]
+    tokens = output.sequences[0].tolist()
+    if eos:  # generate pads a finished row; the engine stops at the end token
+        ended = next((i for i, t in enumerate(tokens) if t in eos), None)
+        tokens = tokens if ended is None else tokens[: ended + 1]
+    return tokens, scores[: len(tokens)].tolist()
+
+
+def _engine(model, eos, slots):
+    return GenerationEngine(model.model, model.lm_head, eos, max_slots=slots)
+
+
+@pytest.fixture(scope="module", params=["qwen2", "qwen3"])
+def model(request):
+    return _tiny_lm(request.param)
+
+
+def _end_tokens(model, prompts) -> list[int]:
+    """Two tokens the model does say, at different steps of different requests, as end-of-sequence tokens: so the
+    requests end at different steps, some by the end token, some at max_new_tokens."""
+    free = [_reference(model, p, 12, None)[0] for p in prompts[:3]]
+    first = next(t for k, t in enumerate(free[0]) if k >= 3 and t not in free[0][:k])
+    second = next((t for k, t in enumerate(free[1]) if k >= 1 and t not in free[1][:k] and t != first), free[2][-1])
+    return [first, second]
+
+
+@pytest.mark.parametrize("slots", [1, 3, 8])
+def test_tokens_and_logprobs_equal_generate_one_request_at_a_time(model, slots):
+    prompts = _prompts(7)
+    eos = _end_tokens(model, prompts)
+    limits = [12, 1, 12, 5, 12, 3, 12]  # max_new_tokens cuts, one of them on the prefill's token alone
+    expected = [_reference(model, p, n, eos) for p, n in zip(prompts, limits)]
+    engine = _engine(model, eos, slots)
+    generations = engine.generate([Request(p, len(p), n) for p, n in zip(prompts, limits)])
+    lengths = [len(g.tokens) for g in generations]
+    assert len(set(lengths)) >= 3, lengths  # the requests end at different steps (refills happen)
+    assert any(g.tokens[-1] in eos for g in generations) and any(len(g.tokens) == n for g, n in zip(generations, limits))
+    for generation, (tokens, logprobs), limit in zip(generations, expected, limits):
+        assert generation.tokens == tokens
+        assert len(generation.tokens) <= limit
+        assert generation.logprobs == pytest.approx(logprobs, abs=2e-5)
+    assert engine.stats.prefills == 7 and engine.stats.slots == min(slots, 7)
+
+
+def test_a_request_does_not_depend_on_its_batch_mates_or_their_order(model):
+    prompts = _prompts(6, seed=5)
+    eos = _end_tokens(model, prompts)
+    alone = [_engine(model, eos, 1).generate([Request(p, len(p), 10)])[0] for p in prompts]
+    order = [4, 1, 5, 0, 3, 2]
+    shuffled = _engine(model, eos, 3).generate([Request(prompts[i], len(prompts[i]), 10) for i in order])
+    for position, index in enumerate(order):
+        assert shuffled[position].tokens == alone[index].tokens
+        assert shuffled[position].logprobs == pytest.approx(alone[index].logprobs, abs=2e-5)
+
+
+def test_the_embeddings_of_a_request_are_made_when_its_slot_is_free(model):
+    prompts = _prompts(4, seed=7)
+    made = []
+
+    def maker(index):
+        def make():
+            made.append(index)
+            return prompts[index]
+        return make
+
+    eager = _engine(model, [], 2).generate([Request(p, len(p), 4) for p in prompts])
+    lazy = _engine(model, [], 2).generate([Request(maker(i), len(p), 4) for i, p in enumerate(prompts)])
+    assert made == [0, 1, 2, 3] and [g.tokens for g in lazy] == [g.tokens for g in eager]
+
+
+def test_continuous_batching_refills_a_slot_at_once():
+    """Two slots; one request of 10 tokens and four of 2 (no end token: max_new_tokens decides). The long one takes
+    9 decode steps after its prefill; the short ones pass through the other slot one decode step each, beside it:
+    9 steps in all (static batches of two would take 9 + 1 + 1 = 11)."""
+    model = _tiny_lm("qwen2")
+    prompts = _prompts(5, seed=3)
+    engine = _engine(model, [], 2)
+    generations = engine.generate([Request(p, len(p), n) for p, n in zip(prompts, [10, 2, 2, 2, 2])])
+    assert [len(g.tokens) for g in generations] == [10, 2, 2, 2, 2]
+    assert engine.stats.decode_steps == 9 and engine.stats.slot_steps == 9 + 4
+
+
+def test_out_of_memory_halves_the_slots_and_loses_no_request(monkeypatch):
+    model = _tiny_lm("qwen2")
+    prompts = _prompts(5, seed=9)
+    expected = [_reference(model, p, 6, None)[0] for p in prompts]
+    engine = _engine(model, [], 4)
+    real_decode, slot_counts = engine._decode, []
+
+    def decode_or_run_out(tokens, positions):
+        slot_counts.append(tokens.shape[0])
+        if tokens.shape[0] > 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_decode(tokens, positions)
+
+    monkeypatch.setattr(engine, "_decode", decode_or_run_out)
+    generations = engine.generate([Request(p, len(p), 6) for p in prompts])
+    assert [g.tokens for g in generations] == expected
+    assert slot_counts[0] == 4 and 2 in slot_counts and slot_counts[-1] == 1
+
+
+def test_the_slot_count_follows_free_memory(monkeypatch):
+    """On CUDA the engine takes as many slots as free memory holds beside a prefill's reserve: computed here from
+    the KV size of a request (layers x 2 x kv heads x head dim x tokens x bytes)."""
+    from extract import generation
+
+    model = _tiny_lm("qwen2")
+    engine = _engine(model, [], 64)
+    per_token = 2 * 2 * 2 * 16 * 4  # 2 layers, K and V, 2 kv heads, head dim 64/4, float32
+    assert engine.kv_bytes_per_token() == per_token
+    requests = [Request(torch.zeros(100, HIDDEN), 100, 156)] * 100  # 256 tokens a request
+    monkeypatch.setattr(type(engine), "device", property(lambda self: torch.device("cuda")))
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (generation.PREFILL_RESERVE_BYTES + 10 * 256 * per_token, 0))
+    assert engine.slot_count(requests, 256) == 10
+    engine.max_slots = 4
+    assert engine.slot_count(requests, 256) == 4
+
+
+def test_logprobs_are_normalised_over_the_kept_vocabulary_rows():
+    """With `vocab_rows` the argmax and the log-softmax run over the first rows only (the rows a checkpoint's authors
+    keep); computed here from the model's own logits, cut by hand."""
+    model = _tiny_lm("qwen2")
+    [prompt] = _prompts(1, seed=11)
+    kept = 60
+    [generation] = GenerationEngine(model.model, model.lm_head, [], max_slots=1, vocab_rows=kept).generate(
+        [Request(prompt, len(prompt), 1)])
+    with torch.no_grad():
+        logits = model(inputs_embeds=prompt[None]).logits[0, -1, :kept].double()
+    assert generation.tokens == [int(logits.argmax())]
+    assert generation.logprobs[0] == pytest.approx(float(logits.log_softmax(-1).max()), abs=1e-5)
