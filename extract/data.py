@@ -16,6 +16,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import shlex
 import tarfile
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -51,13 +52,27 @@ def resolve_shards(tar_folder: str | None, shards) -> list[str]:
 
 
 def shard_stem(url: str) -> str:
-    """The output name of an input shard: its file name without the tar suffix."""
-    name = url.split()[-1] if url.startswith("pipe:") else url
-    name = os.path.basename(name.rstrip("/").split("?")[0]) or "shard"
+    """The output name of an input shard: its file name without the tar suffix (and without a URL's query). For a
+    `pipe:` command, the file name of the argument that names the shard: the last one with a tar suffix, else the
+    last one that is neither an option nor `-` (`pipe:aws s3 cp s3://b/s-000.tar -` is `s-000`)."""
+    name = url
+    if url.startswith("pipe:"):
+        try:
+            words = shlex.split(url[len("pipe:"):])
+        except ValueError:  # unbalanced quotes: the shell would refuse it too, but the name can still be found
+            words = url[len("pipe:"):].split()
+        plain = [w for w in words[1:] if w != "-" and not w.startswith("-") and w not in ("|", ">", "<", "&&", ";")]
+        named = [w for w in words if _without_query(w).endswith(SHARD_SUFFIXES)]
+        name = (named or plain or ["shard"])[-1]
+    name = os.path.basename(_without_query(name).rstrip("/")) or "shard"
     for suffix in SHARD_SUFFIXES:
         if name.endswith(suffix):
-            return name[: -len(suffix)]
+            return name[: -len(suffix)] or "shard"
     return name
+
+
+def _without_query(url: str) -> str:
+    return url.split("?")[0].split("#")[0]
 
 
 # ---------------------------------------------------------------------------- items

@@ -28,3 +28,23 @@ def test_an_nfd_clip_id_joins_its_nfc_row(tmp_path):
     path = tmp_path / "d.csv"
     path.write_text("video_id,start,end,duration\ncaf\u00e9,0,1,1\n", encoding="utf-8")
     assert Catalog.load(path, tolerance=0.01).match("cafe\u0301", 0, 1) == 0
+
+
+def test_tolerance_zero_joins_the_exact_window_and_the_boundary_joins(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text("video_id,start,end,duration\nv,10.0,23.01,13.01\nw,0,2.5,2.5\n")
+    exact = Catalog.load(path, tolerance=0.0)
+    assert exact.match("v", 10.0, 23.01) == 0 and exact.match("w", 0.0, 2.5) == 1  # the name's numbers, as written
+    assert exact.match("v", 10.0, 23.02) is None
+    half = Catalog.load(path, tolerance=0.5)  # 0.5 and 0.25 are exact in binary: a gap of exactly the tolerance joins
+    assert half.match("w", 0.5, 2.5) == 1 and half.match("w", 0.0, 3.0) == 1 and half.match("w", 0.0, 3.25) is None
+
+
+def test_the_closest_row_wins_and_keys_join_samples(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text("video_id,start,end,duration,key\nv,0,4,4,\nv,0.5,4.5,4,\n,,,7.5,000000123\n")
+    catalog = Catalog.load(path, tolerance=1.0)
+    assert catalog.match("v", 0.4, 4.4) == 1 and catalog.match("v", 0.1, 4.1) == 0
+    assert catalog.match(None, None, None, key="000000123") == 2 and catalog.rows[2]["duration"] == 7.5
+    assert catalog.match("v", 0.0, 4.0, key="not-in-the-csv") == 0  # no row for the key: the window decides
+    assert [r["start"] for r in catalog.rows_without_clips([("v", 0.0, 4.0)], keys=["000000123"])] == [0.5]

@@ -79,3 +79,32 @@ def test_detections_are_the_best_scoring_of_the_full_post_processing(checkpoints
         order = found["scores"].argsort(descending=True)[:3].tolist()
         assert [d["label"] for d in frame] == [found["text_labels"][i] for i in order]
         assert [d["score"] for d in frame] == [round(float(found["scores"][i]), 4) for i in order]
+
+
+def test_sam_is_prompted_with_the_boxes_samprocessor_makes_of_them(checkpoints):
+    """Boxes in a frame's pixels reach SAM as transformers' SamProcessor scales them for its resized input (by the long
+    side), on frames that are not square, wide and tall."""
+    import numpy as np
+    import torch
+
+    from conftest import ready
+    from extract.decode import decode_media
+    from extract.heads import Clip, build
+
+    head = ready(build("grounding_sam", {"detector": str(checkpoints[0]), "segmenter": str(checkpoints[1])}))
+    for size in ("160x120", "64x112"):
+        clip = Clip("k", "v", 0.0, 1.0, decode_media(make_clip(size=size), head.media_spec))
+        prepared = head.prepare(clip)
+        height, width = prepared["sizes"][0]
+        boxes = [[4.0, 6.0, width - 10.0, height / 2], [width / 3, 2.0, width - 1.0, height - 3.0]]
+        detections = [[{"label": "dog", "score": 0.9, "box": box} for box in boxes]] + [[] for _ in prepared["sizes"][1:]]
+        seen = []
+        hook = head.sam.register_forward_pre_hook(lambda module, args, kwargs: seen.append(kwargs["input_boxes"].float().cpu()),
+                                                  with_kwargs=True)
+        try:
+            head._segment([prepared], detections)
+        finally:
+            hook.remove()
+        frame = np.asarray(clip.media.frames[0])
+        expected = head.sam_processor(images=frame, input_boxes=[boxes], return_tensors="pt")["input_boxes"]
+        torch.testing.assert_close(seen[0], expected.float(), atol=1e-4, rtol=0)

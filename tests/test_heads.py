@@ -213,3 +213,46 @@ def test_thumbnails_are_all_one_size():
         sizes.add(tuple(thumbnail.shape))
         assert thumbnail.dtype == torch.uint8 and int(thumbnail.max()) == 200  # the picture, letterboxed in black
     assert sizes == {(96, 172, 3)}
+
+
+@register
+class Misbehaves(Head):
+    """Misbehaves on clips by their id: `prepare` raises (p), `infer` raises for its whole batch (i), `infer` returns one
+    result too few for a batch holding it (f), or a non-integral float for an int field (n)."""
+
+    name = "test_misbehaves"
+    fields = {"frames": int}
+
+    def __init__(self):
+        self.media_spec = MediaSpec(num_frames=2)
+
+    def prepare(self, clip):
+        if clip.video_id == "p":
+            raise ValueError("prepare cannot take p")
+        return len(clip.media.frame_times)
+
+    def infer(self, clips):
+        ids = [clip.video_id for clip in clips]
+        if "i" in ids:
+            raise RuntimeError("infer cannot take i")
+        results = [Result(fields={"frames": 2.5 if clip.video_id == "n" else clip.prepared}) for clip in clips]
+        return results[:-1] if "f" in ids else results
+
+
+def test_each_failure_of_a_head_is_that_clips_head_error_and_the_rest_is_written(tmp_path, clip_bytes):
+    (tmp_path / "in").mkdir()
+    ids = ["a", "p", "b", "i", "c", "f", "d", "n", "e"]
+    write_shard(tmp_path / "in" / "s.tar", [(f"{i} (0-1).mp4", clip_bytes) for i in ids])
+    run(_cfg(tmp_path, {"test_misbehaves": {"batch_size": 3}, "probe": {}}))
+    records = {r["video_id"]: r for r in read_records(tmp_path / "out" / "test_misbehaves")}
+    assert sorted(records) == sorted(ids)
+    expected_errors = {"p": "prepare cannot take p", "i": "infer cannot take i", "f": "returned 0 results for 1 clips",
+                       "n": "field frames is not of its declared type"}
+    for video_id, record in records.items():
+        if video_id in expected_errors:
+            assert (record["status"], record["error_type"]) == ("error", "head_error"), video_id
+            assert expected_errors[video_id] in record["error"] and record["frames"] is None
+        else:
+            assert (record["status"], record["frames"]) == ("ok", 2), video_id
+    probe = read_records(tmp_path / "out" / "probe")
+    assert len(probe) == len(ids) and all(r["status"] == "ok" for r in probe)  # the other head never noticed

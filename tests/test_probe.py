@@ -42,3 +42,33 @@ def test_a_hard_cut_is_counted_and_a_still_picture_has_none():
     still = _probe(make_clip(seconds=2, pattern="color=c=gray", tone=None))["stats"]
     assert still["scene_cuts"] == 0 and still["motion_energy"] < 0.5
     assert 120 < still["mean_luma"] < 136 and still["audio_rms_dbfs"] is None
+
+
+def _rgb_frames(data: bytes) -> "np.ndarray":
+    """ffmpeg's own RGB frames of a clip (its default conversion), [T, H, W, 3]."""
+    import numpy as np
+
+    command = ["ffmpeg", "-loglevel", "error", "-i", "pipe:0", "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1"]
+    raw = subprocess.run(command, input=data, check=True, capture_output=True).stdout
+    return np.frombuffer(raw, np.uint8).reshape(-1, 64, 96, 3)
+
+
+@pytest.mark.parametrize("colour, luma", [("red", 76.2), ("lime", 149.7), ("blue", 29.1)])
+def test_mean_luma_weighs_red_green_and_blue_as_bt601(colour, luma):
+    """Pure colours: BT.601's 0.299 R + 0.587 G + 0.114 B by hand (red 76, green 150, blue 29), and the same weights
+    over ffmpeg's own RGB frames of the clip."""
+    data = make_clip(seconds=1, pattern=f"color=c={colour}", tone=None)
+    expected = float((_rgb_frames(data).astype(float) @ [0.299, 0.587, 0.114]).mean())
+    stats = _probe(data)["stats"]
+    assert stats["mean_luma"] == pytest.approx(expected, abs=1.0)
+    assert stats["mean_luma"] == pytest.approx(luma, abs=3.0)
+    assert stats["motion_energy"] == pytest.approx(0.0, abs=0.5) and stats["scene_cuts"] == 0
+
+
+def test_motion_energy_is_the_mean_luma_change_between_sampled_frames():
+    """Black for 1 s then white for 1 s, sampled at 4 fps: 4 black and 4 white frames, one change of 255 levels among
+    7 steps: 255 / 7 = 36.4, and mean luma 127.5."""
+    stats = _probe(_two_colours())["stats"]
+    assert stats["frames_sampled"] == 8
+    assert stats["motion_energy"] == pytest.approx(255 / 7, abs=1.0)
+    assert stats["mean_luma"] == pytest.approx(127.5, abs=1.5)

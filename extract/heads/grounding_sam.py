@@ -167,11 +167,13 @@ class GroundingSam(Head):
             return masks
         pixels = torch.stack([frames[n][0]["sam_pixels"][frames[n][1]] for n in wanted])
         embeddings = self.sam.get_image_embeddings(pixels.to(self.device))  # batched
-        longest = self.sam_processor.image_processor.size["longest_edge"]
         for row, n in enumerate(wanted):
             p, i = frames[n]
             height, width = p["sizes"][i]
-            scale = longest / max(height, width)  # boxes in the resized image's pixels, as SamProcessor scales them
+            # boxes in the resized image's pixels, each axis by its rounded new size over its old one: SAM's
+            # ResizeLongestSide.apply_boxes (what Grounded-SAM's predictor calls), as SamProcessor scales them too
+            resized_height, resized_width = (int(v) for v in p["reshaped_input_sizes"][i])
+            scale = torch.tensor([resized_width / width, resized_height / height] * 2)
             boxes = torch.tensor([[d["box"] for d in detections[n]]], dtype=torch.float32) * scale
             output = self.sam(image_embeddings=embeddings[row : row + 1], input_boxes=boxes.to(self.device, self.dtype),
                               multimask_output=False)
