@@ -70,9 +70,13 @@ def normalise_overrides(arguments: list[str]) -> list[str]:
         key = override.key_or_group
         if key == "model" and not (override.is_add() or override.is_force_add() or override.is_delete()):
             argument = "+" + argument  # the group is not in the defaults list: choosing it is an addition
-        if key == "model" or key.startswith("hydra") or override.is_add() or override.is_force_add():
+        if key == "model" or key.startswith("hydra"):
             out.append(argument)
             continue
+        if override.is_add() or override.is_force_add():
+            # `+key=` is Hydra's way to add a key the config lacks, so a typo with it would pass unseen: every key is
+            # checked as if given plain, and a known one is given plain (Hydra refuses to add a key that exists)
+            argument = argument.lstrip("+")
         if key.startswith("model."):
             head, _, option = key[len("model."):].partition(".")
             if head not in heads and len(heads) == 1 and not swept:  # model.<option>: the one head's option

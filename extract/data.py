@@ -48,6 +48,11 @@ def resolve_shards(tar_folder: str | None, shards) -> list[str]:
     if not folder.is_dir():
         raise ConfigError(f"tar_folder {folder} is not a folder")
     found = {p for suffix in SHARD_SUFFIXES for p in glob.glob(glob.escape(str(folder)) + "/*" + suffix)}
+    if not found:
+        below = sorted(p for suffix in SHARD_SUFFIXES for p in glob.glob(glob.escape(str(folder)) + "/**/*" + suffix, recursive=True))
+        where = (f"; {len(below)} sit in its subfolders (e.g. {below[0]}): point tar_folder at one of them, or list them "
+                 "with shards=[a.tar,b.tar] or a brace pattern") if below else ""
+        raise ConfigError(f"tar_folder {folder} holds no shards (*.tar.gz, *.tgz, *.tar){where}")
     return sorted(found)
 
 
@@ -266,6 +271,11 @@ def read_members(shards, plan: ShardPlan, max_member_bytes: int):
         def finished(sample):
             """The item of a sample whose members have all been read (None if no head needs it)."""
             seen.add(sample.key)
+            if sample.media is None and not any(name.endswith(".json") for name in sample.names):
+                # text alone, no media and no sidecar (README.txt, notes.txt): not a sample
+                item = _rejected(url, sample.names[0], plan, "bad_name",
+                                 "not a clip or a WebDataset sample: a text file with no media or .json beside it")
+                return item if item.heads else None
             return sample.item() if sample.heads else None
 
         try:

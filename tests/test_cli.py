@@ -107,3 +107,32 @@ def test_a_rerun_with_other_head_options_is_refused_and_a_sweep_gets_a_folder_pe
     sweep = run_cli("--multirun", "+model=probe", f"tar_folder={tmp_path}", "model.fps=2,8", f"output_dir={tmp_path}/sweep/fps_${{model.probe.fps}}")
     assert sweep.returncode == 0, sweep.stderr[-2000:]
     assert [r["stats"]["frames_sampled"] for r in read_records(tmp_path / "sweep" / "fps_8" / "probe")] == [8]
+
+
+def test_typos_with_hydras_plus_are_caught_too(tmp_path):
+    from extract.cli import normalise_overrides
+    from extract.errors import ConfigError
+
+    _one_line_error(run_cli("+model=probe", "tar_folder=shards", "+output_dri=/tmp/elsewhere"),
+                    "unknown option 'output_dri'", "did you mean output_dir?")
+    for typo, words in {"+model.av_sync.max_ofset=1.0": ("unknown option of head av_sync 'max_ofset'", "max_offset"),
+                        "++batchsize=2": ("unknown option 'batchsize'", "batch_size")}.items():
+        try:
+            normalise_overrides(["+model=[probe,av_sync]", "tar_folder=shards", typo])
+        except ConfigError as exc:
+            assert all(word in str(exc) for word in words), str(exc)
+        else:
+            raise AssertionError(f"{typo} passed")
+    # a known key given with + is the key itself (Hydra would refuse to add what exists)
+    assert normalise_overrides(["+model=probe", "+output_dir=out", "+model.fps=2"]) == ["+model=probe", "output_dir=out",
+                                                                                        "model.probe.fps=2"]
+
+
+def test_a_folder_without_shards_is_an_error_that_says_where_they_are(tmp_path):
+    (tmp_path / "empty").mkdir()
+    _one_line_error(run_cli("+model=probe", f"tar_folder={tmp_path / 'empty'}"), "holds no shards (*.tar.gz, *.tgz, *.tar)")
+    nested = tmp_path / "nested"
+    (nested / "day1").mkdir(parents=True)
+    write_shard(nested / "day1" / "a.tar", [("v (0-1).mp4", b"x")], gz=False)
+    _one_line_error(run_cli("+model=probe", f"tar_folder={nested}"), "holds no shards", "1 sit in its subfolders",
+                    str(nested / "day1" / "a.tar"), "shards=")

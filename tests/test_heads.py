@@ -97,7 +97,8 @@ def test_several_heads_share_one_read_and_one_decode_per_clip(tmp_path, monkeypa
 def test_a_clip_that_cannot_be_read_is_an_error_in_every_heads_folder(tmp_path, clip_bytes):
     (tmp_path / "in").mkdir()
     write_shard(tmp_path / "in" / "s.tar", [("good (0-1).mp4", clip_bytes), ("bad (0-1).mp4", b"\x00\x01" * 5000),
-                                             ("README.md", b"hello")])
+                                             ("README.md", b"hello"), ("README.txt", b"how this shard was made"),
+                                             ("orphan.json", b'{"url": "x"}')])
     cfg = compose_cfg("+model=[probe,av_sync]", f"tar_folder={tmp_path / 'in'}", f"output_dir={tmp_path / 'out'}",
                       "num_workers=1", "wandb.mode=disabled")
     run(cfg)
@@ -105,6 +106,10 @@ def test_a_clip_that_cannot_be_read_is_an_error_in_every_heads_folder(tmp_path, 
         records = {r["member"]: r for r in read_records(tmp_path / "out" / head)}
         assert (records["bad (0-1).mp4"]["status"], records["bad (0-1).mp4"]["error_type"]) == ("error", "not_media")
         assert records["README.md"]["status"] == "rejected" and records["good (0-1).mp4"]["status"] != "error"
+        # text alone is no sample; a sidecar without its media is a sample that lost it
+        readme = records["README.txt"]
+        assert (readme["status"], readme["error_type"]) == ("rejected", "bad_name") and readme["key"].startswith("member_")
+        assert (records["orphan.json"]["status"], records["orphan.json"]["error_type"]) == ("error", "no_media")
 
 
 def test_only_the_chosen_heads_need_their_packages(tmp_path, clip_bytes):

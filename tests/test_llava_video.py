@@ -62,10 +62,12 @@ def test_missing_checkpoint_is_one_clear_error(tmp_path, monkeypatch):
                      f"output_dir={tmp_path / 'out'}")
     assert result.returncode == 2
     assert f"the checkpoint folder {tmp_path / 'nowhere'} does not exist" in result.stderr
+    assert "point model.llava_video.checkpoint at a folder" in result.stderr  # the option to set, by its name
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a hub id that is not in the cache
     result = run_cli("+model=llava_video", "model.checkpoint=nobody/no-such-model", "tar_folder=shards", f"output_dir={tmp_path / 'out'}")
     assert result.returncode == 2
     assert "cannot load checkpoint 'nobody/no-such-model'" in result.stderr and "huggingface-cli download nobody/no-such-model" in result.stderr
+    assert "or point model.llava_video.checkpoint at a local folder" in result.stderr
 
 
 def test_out_of_memory_batch_is_retried_in_halves(checkpoint, monkeypatch):

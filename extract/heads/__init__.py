@@ -184,7 +184,7 @@ def with_preset(head: str, presets: dict[str, dict], preset: str, given: dict) -
     return {**presets[preset], **{name: value for name, value in given.items() if value is not None}}
 
 
-def load_tokenizer(checkpoint: str, revision: str | None = None, trust_remote_code: bool = False):
+def load_tokenizer(checkpoint: str, revision: str | None = None, trust_remote_code: bool = False, option: str | None = None):
     """A checkpoint's tokenizer (CPU only, light): what `prepare` runs in the workers. `trust_remote_code` runs the
     tokenizer code a checkpoint ships (InternLM2's), only when the user asks for it."""
     from transformers import AutoTokenizer
@@ -194,30 +194,32 @@ def load_tokenizer(checkpoint: str, revision: str | None = None, trust_remote_co
     except (OSError, ValueError) as exc:
         hint = "; its tokenizer is code shipped with the checkpoint: allow it with trust_remote_code=true" \
             if "trust_remote_code" in str(exc) else ""
-        raise checkpoint_error(checkpoint, exc, hint) from exc
+        raise checkpoint_error(checkpoint, exc, hint, option=option) from exc
 
 
-def load_config(checkpoint: str, revision: str | None = None):
+def load_config(checkpoint: str, revision: str | None = None, option: str | None = None):
     from transformers import AutoConfig
 
     try:
         return AutoConfig.from_pretrained(checkpoint, revision=revision)
     except (OSError, ValueError) as exc:
-        raise checkpoint_error(checkpoint, exc) from exc
+        raise checkpoint_error(checkpoint, exc, option=option) from exc
 
 
-def checkpoint_error(checkpoint: str, exc: Exception, hint: str = "", fetch: str = "") -> ConfigError:
-    """One line that names a checkpoint that would not load, and how to fetch it (`fetch`: the head's own recipe)."""
+def checkpoint_error(checkpoint: str, exc: Exception, hint: str = "", fetch: str = "", option: str | None = None) -> ConfigError:
+    """One line that names a checkpoint that would not load, the option that names it (`model.<head>.checkpoint`), and
+    how to fetch it (`fetch`: the head's own recipe)."""
+    where = option or "the head's checkpoint option"
     if checkpoint.startswith(("/", "./", "../", "~")) and not Path(checkpoint).expanduser().exists():
         return ConfigError(f"the checkpoint folder {checkpoint} does not exist{hint}; "
-                           f"{fetch or 'point the model checkpoint option at a folder in transformers format, or at a hub id'}")
+                           f"{fetch or f'point {where} at a folder in transformers format, or at a hub id'}")
     if fetch:
         return ConfigError(f"cannot load checkpoint {checkpoint!r} ({type(exc).__name__}: "
                            f"{str(exc).splitlines()[0][:200] if str(exc) else ''}){hint}. {fetch}")
     return ConfigError(
         f"cannot load checkpoint {checkpoint!r} ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}){hint}. "
         f"Fetch it first with `huggingface-cli download {checkpoint}` (then run with HF_HUB_OFFLINE=1), "
-        "or point the model's checkpoint option at a local folder in transformers format"
+        f"or point {where} at a local folder in transformers format"
     )
 
 
@@ -231,23 +233,23 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[name]
 
 
-def load_processor(checkpoint: str, revision: str | None = None, processor_class=None):
+def load_processor(checkpoint: str, revision: str | None = None, processor_class=None, option: str | None = None):
     """A checkpoint's processor (CPU only, light): what `prepare` runs in the workers."""
     from transformers import AutoProcessor
 
     try:
         return (processor_class or AutoProcessor).from_pretrained(checkpoint, revision=revision)
     except (OSError, ValueError) as exc:
-        raise checkpoint_error(checkpoint, exc) from exc
+        raise checkpoint_error(checkpoint, exc, option=option) from exc
 
 
 def load_model(model_class, checkpoint: str, device: torch.device, dtype: torch.dtype, revision: str | None = None,
-               **model_options):
+               option: str | None = None, **model_options):
     """A model from a hub id or a local folder, on `device` in eval mode; one clear error if absent."""
     try:
         model = model_class.from_pretrained(checkpoint, revision=revision, dtype=dtype, **model_options)
     except (OSError, ValueError) as exc:
-        raise checkpoint_error(checkpoint, exc) from exc
+        raise checkpoint_error(checkpoint, exc, option=option) from exc
     return model.to(device).eval()
 
 

@@ -106,7 +106,7 @@ class AudioCaption(Head):
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_id)
         except (OSError, ValueError) as exc:
-            raise checkpoint_error(self.tokenizer_id, exc) from exc
+            raise checkpoint_error(self.tokenizer_id, exc, option="model.audio_caption.tokenizer") from exc
         try:
             model = load_released(folder)
         except CheckpointMismatch as exc:

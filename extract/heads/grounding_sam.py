@@ -87,14 +87,15 @@ class GroundingSam(Head):
     def open(self, device: torch.device) -> None:
         from transformers import SamProcessor
 
-        self._use_processors(load_processor(self.detector_id), load_processor(self.segmenter_id, processor_class=SamProcessor),
+        self._use_processors(load_processor(self.detector_id, option="model.grounding_sam.detector"), load_processor(self.segmenter_id, processor_class=SamProcessor,
+                                                                              option="model.grounding_sam.segmenter"),
                              resolve_dtype(self.dtype_name, device))
 
     def load(self, device: torch.device) -> None:
         from transformers import GroundingDinoForObjectDetection, SamModel
 
-        self.detector = load_model(GroundingDinoForObjectDetection, self.detector_id, device, self.dtype)
-        self.sam = load_model(SamModel, self.segmenter_id, device, self.dtype)
+        self.detector = load_model(GroundingDinoForObjectDetection, self.detector_id, device, self.dtype, option="model.grounding_sam.detector")
+        self.sam = load_model(SamModel, self.segmenter_id, device, self.dtype, option="model.grounding_sam.segmenter")
         self.device = device
 
     def attach(self, detector: tuple, segmenter: tuple, device: torch.device) -> None:

@@ -118,15 +118,16 @@ class InternVL(Head):
         self.media_spec = MediaSpec(num_frames=self.num_keyframes, sampling="segments", **size)
 
     def open(self, device: torch.device) -> None:
-        config = load_config(self.model_id, self.revision)
-        tokenizer = load_tokenizer(self.model_id, self.revision, trust_remote_code=self.trust_remote_code)
+        config = load_config(self.model_id, self.revision, option=f"model.{self.name}.checkpoint")
+        tokenizer = load_tokenizer(self.model_id, self.revision, trust_remote_code=self.trust_remote_code,
+                                   option=f"model.{self.name}.checkpoint")
         self._use(tokenizer, config, resolve_dtype(self.dtype_name, device), device)
 
     def load(self, device: torch.device) -> None:
         from transformers import InternVLForConditionalGeneration
 
         self.model = load_model(InternVLForConditionalGeneration, self.model_id, device, self.dtype, self.revision,
-                                attn_implementation=pick_attention(self.attn_implementation))
+                                option=f"model.{self.name}.checkpoint", attn_implementation=pick_attention(self.attn_implementation))
 
     def attach(self, processor, model, device: torch.device) -> None:
         """Use this model and its processor's tokenizer (benchmarks attach full-size random ones built on the device)."""

@@ -70,14 +70,14 @@ class LlavaVideo(Head):
         self.model = self.tokenizer = None
 
     def open(self, device: torch.device) -> None:
-        config = load_config(self.model_id, self.revision)
-        self._use(load_tokenizer(self.model_id, self.revision), config, resolve_dtype(self.dtype_name, device), device)
+        config = load_config(self.model_id, self.revision, option=f"model.{self.name}.checkpoint")
+        self._use(load_tokenizer(self.model_id, self.revision, option=f"model.{self.name}.checkpoint"), config, resolve_dtype(self.dtype_name, device), device)
 
     def load(self, device: torch.device) -> None:
         from transformers import LlavaOnevisionForConditionalGeneration
 
         self.model = load_model(LlavaOnevisionForConditionalGeneration, self.model_id, device, self.dtype, self.revision,
-                                attn_implementation=pick_attention(self.attn_implementation))
+                                option=f"model.{self.name}.checkpoint", attn_implementation=pick_attention(self.attn_implementation))
 
     def attach(self, processor, model, device: torch.device) -> None:
         """Use this model and its processor's tokenizer (benchmarks attach full-size random ones built on the device)."""
