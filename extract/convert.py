@@ -75,7 +75,28 @@ def load_strict(model, state: dict[str, torch.Tensor]) -> None:
     model.load_state_dict(state, strict=True, assign=True)
 
 
-def llava_video_config(source: dict, state: dict[str, torch.Tensor], vision_heads: int | None, image_token: int, video_token: int):
+def tower_image_size(source: dict, side: int, patch: int, given: int | None = None) -> int:
+    """The input size of the vision tower, which its weights do not tell (SigLIP-so400m's 27 patches of 14 px cover 378
+    of its 384 px; the conv drops the rest). LLaVA-NeXT builds the tower from `mm_vision_tower`'s own config and its
+    processor resizes to that size (siglip_encoder.py: 384), so: the size given, else that tower's folder's config, else
+    the size its name ends with (`google/siglip-so400m-patch14-384`), when its patch grid is the weights' grid."""
+    candidates = [given] if given else []
+    tower = str(source.get("mm_vision_tower") or "")
+    tower_config = Path(tower) / "config.json"
+    if not given and tower and tower_config.is_file():
+        config = json.loads(tower_config.read_text())
+        candidates.append((config.get("vision_config") or config).get("image_size"))
+    if not given and (match := re.search(r"-(\d+)$", tower)):
+        candidates.append(int(match.group(1)))
+    for size in candidates:
+        if size and int(size) // patch == side:
+            return int(size)
+    raise ConversionError(f"the vision tower's input size is not known: {tower or 'no mm_vision_tower'} does not name one "
+                          f"whose {patch} px patches make the weights' {side}x{side} grid; give it with --image-size")
+
+
+def llava_video_config(source: dict, state: dict[str, torch.Tensor], vision_heads: int | None, image_token: int, video_token: int,
+                       image_size: int | None = None):
     from transformers import LlavaOnevisionConfig
 
     patch = state["model.vision_tower.vision_tower.vision_model.embeddings.patch_embedding.weight"]
@@ -95,7 +116,8 @@ def llava_video_config(source: dict, state: dict[str, torch.Tensor], vision_head
         text_config=text_config,
         vision_config={"model_type": "siglip_vision_model", "hidden_size": vision_hidden, "intermediate_size": fc1.shape[0],
                        "num_hidden_layers": len(layers), "num_attention_heads": vision_heads, "patch_size": patch_size,
-                       "image_size": int(round(positions.shape[0] ** 0.5)) * patch_size, "vision_use_head": False},
+                       "image_size": tower_image_size(source, int(round(positions.shape[0] ** 0.5)), patch_size, image_size),
+                       "vision_use_head": False},
         image_token_index=image_token, video_token_index=video_token, vision_feature_select_strategy="full",
         vision_feature_layer=-1, image_grid_pinpoints=source.get("image_grid_pinpoints"),
         vision_aspect_ratio=source.get("image_aspect_ratio", "anyres_max_9"),
@@ -103,19 +125,24 @@ def llava_video_config(source: dict, state: dict[str, torch.Tensor], vision_head
     )
 
 
-def convert_llava_video(source: Path, target: Path, vision_heads: int | None = None) -> Path:
+def convert_llava_video(source: Path, target: Path, vision_heads: int | None = None, image_size: int | None = None) -> Path:
     from transformers import (AutoTokenizer, LlavaOnevisionForConditionalGeneration, LlavaOnevisionImageProcessor,
                               LlavaOnevisionProcessor, LlavaOnevisionVideoProcessor)
 
     original = json.loads((source / "config.json").read_text())
     state = read_state_dict(source)
     tokenizer = AutoTokenizer.from_pretrained(source)
-    if "<video>" not in tokenizer.get_vocab():
-        tokenizer.add_tokens(["<video>"], special_tokens=True)
+    # lmms-lab's tokenizers have no <image> or <video> (LLaVA-NeXT splices index -200 into the ids): the placeholders
+    # the head splices at are added at the tokenizer's end, rows the authors' model never predicts (the head leaves
+    # them out of its log-probabilities)
+    missing = [token for token in ("<image>", "<video>") if token not in tokenizer.get_vocab()]
+    if missing:
+        tokenizer.add_tokens(missing, special_tokens=True)
     image_token, video_token = tokenizer.convert_tokens_to_ids("<image>"), tokenizer.convert_tokens_to_ids("<video>")
-    config = llava_video_config(original, state, vision_heads, image_token, video_token)
-    if video_token >= config.text_config.vocab_size:
-        raise ConversionError(f"<video> would be token {video_token}, past the embedding's {config.text_config.vocab_size} rows")
+    config = llava_video_config(original, state, vision_heads, image_token, video_token, image_size)
+    for token, index in (("<image>", image_token), ("<video>", video_token)):
+        if index >= config.text_config.vocab_size:
+            raise ConversionError(f"{token} would be token {index}, past the embedding's {config.text_config.vocab_size} rows")
     renamed = {rename(k, LLAVA_KEY_MAP): v for k, v in state.items()}
     with torch.device("meta"):
         model = LlavaOnevisionForConditionalGeneration(config)
@@ -265,6 +292,7 @@ def main(argv: list[str] | None = None) -> None:
     llava.add_argument("source", type=Path)
     llava.add_argument("target", type=Path)
     llava.add_argument("--vision-heads", type=int, help="attention heads of the SigLIP tower (default: width / 72)")
+    llava.add_argument("--image-size", type=int, help="the tower's input size (default: from mm_vision_tower, e.g. 384)")
     internvl = sub.add_parser("internvl2", help="InternVL2 (remote-code layout) -> native transformers InternVL")
     internvl.add_argument("source", type=Path)
     internvl.add_argument("target", type=Path)
@@ -272,7 +300,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         if args.what == "llava_video":
-            convert_llava_video(args.source, args.target, args.vision_heads)
+            convert_llava_video(args.source, args.target, args.vision_heads, args.image_size)
         else:
             convert_internvl2(args.source, args.target, args.image_token_id)
     except ConversionError as exc:

@@ -129,8 +129,10 @@ def grounding_sam(device: torch.device, dtype: torch.dtype, layers: int | None =
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>"]
 
 
-def tiny_tokenizer(extra_special_tokens: dict[str, str] | None = None, chat_template: str = QWEN_CHAT_TEMPLATE):
-    """A small byte-level BPE with Qwen's special tokens, trained offline on a few sentences."""
+def tiny_tokenizer(extra_special_tokens: dict[str, str] | None = None, chat_template: str = QWEN_CHAT_TEMPLATE,
+                   placeholders: bool = True):
+    """A small byte-level BPE with Qwen's special tokens, trained offline on a few sentences; without the image and
+    video placeholders when `placeholders` is false (as lmms-lab's LLaVA tokenizers are)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -141,8 +143,10 @@ def tiny_tokenizer(extra_special_tokens: dict[str, str] | None = None, chat_temp
               "These frames are located at 0.12s,0.38s. Please answer the following questions related to this video.",
               "Please describe this video in detail. A person walks a dog in the park on a sunny day.",
               "system user assistant You are a helpful assistant."]
-    extra = extra_special_tokens or {"image_token": "<image>", "video_token": "<video>"}
-    specials = SPECIAL_TOKENS + [t for t in extra.values() if t not in SPECIAL_TOKENS]
+    extra = extra_special_tokens if extra_special_tokens is not None else \
+        ({"image_token": "<image>", "video_token": "<video>"} if placeholders else {})
+    specials = [t for t in SPECIAL_TOKENS if placeholders or t not in ("<image>", "<video>")]
+    specials += [t for t in extra.values() if t not in specials]
     trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tokenizer.train_from_iterator(corpus, trainer)

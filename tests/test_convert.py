@@ -41,7 +41,8 @@ def original(tmp_path_factory):
         "intermediate_size": text.intermediate_size, "num_hidden_layers": text.num_hidden_layers,
         "num_attention_heads": text.num_attention_heads, "num_key_value_heads": text.num_key_value_heads,
         "vocab_size": text.vocab_size, "max_position_embeddings": text.max_position_embeddings, "rms_norm_eps": text.rms_norm_eps,
-        "rope_theta": 10000.0, "mm_vision_tower": "google/siglip-so400m-patch14-384", "mm_projector_type": "mlp2x_gelu",
+        "rope_theta": 10000.0, "mm_vision_tower": "tiny/siglip-patch8-40",  # the tiny tower, named as SigLIP is
+        "mm_projector_type": "mlp2x_gelu",
         "image_aspect_ratio": "anyres_max_9", "image_grid_pinpoints": model.config.image_grid_pinpoints,
         "tie_word_embeddings": False}))
     AutoTokenizer.from_pretrained(tiny).save_pretrained(source)

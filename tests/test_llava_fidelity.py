@@ -49,7 +49,7 @@ def release(tmp_path_factory):
         "num_attention_heads": text.num_attention_heads, "num_key_value_heads": text.num_key_value_heads,
         "vocab_size": text.vocab_size, "max_position_embeddings": text.max_position_embeddings, "rms_norm_eps": text.rms_norm_eps,
         "rope_theta": text.rope_parameters["rope_theta"] if getattr(text, "rope_parameters", None) else 10000.0,
-        "mm_vision_tower": "google/siglip-so400m-patch14-384", "mm_projector_type": "mlp2x_gelu", "mm_hidden_size": vision.hidden_size,
+        "mm_vision_tower": f"tiny/siglip-patch{vision.patch_size}-{vision.image_size}", "mm_projector_type": "mlp2x_gelu", "mm_hidden_size": vision.hidden_size,
         "mm_spatial_pool_mode": "bilinear", "mm_newline_position": "grid", "mm_patch_merge_type": "spatial_unpad",
         "image_aspect_ratio": "anyres_max_9", "image_grid_pinpoints": model.config.image_grid_pinpoints, "tie_word_embeddings": False,
         "vision_image_size": vision.image_size, "vision_patch_size": vision.patch_size}))

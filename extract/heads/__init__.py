@@ -283,7 +283,8 @@ def generation_engine(head):
     from extract.generation import GenerationEngine
 
     if head.engine is None or head.engine.lm_head is not head.model.lm_head:
-        head.engine = GenerationEngine(head.model.model.language_model, head.model.lm_head, end_tokens(head.model), head.max_slots)
+        head.engine = GenerationEngine(head.model.model.language_model, head.model.lm_head, end_tokens(head.model), head.max_slots,
+                                       vocab_rows=getattr(head, "vocab_rows", None))
     head.engine.eos_ids = end_tokens(head.model)
     return head.engine
 

@@ -87,6 +87,7 @@ class LlavaVideo(Head):
     def _use(self, tokenizer, config, dtype: torch.dtype, device: torch.device) -> None:
         self.tokenizer, self.dtype, self.device = tokenizer, dtype, device
         self.video_token = config.video_token_index
+        self.vocab_rows = authors_vocabulary(tokenizer, {config.video_token_index, config.image_token_index})
         vision = config.vision_config
         side = vision.image_size // vision.patch_size  # 27 patches a side
         self.pooled = math.ceil(side / POOL_STRIDE)  # 14
@@ -171,7 +172,8 @@ class LlavaVideo(Head):
     def _generate(self, clips: list[Clip]) -> list[Result]:
         prepared = [clip.prepared if clip.prepared is not None else self.prepare(clip) for clip in clips]
         if self.engine_name == "generate":
-            generations, _ = greedy_generate(self.model, self.tokenizer, self.model_inputs(prepared), self.max_new_tokens)
+            generations, _ = greedy_generate(self.model, self.tokenizer, self.model_inputs(prepared), self.max_new_tokens,
+                                             self.vocab_rows)
         else:
             requests = [Request(lambda p=p: self.prompt_embeddings(p), len(p["input_ids"]), self.max_new_tokens) for p in prepared]
             generations = [summarise(self.tokenizer, g.tokens, torch.tensor(g.logprobs), end_tokens(self.model))
@@ -180,3 +182,14 @@ class LlavaVideo(Head):
         return [Result(fields={"caption": g.text, **g.fields(), "num_frames": len(p["frame_times"]), "frame_times": p["frame_times"],
                                "video_s": p["video_s"], "preset": self.preset, "revision": revision, "prompt_sha1": self.prompt_hash})
                 for p, g in zip(prepared, generations)]
+
+
+def authors_vocabulary(tokenizer, placeholders: set[int]) -> int:
+    """The vocabulary rows LLaVA-NeXT's model has: its loader cuts the embedding and lm_head to its tokenizer's length
+    (llava/model/builder.py: 151,646 of LLaVA-Video-7B's 152,064 rows), and that tokenizer has no <image> or <video>
+    (the splice uses index -200). A converted tokenizer adds those placeholders at its end: they are not the authors'
+    rows either. Captions and log-probabilities come from these rows only."""
+    rows = len(tokenizer)
+    while rows - 1 in placeholders:
+        rows -= 1
+    return rows
