@@ -190,6 +190,17 @@ def _video_decoder(data: bytes, stream_index: int | None = None):
         return VideoDecoder(data, seek_mode="exact", dimension_order="NHWC", stream_index=stream_index)._decoder
 
 
+def average_rate(stream) -> float | None:
+    """A video stream's average frame rate as ffprobe's avg_frame_rate and decord's get_avg_fps() give it: its frames
+    over its duration, from the header where both are there (what ffmpeg computes it from for mp4). torchcodec's
+    average_fps_from_header is the stream's r_frame_rate for such streams (30 for a variable-rate phone clip averaging
+    10.7, or the 90 kHz time base itself)."""
+    count, duration = stream.num_frames_from_header, stream.duration_seconds_from_header
+    if count and duration:
+        return _seconds(count / duration)
+    return _seconds(stream.average_fps_from_header)
+
+
 def _container_info(data: bytes) -> dict:
     """Container and per-stream metadata from the headers; DecodeFailure(not_media) if ffmpeg cannot open it."""
     try:
@@ -208,7 +219,7 @@ def _container_info(data: bytes) -> dict:
     video, audio = [], []
     for stream in container.streams:
         if isinstance(stream, codec_core.VideoStreamMetadata):
-            fps_header = _seconds(stream.average_fps_from_header)
+            fps_header = average_rate(stream)
             # fps, num_frames, duration_s and first_frame_s are measured when the stream is decoded
             video.append({"index": stream.stream_index, "codec": stream.codec, "width": stream.width, "height": stream.height,
                           "fps": fps_header, "fps_header": fps_header, "num_frames": stream.num_frames_from_header,

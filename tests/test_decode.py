@@ -176,3 +176,30 @@ def test_stereo_is_folded_to_the_mean_of_its_channels():
     assert media.info["audio_streams"][0]["channels"] == 2
     rms = float(np.sqrt(np.mean(np.square(media.audio[1000:-1000], dtype=np.float64))))
     assert rms == pytest.approx(0.25 / np.sqrt(2), rel=0.01)
+
+
+def _ffprobe_rate(data: bytes, entry: str) -> float:
+    import subprocess
+    from fractions import Fraction
+
+    out = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", f"stream={entry}", "-of",
+                          "default=nw=1:nk=1", "pipe:0"], input=data, capture_output=True, check=True).stdout.decode().strip()
+    return float(Fraction(out))
+
+
+def phone_like_clip() -> bytes:
+    """Variable-rate frames on a 90 kHz clock, as phones record: r_frame_rate 30, avg_frame_rate about 10.7."""
+    return ffmpeg_output("-f", "lavfi", "-i", "testsrc=size=96x64:rate=30:duration=3", "-vf",
+                         "select='not(mod(n\\,3))+eq(mod(n\\,7)\\,1)',setpts='N/(10.5*TB)+0.013*mod(N\\,4)/TB'",
+                         "-fps_mode", "vfr", "-video_track_timescale", "90000", "-c:v", "libx264", "-pix_fmt", "yuv420p")
+
+
+def test_the_declared_rate_is_the_streams_average_rate_as_ffprobe_gives_it():
+    data = phone_like_clip()
+    average, nominal = _ffprobe_rate(data, "avg_frame_rate"), _ffprobe_rate(data, "r_frame_rate")
+    assert abs(average - nominal) > 5  # the file is one where the two differ
+    media = decode_media(data, MediaSpec(num_frames=4))
+    assert media.video["fps_header"] == pytest.approx(average, rel=1e-4)
+    for plain in (plain_mp4(seconds=2, rate=12), plain_mp4(seconds=1.5, rate=25)):  # mp4 files with their index
+        expected = _ffprobe_rate(plain, "avg_frame_rate")
+        assert decode_media(plain, MediaSpec(num_frames=4)).video["fps_header"] == pytest.approx(expected, rel=1e-4)

@@ -170,3 +170,31 @@ def test_pixels_are_siglips_preprocessing_of_the_full_frames(release):
     theirs = torch.from_numpy(np.stack(theirs)).float()
     difference = (ours - theirs).abs()
     assert difference.max() <= 2 * 2 / 255 + 1e-6 and difference.mean() < 0.01  # at most two levels of 255 apart
+
+
+def test_a_phone_clips_times_come_from_its_average_rate(release):
+    """load_video: fps = decord's get_avg_fps() (ffprobe's avg_frame_rate), times index / fps, length frames / fps; on a
+    variable-rate clip on a 90 kHz clock whose r_frame_rate (30) is far from its average (about 10.7)."""
+    import numpy as np
+
+    from test_decode import _ffprobe_rate, phone_like_clip
+
+    _, _, converted = release
+    head = ready(build("llava_video", {"checkpoint": str(converted), "num_frames": 4}))
+    data = phone_like_clip()
+    average = _ffprobe_rate(data, "avg_frame_rate")
+    frames = int(_ffprobe_count(data))
+    clip = Clip("k", "v", 0.0, 4.0, decode_media(data, head.media_spec))
+    indices = [int(i) for i in np.linspace(0, frames - 1, 4)]
+    assert clip.media.frame_indices == indices
+    times, length = head.frame_times(clip.media)
+    assert times == [round(i / average, 2) for i in indices] and length == pytest.approx(frames / average, rel=1e-4)
+    assert f"The video lasts for {frames / average:.2f} seconds" in head.prompt_for(clip)
+
+
+def _ffprobe_count(data: bytes) -> int:
+    import subprocess
+
+    out = subprocess.run(["ffprobe", "-v", "error", "-count_frames", "-select_streams", "v:0", "-show_entries",
+                          "stream=nb_read_frames", "-of", "default=nw=1:nk=1", "pipe:0"], input=data, capture_output=True, check=True)
+    return int(out.stdout.decode().strip())

@@ -19,7 +19,7 @@ class VideoStream(TypedDict):
     width: int
     height: int
     fps: float  # measured: the mean spacing of the decoded frames' timestamps
-    fps_header: float  # what the container declares (a nominal rate; 90000 for some phone clips)
+    fps_header: float  # the average rate the header declares (frames / duration: ffprobe's avg_frame_rate, decord's get_avg_fps)
     num_frames: int  # counted in the stream's packets
     num_frames_header: int
     duration_s: float  # measured: first frame to the end of the last
