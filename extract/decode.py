@@ -216,25 +216,37 @@ def _container_info(data: bytes) -> dict:
         if container != "unknown":  # a known container that does not open: cut short or corrupt
             raise DecodeFailure("decode_error", f"the {container} file cannot be read, truncated or corrupt ({_reason(exc)})") from exc
         raise DecodeFailure("not_media", _looks_like_text(data) or f"ffmpeg cannot read it as media ({_reason(exc)})") from exc
-    video, audio = [], []
+    video, audio, subtitles = [], [], []
     for stream in container.streams:
         if isinstance(stream, codec_core.VideoStreamMetadata):
-            fps_header = average_rate(stream)
-            # fps, num_frames, duration_s and first_frame_s are measured when the stream is decoded
+            # fps, num_frames, duration_s and first_frame_s are measured when the stream is decoded (null for the others)
             video.append({"index": stream.stream_index, "codec": stream.codec, "width": stream.width, "height": stream.height,
-                          "fps": fps_header, "fps_header": fps_header, "num_frames": stream.num_frames_from_header,
+                          "fps": None, "fps_header": average_rate(stream), "num_frames": None,
                           "num_frames_header": stream.num_frames_from_header, "duration_s": None,
                           "duration_s_header": _seconds(stream.duration_seconds_from_header),
-                          "start_s": _seconds(stream.begin_stream_seconds_from_header), "first_frame_s": None})
+                          "start_s": _seconds(stream.begin_stream_seconds_from_header), "first_frame_s": None,
+                          "color_space": stream.color_space})
         elif isinstance(stream, codec_core.AudioStreamMetadata):
             audio.append({"index": stream.stream_index, "codec": stream.codec, "sample_rate": stream.sample_rate,
                           "channels": stream.num_channels, "start_s": _seconds(stream.begin_stream_seconds_from_header),
                           "duration_s_header": _seconds(stream.duration_seconds_from_header)})
+        elif getattr(stream, "media_type", None) == "subtitle":
+            subtitles.append({"index": stream.stream_index, "codec": stream.codec})
     if not video and not audio:
         raise DecodeFailure("not_media", "the file has neither a video nor an audio stream")
     return {"container": sniff_container(data), "duration_s": _seconds(container.duration_seconds_from_header),
             "bit_rate": container.bit_rate_from_header, "video_streams": video, "audio_streams": audio,
-            "video_stream_index": container.best_video_stream_index, "audio_stream_index": container.best_audio_stream_index}
+            "subtitle_streams": subtitles, "video_stream_index": container.best_video_stream_index,
+            "audio_stream_index": ffmpeg_default_audio(audio)}
+
+
+def ffmpeg_default_audio(streams: list[dict]) -> int | None:
+    """The audio stream ffmpeg's command line keeps by default, which the authors' loaders read (librosa through
+    ffmpeg, Synchformer's ffmpeg re-encode). fftools maps the default-flagged stream with the most channels; muxers
+    flag the first stream of each kind, and torchcodec does not show the flag, so: the first audio stream (ffmpeg's
+    pick whenever no later default stream has more channels). torchcodec's own choice (av_find_best_stream) goes by
+    bit rate and can differ: NASA's clip of two stereo streams, 8 and 16 kHz, ffmpeg reads the first."""
+    return streams[0]["index"] if streams else None
 
 
 @dataclass
@@ -251,13 +263,15 @@ class _Timeline:
         try:  # the exact mode reads every packet's timestamp (no decoding)
             meta = VideoDecoder(data, seek_mode="exact", stream_index=stream["index"]).metadata
             begin, end = meta.begin_stream_seconds_from_content, meta.end_stream_seconds_from_content
-            if begin is not None and end is not None and end > begin and meta.num_frames_from_content:
-                return cls(float(begin), float(end), int(meta.num_frames_from_content), True)
+            scanned = int(meta.num_frames_from_content) if meta.num_frames_from_content else None
+            if begin is not None and end is not None and end > begin > _NO_PTS and scanned:
+                return cls(float(begin), float(end), scanned, True)
         except Exception:  # some valid files refuse the scan's seek (negative start times): fall back to the headers
-            pass
+            scanned = None
+        # packets without timestamps (a copy cut's pre-roll): the scan still counts them; the span comes from the headers
         begin = stream["start_s"] or 0.0
         duration = stream["duration_s_header"] or container_duration
-        count = stream["num_frames_header"]
+        count = scanned or stream["num_frames_header"]
         if not duration and count and stream["fps_header"]:
             duration = count / stream["fps_header"]
         if not count and duration and stream["fps_header"]:
@@ -384,7 +398,27 @@ def _resize(frame: torch.Tensor, height: int, width: int, resample: str) -> torc
     return resized[0].permute(1, 2, 0).contiguous()
 
 
+def _yuv_to_rgb(kr: float, kb: float) -> np.ndarray:
+    """The matrix from (Y, Cb, Cr), each scaled to its range, to (R, G, B) for luma weights kr, kb."""
+    kg = 1 - kr - kb
+    return np.array([[1, 0, 2 * (1 - kr)], [1, -2 * kb * (1 - kb) / kg, -2 * kr * (1 - kr) / kg], [1, 2 * (1 - kb), 0]])
+
+
+# RGB converted with BT.709's matrix -> the same pixels converted with BT.601's (both share the range scaling)
+_BT709_TO_BT601 = _yuv_to_rgb(0.299, 0.114) @ np.linalg.inv(_yuv_to_rgb(0.2126, 0.0722))
+
+
+def as_bt601(frames: np.ndarray, color_space: str | None) -> np.ndarray:
+    """uint8 RGB frames as a decoder that always converts with BT.601 gives them (PyAV's `to_rgb()`, under
+    torchvision's `read_video`): ffmpeg converts a stream tagged BT.709 with BT.709; other tags are left as they are."""
+    if color_space != "bt709":
+        return frames
+    converted = np.asarray(frames, dtype=np.float32) @ _BT709_TO_BT601.T.astype(np.float32)
+    return np.clip(np.rint(converted), 0, 255).astype(np.uint8)
+
+
 _NO_PTS = -1e12  # ffmpeg's "no timestamp" arrives as about -9.2e15 s
+MAX_UNTIMED_FRAMES = 600  # pre-roll frames kept while waiting for the first timed one (a GOP is rarely longer)
 
 
 def _decode_video(data: bytes, info: dict, specs: list[MediaSpec], max_decoded_bytes: int) -> dict:
@@ -405,6 +439,7 @@ def _decode_video(data: bytes, info: dict, specs: list[MediaSpec], max_decoded_b
     if not views:
         return outcome
     index, pending, last_pts, first_pts, step = 0, None, None, None, 1.0 / (stream["fps_header"] or 25.0)
+    untimed: list = []  # frames before the first timed one (a copy cut's pre-roll, its timestamps lost)
     reached_end = False
     while not all(view.satisfied for view in views.values()):
         try:
@@ -420,15 +455,22 @@ def _decode_video(data: bytes, info: dict, specs: list[MediaSpec], max_decoded_b
         pts = float(pts)
         if pts < _NO_PTS:
             if last_pts is None:
-                continue  # pre-roll before the first timed frame (a cut made without fixing timestamps): never shown
+                if len(untimed) < MAX_UNTIMED_FRAMES:
+                    untimed.append(frame)
+                continue
             pts = last_pts + step
-        pts = pts if last_pts is None else max(pts, last_pts + 1e-6)
-        first_pts = pts if first_pts is None else first_pts
-        if pending is not None:
-            cache = {}
-            for view in views.values():
-                view.offer(index - 1, pending[1], pts, pending[0], cache)
-        pending, last_pts, index = (frame, pts), pts, index + 1
+        timed = [(early, pts - (len(untimed) - k) * step) for k, early in enumerate(untimed)] + [(frame, pts)]
+        untimed = []
+        # ffmpeg keeps the pre-roll (its frame count includes it): placed one nominal step apart before the first
+        # timed frame; a timestamp out of order is moved just past the one before it, never dropped
+        for frame, pts in timed:
+            pts = pts if last_pts is None else max(pts, last_pts + 1e-6)
+            first_pts = pts if first_pts is None else first_pts
+            if pending is not None:
+                cache = {}
+                for view in views.values():
+                    view.offer(index - 1, pending[1], pts, pending[0], cache)
+            pending, last_pts, index = (frame, pts), pts, index + 1
     if pending is None:
         raise DecodeFailure("decode_error", "the video stream has no decodable frames")
     cache = {}

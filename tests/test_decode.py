@@ -128,7 +128,8 @@ def test_variable_frame_rate_reports_the_rate_of_its_frames():
     vfr = ffmpeg_output("-f", "lavfi", "-i", "testsrc=size=96x64:rate=30:duration=3", "-vf", "select='lt(n\\,30)+not(mod(n\\,3))'",
                   "-fps_mode", "vfr", "-c:v", "libx264", "-pix_fmt", "yuv420p")
     media = decode_media(vfr, MediaSpec(every_frame=True, max_frames=100))
-    assert media.frames.shape[0] == 50 and media.video["fps_header"] == 30.0
+    # the declared rate is the stream's average (ffprobe's avg_frame_rate), not its nominal 30
+    assert media.frames.shape[0] == 50 and media.video["fps_header"] == pytest.approx(_ffprobe_rate(vfr, "avg_frame_rate"), rel=1e-4)
     assert media.video["fps"] == pytest.approx(49 / 2.9, abs=0.05)
 
 
@@ -203,3 +204,29 @@ def test_the_declared_rate_is_the_streams_average_rate_as_ffprobe_gives_it():
     for plain in (plain_mp4(seconds=2, rate=12), plain_mp4(seconds=1.5, rate=25)):  # mp4 files with their index
         expected = _ffprobe_rate(plain, "avg_frame_rate")
         assert decode_media(plain, MediaSpec(num_frames=4)).video["fps_header"] == pytest.approx(expected, rel=1e-4)
+
+
+def test_a_copy_cuts_pre_roll_frames_are_kept_and_counted_as_ffmpeg_counts_them():
+    """A stream copied from a cut between keyframes starts with frames that lost their timestamps (Matroska): ffmpeg
+    decodes and counts them (`ffprobe -count_frames`); so do the counts and every-frame views here."""
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        source, cut = Path(tmp) / "source.mp4", Path(tmp) / "cut.mkv"
+        source.write_bytes(ffmpeg_output("-f", "lavfi", "-i", "testsrc=size=96x64:rate=25:duration=4", "-c:v", "libx264",
+                                         "-g", "50", "-bf", "2", "-pix_fmt", "yuv420p"))
+        subprocess.run(["ffmpeg", "-loglevel", "error", "-ss", "1.3", "-i", str(source), "-t", "2", "-c", "copy",
+                        "-avoid_negative_ts", "disabled", str(cut)], check=True)
+        data = cut.read_bytes()
+    counted = subprocess.run(["ffprobe", "-v", "error", "-count_frames", "-select_streams", "v:0", "-show_entries",
+                              "stream=nb_read_frames", "-of", "default=nw=1:nk=1", "pipe:0"], input=data, capture_output=True,
+                             check=True).stdout.decode().strip()
+    untimed = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "frame=pts_time", "-of",
+                              "csv=p=0", "pipe:0"], input=data, capture_output=True, check=True).stdout.decode().split().count("N/A")
+    assert untimed > 0  # the file is one with untimed pre-roll
+    media = decode_media(data, MediaSpec(every_frame=True, max_frames=1000))
+    assert media.video["num_frames"] == len(media.frame_times) == int(counted)
+    assert all(b > a for a, b in zip(media.frame_times, media.frame_times[1:]))
+    assert media.video["duration_s"] == pytest.approx(int(counted) / 25, rel=0.05)

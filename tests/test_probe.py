@@ -72,3 +72,59 @@ def test_motion_energy_is_the_mean_luma_change_between_sampled_frames():
     assert stats["frames_sampled"] == 8
     assert stats["motion_energy"] == pytest.approx(255 / 7, abs=1.0)
     assert stats["mean_luma"] == pytest.approx(127.5, abs=1.5)
+
+
+def _ffmpeg_mapping(path) -> dict[str, int]:
+    """The input streams ffmpeg's command line keeps by default, from its own 'Stream mapping' lines."""
+    import re
+
+    lines = subprocess.run(["ffmpeg", "-hide_banner", "-i", str(path), "-t", "0.1", "-f", "null", "-"], capture_output=True,
+                           text=True).stderr
+    mapped = [int(m.group(1)) for m in re.finditer(r"Stream #0:(\d+)\S* -> #0:\d+", lines)]
+    kinds = {int(m.group(1)): m.group(2) for m in re.finditer(r"Stream #0:(\d+)\S*: (Video|Audio|Subtitle)", lines)}
+    return {kinds[i].lower(): i for i in mapped}
+
+
+def test_a_file_of_many_streams_says_which_stream_each_field_describes(tmp_path):
+    """Two video, two audio (mono, then stereo) and a subtitle stream: the streams probe decodes are the ones ffmpeg's
+    command line keeps by default (read from its own stream mapping), and it says so; the other video stream's measured
+    fields are null; subtitle streams are listed."""
+    import json
+
+    (tmp_path / "subs.srt").write_text("1\n00:00:00,000 --> 00:00:01,000\nhello\n")
+    path = tmp_path / "many.mp4"
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc=size=96x64:rate=12:duration=2",
+                    "-f", "lavfi", "-i", "testsrc=size=160x120:rate=10:duration=2", "-f", "lavfi", "-i", "sine=f=300:d=2",
+                    "-f", "lavfi", "-i", "sine=f=500:d=2", "-i", str(tmp_path / "subs.srt"),
+                    "-map", "0", "-map", "1", "-map", "2", "-map", "3", "-map", "4", "-ac:a:1", "2", "-c:v", "libx264",
+                    "-pix_fmt", "yuv420p", "-c:a", "aac", "-c:s", "mov_text", str(path)], check=True)
+    mapping = _ffmpeg_mapping(path)
+    streams = json.loads(subprocess.run(["ffprobe", "-v", "error", "-show_streams", "-of", "json", str(path)],
+                                        capture_output=True, check=True).stdout)["streams"]
+    fields = _probe(path.read_bytes())
+    assert (fields["video_stream_index"], fields["audio_stream_index"]) == (mapping["video"], mapping["audio"])
+    assert [s["index"] for s in fields["subtitle_streams"]] == [s["index"] for s in streams if s["codec_type"] == "subtitle"]
+    assert fields["subtitle_streams"][0]["codec"] == "mov_text"
+    decoded = next(s for s in fields["video_streams"] if s["index"] == mapping["video"])
+    other = next(s for s in fields["video_streams"] if s["index"] != mapping["video"])
+    counted = subprocess.run(["ffprobe", "-v", "error", "-count_frames", "-select_streams", f"{mapping['video']}", "-show_entries",
+                              "stream=nb_read_frames", "-of", "default=nw=1:nk=1", str(path)], capture_output=True, text=True)
+    assert decoded["num_frames"] == int(counted.stdout.strip())
+    assert other["num_frames"] is None and other["fps"] is None and other["duration_s"] is None
+    assert other["num_frames_header"] == next(int(s["nb_frames"]) for s in streams if s["index"] == other["index"])
+
+
+MEDIA = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "media"
+
+
+@pytest.mark.skipif(not MEDIA.is_dir(), reason="the real clips of ../shared/media are not beside this checkout")
+@pytest.mark.parametrize("name", ["nasa_13013.mp4", "example2.mp4", "big_buck_bunny_432_433.webm"])
+def test_real_files_decode_the_streams_ffmpeg_keeps(name):
+    """NASA's clip holds two video, two audio (8 and 16 kHz) and two subtitle streams: ffmpeg keeps the larger picture
+    and the first audio stream; torchcodec's own pick of audio (by bit rate) would be the other one."""
+    path = MEDIA / name
+    mapping = _ffmpeg_mapping(path)
+    fields = _probe(path.read_bytes())
+    assert fields["video_stream_index"] == mapping["video"] and fields["audio_stream_index"] == mapping.get("audio")
+    if name.startswith("nasa"):
+        assert [s["index"] for s in fields["subtitle_streams"]] == [2, 5]

@@ -436,6 +436,7 @@ def test_av_sync_with_synchformer_end_to_end(checkpoint, tmp_path):
         assert record["confidence"] == pytest.approx(max(record["offset_probabilities"]), abs=1e-4)
         assert record["desync_s"] == pytest.approx(np.mean([abs(w["offset_s"]) for w in record["windows"]]), abs=1e-3)
         assert record["model"] == str(checkpoint) and record["fps"] == 25.0
+        assert (record["video_stream_index"], record["audio_stream_index"]) == (0, 1)  # the streams the estimate is of
     assert (records["short"]["status"], records["short"]["error_type"]) == ("skipped", "too_short")
     assert (records["silent film"]["status"], records["silent film"]["error_type"]) == ("skipped", "no_audio")
     assert records["broken"]["status"] == "error"
@@ -507,3 +508,37 @@ def test_options_the_method_would_ignore_and_bad_checkpoints_are_one_line_errors
         with pytest.raises(ConfigError, match=words) as error:
             synchformer.load_synchformer(str(path), torch.device("cpu"), torch.float32)
         assert "model.av_sync.checkpoint=" in str(error.value) and "\n" not in str(error.value) and "\x1b" not in str(error.value)
+
+
+def _flat_rgb(data: bytes, matrix: str) -> np.ndarray:
+    """ffmpeg's RGB of a flat-colour clip's first frame, converting its YUV with `matrix` whatever its tag says."""
+    raw = subprocess.run(["ffmpeg", "-loglevel", "error", "-i", "pipe:0", "-frames:v", "1", "-vf",
+                          f"scale=in_color_matrix={matrix}:in_range=tv,format=rgb24", "-f", "rawvideo", "pipe:1"],
+                         input=data, capture_output=True, check=True).stdout
+    return np.frombuffer(raw, np.uint8).reshape(-1, 3).astype(float).mean(axis=0)
+
+
+def test_frames_tagged_bt709_reach_the_model_as_bt601_as_read_video_gives_them():
+    """torchvision's read_video converts with PyAV's to_rgb(), BT.601 whatever the stream's tag; ffmpeg (and so the
+    decoder here) honours a BT.709 tag. A flat colour tagged BT.709 must reach Synchformer as ffmpeg's BT.601
+    reading of the same YUV."""
+    from extract.heads import Clip, build
+
+    data = ffmpeg_output("-f", "lavfi", "-i", "color=c=0xC83C28:s=320x240:r=25:d=5", "-f", "lavfi", "-i", "sine=f=440:d=5",
+                         "-vf", "scale=out_color_matrix=bt709:out_range=tv,format=yuv420p", "-colorspace", "bt709",
+                         "-color_primaries", "bt709", "-color_trc", "bt709", "-c:v", "libx264", "-c:a", "aac", "-shortest")
+    bt601, bt709 = _flat_rgb(data, "bt601"), _flat_rgb(data, "bt709")
+    assert np.abs(bt601 - bt709).max() > 8  # the two readings differ: the test can tell them apart
+    head = build("av_sync", {"method": "synchformer"})
+    media = decode_media(data, head.media_spec)
+    assert media.video["color_space"] == "bt709"
+    prepared = head.prepare(Clip("k", "v", None, None, media))
+    seen = prepared["frames"][:, 16:-16, 16:-16].reshape(-1, 3).double().mean(dim=0).numpy()
+    # within 3 levels: swscale rounds both conversions (its BT.709 green is 2 below the exact value here)
+    np.testing.assert_allclose(seen, bt601, atol=3)
+    assert np.abs(seen - bt601).max() < np.abs(seen - bt709).max()
+    untagged = ffmpeg_output("-f", "lavfi", "-i", "color=c=0xC83C28:s=320x240:r=25:d=5", "-f", "lavfi", "-i", "sine=f=440:d=5",
+                             "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest")
+    plain = head.prepare(Clip("k", "v", None, None, decode_media(untagged, head.media_spec)))
+    np.testing.assert_allclose(plain["frames"][:, 16:-16, 16:-16].reshape(-1, 3).double().mean(dim=0).numpy(),
+                               _flat_rgb(untagged, "bt601"), atol=1.5)  # untagged: ffmpeg reads it as BT.601 already

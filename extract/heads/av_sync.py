@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from extract import synchformer
-from extract.decode import Media, MediaSpec, first_slot_time, time_origin
+from extract.decode import Media, MediaSpec, as_bt601, first_slot_time, time_origin
 from extract.heads import Clip, Head, Result, register, resolve_dtype, split_on_oom
 
 SAMPLE_RATE = 16000
@@ -119,12 +119,20 @@ class SyncWindow(TypedDict):
     confidence: float
 
 
+def streams_of(media: Media, decoded: bool = False) -> dict:
+    """The streams an estimate comes from: the video stream decoded and the audio stream ffmpeg's command line keeps
+    (`decoded`: both were, though the frames stayed in the worker)."""
+    return {"video_stream_index": media.info.get("video_stream_index") if decoded or media.frames is not None else None,
+            "audio_stream_index": media.info.get("audio_stream_index") if decoded or media.audio is not None else None}
+
+
 @register
 class AVSync(Head):
     name = "av_sync"
     fields = {"offset_s": float, "candidate_offset_s": float, "confidence": float, "method": str, "fps": float,
               "frames_used": int, "max_offset_s": float, "peak_correlation": float, "rival_correlation": float,
-              "offset_probabilities": list[float], "windows": list[SyncWindow], "desync_s": float}
+              "offset_probabilities": list[float], "windows": list[SyncWindow], "desync_s": float,
+              "video_stream_index": int, "audio_stream_index": int}
     frames_in_model_step = False  # synchformer's frames travel as what `prepare` made of them
 
     def __init__(self, method: str = "onset_xcorr", max_offset: float = 2.0, max_frames: int = 900,
@@ -172,7 +180,7 @@ class AVSync(Head):
             return self._synchformer_inputs(clip.media)
         estimate = onset_xcorr(clip.media, self.max_offset, self.min_motion, self.min_sound_dbfs)
         times = clip.media.frame_times
-        fields = {"offset_s": estimate.offset_s, "confidence": estimate.confidence, "method": self.method,
+        fields = {**streams_of(clip.media), "offset_s": estimate.offset_s, "confidence": estimate.confidence, "method": self.method,
                   "fps": round((len(times) - 1) / (times[-1] - times[0]), 3) if len(times) > 1 and times[-1] > times[0] else None,
                   "frames_used": len(times), "max_offset_s": self.max_offset, **(estimate.details or {})}
         return self._judged(fields, estimate.confidence, estimate.skip_reason, estimate.skip_type)
@@ -187,7 +195,7 @@ class AVSync(Head):
         return Result(fields=fields)
 
     def _synchformer_inputs(self, media: Media) -> Result | dict:
-        base = {"method": self.method, "fps": float(synchformer.FPS), "max_offset_s": self.max_offset}
+        base = {**streams_of(media), "method": self.method, "fps": float(synchformer.FPS), "max_offset_s": self.max_offset}
         if media.audio is None:
             return Result(fields=base, status="skipped", error_type="no_audio", error="the clip has no audio stream")
         if media.frames is None or not len(media.frames):
@@ -208,7 +216,9 @@ class AVSync(Head):
             return Result(fields=base, status="skipped", error_type="too_short",
                           error=f"{seconds:.2f} s of picture and sound together; Synchformer needs 4.8 s")
         used = (segments - 1) * synchformer.SEGMENT_STEP + synchformer.SEGMENT_FRAMES
-        return {"frames": torch.as_tensor(np.asarray(media.frames[:used])),
+        # the authors decode with torchvision's read_video, whose PyAV frames are converted with BT.601 whatever the tag
+        frames = as_bt601(np.asarray(media.frames[:used]), media.video.get("color_space"))
+        return {"frames": torch.as_tensor(frames),
                 "spectrograms": synchformer.spectrogram_segments(audio, segments), "starts": starts}
 
     def infer(self, clips: list[Clip]) -> list[Result]:
@@ -226,7 +236,7 @@ class AVSync(Head):
             decided = synchformer.decide(torch.stack([row for _, row in mine]))
             step = synchformer.SEGMENT_STEP / synchformer.FPS
             span = (synchformer.SEGMENTS_PER_WINDOW - 1) * step + synchformer.SEGMENT_FRAMES / synchformer.FPS
-            fields = {"method": self.method, "fps": float(synchformer.FPS), "max_offset_s": self.max_offset,
+            fields = {**streams_of(clip.media, decoded=True), "method": self.method, "fps": float(synchformer.FPS), "max_offset_s": self.max_offset,
                       "frames_used": len(clip.prepared["frames"]), "offset_s": decided["offset_s"],
                       "confidence": decided["confidence"], "offset_probabilities": decided["offset_probabilities"],
                       "desync_s": decided["desync_s"],

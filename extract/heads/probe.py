@@ -18,6 +18,7 @@ class VideoStream(TypedDict):
     codec: str
     width: int
     height: int
+    # measured fields (fps, num_frames, duration_s, first_frame_s) are of the decoded stream (video_stream_index) only
     fps: float  # measured: the mean spacing of the decoded frames' timestamps
     fps_header: float  # the average rate the header declares (frames / duration: ffprobe's avg_frame_rate, decord's get_avg_fps)
     num_frames: int  # counted in the stream's packets
@@ -26,6 +27,7 @@ class VideoStream(TypedDict):
     duration_s_header: float
     start_s: float  # the stream's start time in the container
     first_frame_s: float  # the first decoded frame's presentation time
+    color_space: str  # the colour matrix the stream is tagged with (bt709, bt470bg, ...), null when untagged
 
 
 class AudioStream(TypedDict):
@@ -35,6 +37,11 @@ class AudioStream(TypedDict):
     channels: int
     start_s: float
     duration_s_header: float
+
+
+class SubtitleStream(TypedDict):
+    index: int
+    codec: str
 
 
 class Stats(TypedDict):
@@ -50,8 +57,8 @@ class Stats(TypedDict):
 class Probe(Head):
     name = "probe"
     fields = {"container": str, "duration_s": float, "duration_s_measured": float, "bit_rate": int,
-              "video_streams": list[VideoStream], "audio_streams": list[AudioStream], "has_audio": bool,
-              "audio_error": str, "stats": Stats}
+              "video_streams": list[VideoStream], "audio_streams": list[AudioStream], "subtitle_streams": list[SubtitleStream],
+              "video_stream_index": int, "audio_stream_index": int, "has_audio": bool, "audio_error": str, "stats": Stats}
 
     def __init__(self, fps: float = 4.0, max_frames: int = 64, short_side: int = 128, cut_threshold: float = 0.5):
         if fps <= 0 or not 0 <= cut_threshold <= 1:
@@ -76,6 +83,10 @@ class Probe(Head):
             "bit_rate": info.get("bit_rate"),
             "video_streams": info.get("video_streams", []),
             "audio_streams": info.get("audio_streams", []),
+            "subtitle_streams": info.get("subtitle_streams", []),
+            # the streams the measured fields and the stats describe
+            "video_stream_index": info.get("video_stream_index") if media.frames is not None else None,
+            "audio_stream_index": info.get("audio_stream_index") if media.audio is not None else None,
             "has_audio": media.has_audio,
             "audio_error": media.audio_error[1] if media.audio_error else None,
             "stats": {
