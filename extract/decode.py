@@ -59,6 +59,10 @@ class MediaSpec:
     resample: str = "bilinear"  # bilinear | bicubic, antialiased (bicubic matches PIL's within one level)
     audio: bool = False  # the mean of the channels, at sample_rate
     sample_rate: int = 16000
+    # ffmpeg: torchcodec resamples (ffmpeg's swresample) | librosa: as librosa 0.9.2's load(sr=...) does it (the file's
+    # own rate, the mean of the channels, resampy's kaiser_best; sound that soundfile cannot read, as in every video
+    # container or an mp3, arrives through audioread's 16-bit PCM)
+    audio_resampler: str = "ffmpeg"
 
     def __post_init__(self):
         for name in ("num_frames", "fps", "max_frames", "short_side", "crop", "sample_rate"):
@@ -73,6 +77,8 @@ class MediaSpec:
             raise ValueError("crop needs exact_short_side and a short_side of at least the crop")
         if self.resample not in ("bilinear", "bicubic"):
             raise ValueError(f"resample must be 'bilinear' or 'bicubic', not {self.resample!r}")
+        if self.audio_resampler not in ("ffmpeg", "librosa"):
+            raise ValueError(f"audio_resampler must be 'ffmpeg' or 'librosa', not {self.audio_resampler!r}")
 
     @property
     def wants_video(self) -> bool:
@@ -494,10 +500,33 @@ def _decode_video(data: bytes, info: dict, specs: list[MediaSpec], max_decoded_b
     return outcome
 
 
-def _decode_audio(data: bytes, info: dict, sample_rate: int) -> tuple[np.ndarray, float]:
+# what soundfile 0.11 (libsndfile 1.0.31) reads itself; librosa 0.9.2 hands everything else to audioread (ffmpeg, s16le)
+SOUNDFILE_CONTAINERS = ("wav", "flac", "ogg")
+
+
+def _decode_audio(data: bytes, info: dict, sample_rate: int, resampler: str = "ffmpeg") -> tuple[np.ndarray, float]:
     """(mean of the channels at `sample_rate`, time of the first sample)."""
-    samples = AudioDecoder(data, stream_index=info["audio_stream_index"], sample_rate=sample_rate).get_all_samples()
-    return samples.data.mean(dim=0).numpy().astype(np.float32), float(samples.pts_seconds)
+    if resampler == "ffmpeg":
+        samples = AudioDecoder(data, stream_index=info["audio_stream_index"], sample_rate=sample_rate).get_all_samples()
+        return samples.data.mean(dim=0).numpy().astype(np.float32), float(samples.pts_seconds)
+    samples = AudioDecoder(data, stream_index=info["audio_stream_index"]).get_all_samples()  # at the file's own rate
+    sound = samples.data.numpy().astype(np.float32)
+    if info.get("container") not in SOUNDFILE_CONTAINERS:  # audioread's ffmpeg output: 16-bit, as ffmpeg rounds to it
+        sound = np.clip(np.rint(sound * 32768.0), -32768, 32767).astype(np.float32) / 32768.0
+    return librosa_resample(sound.mean(axis=0), samples.sample_rate, sample_rate), float(samples.pts_seconds)
+
+
+def librosa_resample(sound: np.ndarray, rate: int, target: int) -> np.ndarray:
+    """librosa 0.9.2's resample(res_type='kaiser_best'): resampy's kaiser_best filter, then the length fixed to
+    ceil(n x target / rate); nothing done at the same rate."""
+    if rate == target:
+        return sound.astype(np.float32)
+    import resampy
+
+    resampled = resampy.resample(sound, rate, target, filter="kaiser_best", axis=-1)
+    length = int(np.ceil(len(sound) * target / rate))
+    resampled = np.pad(resampled, (0, max(0, length - len(resampled))))[:length]
+    return resampled.astype(np.float32)
 
 
 def decode_views(data: bytes, specs: list[MediaSpec], max_decoded_bytes: int = 4 << 30) -> dict:
@@ -525,18 +554,18 @@ def decode_views(data: bytes, specs: list[MediaSpec], max_decoded_bytes: int = 4
             except DecodeFailure as exc:
                 frames = {s: exc for s in video_specs}
     audio: dict = {}
-    for rate in sorted({s.sample_rate for s in specs if s.audio}):
+    for rate, resampler in sorted({(s.sample_rate, s.audio_resampler) for s in specs if s.audio}):
         if info["audio_stream_index"] is None:
-            audio[rate] = (None, None, None)
+            audio[rate, resampler] = (None, None, None)
             continue
         try:
-            samples, start = _decode_audio(data, info, rate)
-            audio[rate] = (samples, start, None)
+            samples, start = _decode_audio(data, info, rate, resampler)
+            audio[rate, resampler] = (samples, start, None)
         except Exception as exc:
-            audio[rate] = (None, None, ("audio_decode_error", f"the audio stream could not be decoded: {_reason(exc)}"))
+            audio[rate, resampler] = (None, None, ("audio_decode_error", f"the audio stream could not be decoded: {_reason(exc)}"))
 
     ends = [s["first_frame_s"] + s["duration_s"] for s in info["video_streams"] if s.get("duration_s")]
-    ends += [start + len(samples) / rate for rate, (samples, start, _) in audio.items() if samples is not None]
+    ends += [start + len(samples) / rate for (rate, _), (samples, start, _) in audio.items() if samples is not None]
     starts = [s["first_frame_s"] for s in info["video_streams"] if s.get("first_frame_s") is not None]
     starts += [start for samples, start, _ in audio.values() if start is not None]
     info["duration_s_measured"] = round(max(ends) - min(starts), 6) if ends and starts else None
@@ -551,7 +580,7 @@ def decode_views(data: bytes, specs: list[MediaSpec], max_decoded_bytes: int = 4
         if picked is not None:
             media.frames, media.frame_times, media.frame_indices = picked
         if spec.audio:
-            media.audio, media.audio_start, media.audio_error = audio[spec.sample_rate]
+            media.audio, media.audio_start, media.audio_error = audio[spec.sample_rate, spec.audio_resampler]
             media.sample_rate = spec.sample_rate
         out[spec] = media
     return out

@@ -1,6 +1,8 @@
 """audio_caption: BEATs-Conformer-BART written for this project, a tiny random release-format checkpoint, on CPU."""
 
 import io
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -252,3 +254,66 @@ def test_gated_attention_matches_the_fp16_safe_formulation():
 
 def test_captions_lose_their_punctuation_as_the_release_writes_them():
     assert clean_caption(" A dog barks, then a car passes by.") == "A dog barks then a car passes by"
+
+
+def _librosa_0_9_load(path, container: str) -> np.ndarray:
+    """librosa 0.9.2's load(path, sr=16000) (the release's requirements.txt pins it), written from its source:
+    soundfile reads WAV/FLAC/OGG; anything else goes to audioread, whose ffmpeg backend runs `ffmpeg -i FILE -f s16le -`
+    and librosa scales the 16-bit samples by 1/32768 (buf_to_float); to_mono averages the channels; resample with
+    res_type='kaiser_best' calls resampy and fixes the length to ceil(n x 16000 / sr)."""
+    import json
+    import subprocess
+
+    import resampy
+
+    stream = json.loads(subprocess.run(["ffprobe", "-v", "error", "-select_streams", "a:0", "-show_entries",
+                                        "stream=sample_rate,channels", "-of", "json", str(path)], capture_output=True,
+                                       check=True).stdout)["streams"][0]
+    rate, channels = int(stream["sample_rate"]), int(stream["channels"])
+    if container in ("wav", "flac"):  # soundfile: the file's own samples as floats (16-bit PCM here: exact in f32le)
+        raw = subprocess.run(["ffmpeg", "-loglevel", "error", "-i", str(path), "-f", "f32le", "-"], capture_output=True,
+                             check=True).stdout
+        sound = np.frombuffer(raw, np.float32)
+    else:
+        raw = subprocess.run(["ffmpeg", "-loglevel", "error", "-i", str(path), "-f", "s16le", "-"], capture_output=True,
+                             check=True).stdout
+        sound = np.frombuffer(raw, "<i2").astype(np.float32) / 32768.0
+    mono = sound.reshape(-1, channels).T.mean(axis=0)
+    resampled = resampy.resample(mono, rate, 16000, filter="kaiser_best", axis=-1)
+    length = int(np.ceil(len(mono) * 16000 / rate))  # util.fix_length: cut, or padded with zeros
+    return np.concatenate([resampled, np.zeros(max(0, length - len(resampled)), np.float32)])[:length]
+
+
+MEDIA = Path(__file__).resolve().parents[2] / "shared" / "media"
+GENERATED = {  # name: (ffmpeg output options, container): 44.1 and 48 kHz, stereo, as recordings and downloads come
+    "noise-48k.wav": (["-ar", "48000", "-ac", "2", "-c:a", "pcm_s16le"], "wav"),
+    "noise-44k.flac": (["-ar", "44100", "-ac", "2"], "flac"),
+    "noise-48k.mp4": (["-ar", "48000", "-ac", "2", "-c:a", "aac"], "mp4"),
+}
+
+
+@pytest.mark.parametrize("name", [*GENERATED, "example2.mp4", "big_buck_bunny_432_433.webm"])
+def test_the_sound_is_what_the_authors_librosa_load_gives(name, tmp_path):
+    import subprocess
+
+    from extract.decode import decode_media, sniff_container
+    from extract.heads import build
+
+    if name in GENERATED:
+        options, _ = GENERATED[name]
+        path = tmp_path / name
+        subprocess.run(["ffmpeg", "-loglevel", "error", "-f", "lavfi", "-i", "anoisesrc=d=3:c=pink:a=0.3", "-f", "lavfi", "-i",
+                        "sine=f=3000:d=3", "-filter_complex", "amix=inputs=2", *options, str(path)], check=True)
+    else:
+        path = MEDIA / name
+        if not path.is_file():
+            pytest.skip("the real clips of ../shared/media are not beside this checkout")
+    data = path.read_bytes()
+    head = build("audio_caption", {"checkpoint": "unused"})
+    media = decode_media(data, head.media_spec)
+    expected = _librosa_0_9_load(path, sniff_container(data))
+    assert media.sample_rate == 16000 and len(media.audio) == len(expected)
+    np.testing.assert_allclose(media.audio, expected, atol=1e-5)
+    through_ffmpeg = decode_media(data, replace(head.media_spec, audio_resampler="ffmpeg")).audio
+    n = min(len(through_ffmpeg), len(expected))
+    assert np.abs(through_ffmpeg[:n] - expected[:n]).max() > 1e-4  # the resamplers differ: the test tells them apart

@@ -40,7 +40,7 @@ _HEADS: dict[str, type["Head"]] = {}
 
 # the extra of setup.cfg that brings each optional package a head may need
 EXTRA_OF_PACKAGE = {"transformers": "models", "tokenizers": "models", "pycocotools": "models", "torchvision": "models",
-                    "PIL": "models", "huggingface_hub": "models"}
+                    "resampy": "models", "PIL": "models", "huggingface_hub": "models"}
 
 
 @dataclass

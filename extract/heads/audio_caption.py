@@ -76,7 +76,7 @@ class Window(TypedDict):
 @register
 class AudioCaption(Head):
     name = "audio_caption"
-    requires = ("transformers",)
+    requires = ("transformers", "resampy")
     fields = {"caption": str, "confidence": float, "mean_logprob": float, "num_tokens": int, "finish_reason": str,
               "has_audio": bool, "audio_s": float, "num_windows": int, "windows": list[Window], "feature_dim": int,
               "feature_layer": int, "tokenizer": str, "preset": str, "revision": str}
@@ -90,7 +90,8 @@ class AudioCaption(Head):
         self.model_id, self.tokenizer_id, self.revision, self.preset = checkpoint, tokenizer, revision, preset
         self.window_s, self.window_batch, self.dtype_name = window_s, window_batch, options["dtype"]
         self.beam_search = {**BEAM_SEARCH, "num_beams": num_beams, "max_length": max_length}
-        self.media_spec = MediaSpec(audio=True, sample_rate=SAMPLE_RATE)
+        # librosa.load(sr=16000) as the release's pinned librosa 0.9.2 does it (data/clotho_captioning_dataset.py)
+        self.media_spec = MediaSpec(audio=True, sample_rate=SAMPLE_RATE, audio_resampler="librosa")
         self.fbank_device: torch.device | None = None
 
     def open(self, device: torch.device) -> None:
