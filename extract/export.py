@@ -5,7 +5,8 @@
 The clip's base fields come once (key, video_id, start, end, duration, in_csv, shard, member,
 sample); each head's fields follow as `<head>.<field>`, with its `status`, `error_type`, `error`,
 `model` and `arrays` (references `<head>/NAME.tar#<key>.<name>.npy` to the arrays left in the tars).
-Parquet keeps nested values as structs and lists under an explicit schema built from the heads'
+Struct fields become flat dotted columns (`probe.stats.mean_luma`, `sample.caption`); lists (streams,
+windows, keyframes) stay nested. Parquet keeps them under an explicit schema built from the heads'
 declarations, so column types never depend on which rows come first; CSV holds them as JSON
 text; JSON lines as they are. The export reads one input shard of every head at a time (memory
 bounded by a shard), writes to a temporary name and renames it when done, and reads unfinished
@@ -25,7 +26,7 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from extract.errors import ConfigError, or_exit
-from extract.schema import arrow_type, base_types, conform
+from extract.schema import arrow_type, at_path, base_types, conform, flat_columns
 from extract.writer import complete_records
 
 BASE = ("key", "video_id", "start", "end", "duration", "in_csv", "shard", "member", "sample")
@@ -50,13 +51,15 @@ def declared_fields(head: str) -> dict:
 
 
 def table_schema(heads: dict[str, dict]) -> pa.Schema:
-    """Base fields, then for every head its status columns, array references and declared fields."""
+    """Base fields, then for every head its status columns, array references and declared fields; struct fields as
+    flat dotted columns (`probe.stats.mean_luma`), lists as they are."""
     base = base_types()
-    columns = [pa.field(name, arrow_type(base[name])) for name in BASE]
+    columns = [pa.field(column, arrow_type(leaf)) for name in BASE for column, _, leaf in flat_columns(name, base[name])]
     for head, fields in heads.items():
         columns += [pa.field(f"{head}.{name}", pa.string()) for name in PER_HEAD]
         columns.append(pa.field(f"{head}.arrays", pa.list_(pa.string())))
-        columns += [pa.field(f"{head}.{name}", arrow_type(declared)) for name, declared in fields.items()]
+        columns += [pa.field(f"{head}.{column}", arrow_type(leaf)) for name, declared in fields.items()
+                    for column, _, leaf in flat_columns(name, declared)]
     return pa.schema(columns)
 
 
@@ -89,16 +92,24 @@ def shard_rows(stem: str, folders: dict[str, Path], heads: dict[str, dict], type
     rows = []
     for key in keys:
         first = next(records[key] for records in per_head.values() if key in records)
-        row = {name: conform(first.get(name), types[name]) for name in BASE}
+        row = {}
+        for name in BASE:
+            _flatten_into(row, "", name, types[name], first)
         for head, fields in heads.items():
             record = per_head.get(head, {}).get(key)
             for name in PER_HEAD:
                 row[f"{head}.{name}"] = record.get(name) if record else None
             row[f"{head}.arrays"] = [f"{head}/{stem}.tar#{key}.{name}.npy" for name in record.get("arrays", [])] if record else None
             for name, declared in fields.items():
-                row[f"{head}.{name}"] = conform(record.get(name), declared) if record else None
+                _flatten_into(row, f"{head}.", name, declared, record)
         rows.append(row)
     return rows, unfinished
+
+
+def _flatten_into(row: dict, prefix: str, name: str, declared, record: dict | None) -> None:
+    value = conform(record.get(name), declared) if record else None
+    for column, path, _ in flat_columns(name, declared):
+        row[prefix + column] = at_path(value, path)
 
 
 class _Sink:

@@ -48,6 +48,25 @@ def _struct_fields(declared) -> dict | None:
     return None
 
 
+def flat_columns(name: str, declared) -> list[tuple[str, tuple[str, ...], object]]:
+    """A field as table columns: a struct becomes one column per leaf, named with dots (`stats.mean_luma`), each with
+    its path into the value and its type; anything else (lists of structs too) is one column."""
+    struct = _struct_fields(declared)
+    if struct is None:
+        return [(name, (), declared)]
+    return [(f"{name}.{column}", (field, *path), leaf) for field, t in struct.items()
+            for column, path, leaf in flat_columns(field, _unoptional(t))]
+
+
+def at_path(value, path: tuple[str, ...]):
+    """The leaf of a conformed value along a path (None where a struct on the way is None)."""
+    for key in path:
+        if value is None:
+            return None
+        value = value.get(key)
+    return value
+
+
 def arrow_type(declared) -> pa.DataType:
     """The Arrow type of a declared type."""
     struct = _struct_fields(declared)

@@ -91,19 +91,26 @@ def test_one_row_per_clip_with_every_heads_columns(finished_run, tmp_path):
     done = export(finished_run, tmp_path / "clips.parquet", progress=False)
     table = pq.read_table(tmp_path / "clips.parquet")
     assert done["rows"] == table.num_rows == 13 and done["unfinished_shards"] == {}
-    assert table.column_names[:9] == ["key", "video_id", "start", "end", "duration", "in_csv", "shard", "member", "sample"]
+    assert table.column_names[:12] == ["key", "video_id", "start", "end", "duration", "in_csv", "shard", "member",
+                                       "sample.caption", "sample.meta", "sample.dropped", "sample.notes"]
     for head in ("probe", "av_sync", "grounding_sam"):
         assert {f"{head}.status", f"{head}.error_type", f"{head}.error", f"{head}.model", f"{head}.arrays"} <= set(table.column_names)
     assert table.schema.field("probe.video_streams").type == pa.list_(pa.struct([
         ("index", pa.int64()), ("codec", pa.string()), ("width", pa.int64()), ("height", pa.int64()), ("fps", pa.float64()),
         ("fps_header", pa.float64()), ("num_frames", pa.int64()), ("num_frames_header", pa.int64()), ("duration_s", pa.float64()),
-        ("duration_s_header", pa.float64()), ("start_s", pa.float64()), ("first_frame_s", pa.float64())]))
+        ("duration_s_header", pa.float64()), ("start_s", pa.float64()), ("first_frame_s", pa.float64()),
+        ("color_space", pa.string())]))
+    # structs are flat dotted columns, lists stay nested
+    assert "probe.stats" not in table.column_names and table.schema.field("probe.stats.mean_luma").type == pa.float64()
+    assert table.schema.field("probe.stats.frame_times").type == pa.list_(pa.float64())
     rows = {row["member"]: row for row in table.to_pylist()}
     good = rows["good.0 (0-1).mp4"]
     assert good["probe.status"] == "ok" and good["probe.video_streams"][0]["width"] == 160
     detection = good["grounding_sam.keyframes"][0]["detections"][0]
     assert set(detection) == {"label", "score", "box", "mask", "area"} and len(detection["box"]) == 4
-    assert rows["empty (0-1).mp4"]["probe.error_type"] == "empty_file" and rows["empty (0-1).mp4"]["probe.stats"] is None
+    assert rows["empty (0-1).mp4"]["probe.error_type"] == "empty_file" and rows["empty (0-1).mp4"]["probe.stats.mean_luma"] is None
+    record = next(r for r in read_records(finished_run / "probe") if r["member"] == "good.0 (0-1).mp4")
+    assert good["probe.stats.mean_luma"] == record["stats"]["mean_luma"] and good["probe.stats.scene_cuts"] == record["stats"]["scene_cuts"]
     # the types come from the declarations, not from the rows: a table of error rows alone has the same schema
     only_errors = tmp_path / "errors"
     for head in ("probe", "av_sync", "grounding_sam"):
@@ -130,6 +137,11 @@ def test_pandas_and_duckdb_read_the_table_as_it_is(finished_run, tmp_path):
     assert count == 9
     widths = duckdb.sql(f"select \"probe.video_streams\"[1].width from '{path}' where \"probe.status\" = 'ok'").fetchall()
     assert {w for (w,) in widths} == {160}
+    # the README's examples: flat columns read as they are
+    moving = frame.query("`probe.stats.motion_energy` > 0")["key"].tolist()
+    assert moving and all(m > 0 for m in frame.set_index("key").loc[moving, "probe.stats.motion_energy"])
+    [(bright,)] = duckdb.sql(f"select count(*) from '{path}' where \"probe.stats.mean_luma\" > 0").fetchall()
+    assert bright == 9
 
 
 def test_csv_and_json_lines(finished_run, tmp_path):
