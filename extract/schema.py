@@ -124,12 +124,9 @@ def record_types(head_fields: dict) -> dict:
     return {**base_types(), **{name: _unoptional(t) for name, t in head_fields.items()}}
 
 
-def dataset_card(head, origin: str = "") -> str:
-    """The dataset card (README.md) of a head's output folder: which files, and every field's type. `origin` (the
-    folder and the run writing it) goes into the config's description, which `datasets` hashes into its cache
-    key: without it every run's `<head>` folder would share one cache entry and read back the first one's rows."""
-    import yaml
-
+def card_features(head) -> list[dict]:
+    """The columns of a head's output tars as Hugging Face datasets reads them (a WebDataset sample: key, url, the
+    record as `json`, each array as `<name>.npy`), in the dataset card's YAML form."""
     features = [{"name": "__key__", "dtype": "string"}, {"name": "__url__", "dtype": "string"},
                 {"name": "json", **_card_feature(record_types(head.fields))}]
     for name, (dtype, dims) in head.arrays.items():
@@ -137,6 +134,29 @@ def dataset_card(head, origin: str = "") -> str:
         for _ in range(dims):
             feature = {"list": feature}
         features.append({"name": f"{name}.npy", **feature})
+    return features
+
+
+def datasets_features(head: str):
+    """`datasets.Features` of a head's output tars, for the generic WebDataset loader, which otherwise guesses the
+    types from the first rows and fails on a column whose first values are null:
+
+        load_dataset("webdataset", data_files=sorted(glob("out/probe/*.tar")), features=datasets_features("probe"))
+    """
+    import datasets
+
+    from extract.heads import head_class
+
+    return datasets.Features._from_yaml_list(card_features(head_class(head)))
+
+
+def dataset_card(head, origin: str = "") -> str:
+    """The dataset card (README.md) of a head's output folder: which files, and every field's type. `origin` (the
+    folder and the run writing it) goes into the config's description, which `datasets` hashes into its cache
+    key: without it every run's `<head>` folder would share one cache entry and read back the first one's rows."""
+    import yaml
+
+    features = card_features(head)
     config = {"config_name": "default", "data_files": "*.tar", **({"description": origin} if origin else {})}
     front = yaml.safe_dump({"configs": [config], "dataset_info": {"features": features}},
                            sort_keys=False, allow_unicode=True)

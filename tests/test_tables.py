@@ -250,3 +250,21 @@ def test_the_tools_say_what_is_wrong_in_one_line(tool, tmp_path):
         result = subprocess.run([sys.executable, "-m", tool, str(folder)], capture_output=True, text=True, timeout=120)
         assert result.returncode == 2 and result.stderr.strip().splitlines() == [f"error: {folder} {words} (<head>/NAME.tar)"
                                                                                if "no head" in words else f"error: {folder} {words}"]
+
+
+def test_the_generic_webdataset_loader_reads_a_run_with_the_projects_features(finished_run, tmp_path):
+    """`load_dataset("webdataset", data_files=...)` guesses types from the first rows and fails on columns whose first
+    values are null (error records first); with the features the project gives it reads every record."""
+    from glob import glob
+
+    datasets = pytest.importorskip("datasets")
+    from extract.schema import datasets_features
+
+    files = sorted(glob(str(finished_run / "probe" / "*.tar")))
+    loaded = datasets.load_dataset("webdataset", data_files=files, features=datasets_features("probe"), split="train",
+                                   cache_dir=str(tmp_path / "cache"))
+    records = {r["key"]: r for r in read_records(finished_run / "probe")}
+    assert len(loaded) == len(records) == 13
+    for example in loaded:
+        record = records[example["__key__"]]
+        assert example["json"]["status"] == record["status"] and example["json"]["stats"] == record["stats"]
