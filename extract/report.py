@@ -31,17 +31,18 @@ from extract.export import head_folders, shard_records, shard_stems
 
 THUMB_WIDTH = 320
 FAILURES_SHOWN = 500
-# (title, unit, where the value is in a clip's records)
+# (title, unit, the head it needs (None: any), where the value is in a clip's records)
 DISTRIBUTIONS = [
-    ("Duration", "s", lambda r: _get(r, "probe", "duration_s_measured") or _window(r)),
-    ("Resolution (height)", "px", lambda r: _first_stream(r, "height")),
-    ("Motion energy", "luma levels", lambda r: _get(r, "probe", "stats", "motion_energy")),
-    ("Loudness", "dBFS", lambda r: _get(r, "probe", "stats", "audio_rms_dbfs")),
-    ("Audio offset", "s", lambda r: _get(r, "av_sync", "offset_s")),
-    ("Caption length (llava_video)", "words", lambda r: _words(_get(r, "llava_video", "caption"))),
-    ("Caption length (audio_caption)", "words", lambda r: _words(_get(r, "audio_caption", "caption"))),
-    ("Detections per keyframe", "boxes", lambda r: _per_keyframe(r)),
+    ("Duration", "s", None, lambda r: _get(r, "probe", "duration_s_measured") or _window(r)),
+    ("Resolution (height)", "px", "probe", lambda r: _first_stream(r, "height")),
+    ("Motion energy", "luma levels", "probe", lambda r: _get(r, "probe", "stats", "motion_energy")),
+    ("Loudness", "dBFS", "probe", lambda r: _get(r, "probe", "stats", "audio_rms_dbfs")),
+    ("Audio offset", "s", "av_sync", lambda r: _get(r, "av_sync", "offset_s")),
+    ("Caption length (llava_video)", "words", "llava_video", lambda r: _words(_get(r, "llava_video", "caption"))),
+    ("Caption length (audio_caption)", "words", "audio_caption", lambda r: _words(_get(r, "audio_caption", "caption"))),
+    ("Detections per keyframe", "boxes", "grounding_sam", lambda r: _per_keyframe(r)),
 ]
+TICKS = 5  # labels under a histogram's axis
 
 
 def _get(clip: dict, head: str, *path):
@@ -103,7 +104,7 @@ class RunView:
             self.counts[head][record["status"]] += 1
             if record.get("error_type"):
                 self.error_types[head][record["error_type"]] += 1
-        for title, _, pick in DISTRIBUTIONS:
+        for title, _, _, pick in DISTRIBUTIONS:
             value = pick(clip)
             if isinstance(value, (int, float)) and math.isfinite(value):
                 self.values[title].append(float(value))
@@ -179,21 +180,43 @@ def _thumbnail(frame: np.ndarray, clip: dict) -> tuple[str, float]:
 # ---------------------------------------------------------------------------- the page
 
 
-def _histogram(title: str, unit: str, values: list[float]) -> str:
-    width, height, bins = 300, 120, 24
+def number(value: float) -> str:
+    """A value as a reader reads it: whole numbers from 100 up (1080, not 1.08e+03), three significant digits below."""
+    if abs(value) >= 100:
+        return f"{value:.0f}"
+    text = f"{value:.3g}"
+    return text if "e" not in text else f"{value:.6f}".rstrip("0").rstrip(".")
+
+
+def tick_labels(low: float, high: float) -> list[str]:
+    """Labels under an axis from low to high, with as many decimals as their spacing needs (one label when all the
+    values are equal)."""
+    if high <= low:
+        return [number(low)]
+    step = (high - low) / (TICKS - 1)
+    decimals = max(0, math.ceil(-math.log10(step))) if step < 1 else 0
+    labels = [f"{v:.{decimals}f}" if abs(v) < 100 or decimals else f"{v:.0f}" for v in np.linspace(low, high, TICKS)]
+    return [label if label != "-0" else "0" for label in labels]
+
+
+def _histogram(title: str, unit: str, values: list[float], why_none: str = "no clip gave a value") -> str:
+    width, height, bins, top = 300, 120, 24, 14  # top: room for the counts over the bars
     if not values:
-        return f'<figure class="chart"><figcaption>{html.escape(title)}</figcaption><p class="none">no values</p></figure>'
+        return (f'<figure class="chart"><figcaption>{html.escape(title)}</figcaption>'
+                f'<p class="none">no values: {html.escape(why_none)}</p></figure>')
     low, high = min(values), max(values)
     edges = np.linspace(low, high if high > low else low + 1, bins + 1)
     counts, _ = np.histogram(values, bins=edges)
-    bar = width / bins
-    rects = "".join(f'<rect x="{i * bar:.1f}" y="{height - height * c / counts.max():.1f}" width="{bar - 1:.1f}" '
-                    f'height="{height * c / counts.max():.1f}"><title>{edges[i]:.3g} to {edges[i + 1]:.3g}: {c}</title></rect>'
+    bar, scale = width / bins, (height - top) / counts.max()
+    rects = "".join(f'<rect x="{i * bar:.1f}" y="{height - scale * c:.1f}" width="{bar - 1:.1f}" height="{scale * c:.1f}">'
+                    f'<title>{number(edges[i])} to {number(edges[i + 1])}: {c}</title></rect>'
+                    + (f'<text x="{(i + 0.5) * bar:.1f}" y="{height - scale * c - 2:.1f}">{c}</text>' if c else "")
                     for i, c in enumerate(counts))
+    ticks = "".join(f"<span>{v}</span>" for v in tick_labels(low, high))
     median = float(np.median(values))
-    return (f'<figure class="chart"><figcaption>{html.escape(title)} <span>({unit}; {len(values)} clips, median {median:.3g})'
-            f'</span></figcaption><svg viewBox="0 0 {width} {height}" width="{width}" height="{height}">{rects}</svg>'
-            f'<div class="axis"><span>{low:.3g}</span><span>{high:.3g}</span></div></figure>')
+    return (f'<figure class="chart"><figcaption>{html.escape(title)} <span>({unit}; {len(values)} clips, median '
+            f'{number(median)})</span></figcaption><svg viewBox="0 0 {width} {height}" width="{width}" height="{height}">{rects}'
+            f'</svg><div class="axis">{ticks}</div></figure>')
 
 
 def _said(head: str, record: dict) -> str:
@@ -246,10 +269,13 @@ def _cell(clip: dict, picture) -> str:
 
 STYLE = """body{font:14px system-ui,sans-serif;margin:24px;color:#222}table{border-collapse:collapse}td,th{border:1px solid #ccc;
 padding:3px 8px;text-align:right}th:first-child,td:first-child{text-align:left}.charts{display:flex;flex-wrap:wrap;gap:16px}
-.chart{margin:0}.chart rect{fill:#4a78c2}.chart figcaption span{color:#777}.axis{display:flex;justify-content:space-between;
-width:300px;color:#777;font-size:12px}.grid{display:flex;flex-wrap:wrap;gap:12px}.clip{width:320px;border:1px solid #ddd;
+.chart{margin:0 0 8px;width:300px;max-width:100%}.chart svg{max-width:100%;height:auto}.chart rect{fill:#4a78c2}
+.chart text{font-size:9px;fill:#444;text-anchor:middle}.chart figcaption span{color:#777}.axis{display:flex;
+justify-content:space-between;gap:6px;width:300px;max-width:100%;color:#777;font-size:11px}.charts{column-gap:32px}
+.grid{display:flex;flex-wrap:wrap;gap:12px}.clip{width:320px;max-width:100%;box-sizing:border-box;border:1px solid #ddd;
 padding:6px}.clip h3{font-size:13px;margin:6px 0;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}.clip ul{padding-left:16px;
-margin:0;font-size:12px}.frame{position:relative}.frame svg{position:absolute;left:0;top:0}.frame rect{fill:none;stroke:#ff0;
+margin:0;font-size:12px;overflow-wrap:anywhere}.frame img,.frame svg{max-width:100%;height:auto}.table{overflow-x:auto;max-width:100%}
+.failures td{overflow-wrap:anywhere;max-width:40em}.frame{position:relative}.frame svg{position:absolute;left:0;top:0}.frame rect{fill:none;stroke:#ff0;
 stroke-width:2}.error{color:#b00}.skipped{color:#a60}.conf{color:#777}.nopicture{height:60px;background:#eee;color:#777;padding:8px}
 .hidden{display:none}.failures td,.failures th{text-align:left}"""
 
@@ -266,22 +292,27 @@ def render(view: RunView, pictures: dict, title: str) -> str:
                                                     for s in statuses) + f"<td>{sum(view.counts[head].values())}</td></tr>" for head in heads)
     types = "".join(f"<tr><td>{head}</td><td>{html.escape(t)}</td><td>{n}</td></tr>" for head in heads
                     for t, n in view.error_types[head].most_common())
-    failures = "".join(f"<tr><td>{html.escape(f['member'])}</td><td>{html.escape(f['error_type'] or '')}</td>"
-                       f"<td>{html.escape((f['error'] or '')[:300])}</td><td>{', '.join(f['heads'])}</td></tr>" for f in view.failures)
-    charts = "".join(_histogram(t, unit, view.values[t]) for t, unit, _ in DISTRIBUTIONS if view.values[t])
+    failures = "".join(f"<tr><td>{html.escape(f['member'])}</td><td>{html.escape(f['shard'] or '')}</td>"
+                       f"<td>{html.escape(f['error_type'] or '')}</td><td>{html.escape((f['error'] or '')[:300])}</td>"
+                       f"<td>{', '.join(f['heads'])}</td></tr>" for f in view.failures)
+    # a chart of a head in the run that has no values says so (every av_sync record skipped, say) rather than vanish
+    charts = "".join(_histogram(t, unit, view.values[t], f"no {head or 'clip'} record gave one")
+                     for t, unit, head, _ in DISTRIBUTIONS if view.values[t] or (head in heads))
     cells = "".join(_cell(clip, pictures.get(next(iter(clip.values()))["key"])) for clip in view.clips)
     options = "".join(f'<option value="{h}">{h}</option>' for h in heads)
     unfinished = f"<p>Unfinished shards (their complete records are shown): {', '.join(view.unfinished)}</p>" if view.unfinished else ""
-    return f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{STYLE}</style></head>
+    return f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1"><title>{html.escape(title)}</title><style>{STYLE}</style></head>
 <body><h1>{html.escape(title)}</h1><p>{view.total} clips, {len(heads)} heads: {', '.join(heads)}.</p>{unfinished}
-<h2>Records by status</h2><table id="counts"><tr><th>head</th>{''.join(f'<th>{s}</th>' for s in statuses)}<th>all</th></tr>{counts}</table>
-<h2>Error types</h2><table><tr><th>head</th><th>error_type</th><th>records</th></tr>{types}</table>
+<h2>Records by status</h2><div class="table"><table id="counts"><tr><th>head</th>{''.join(f'<th>{s}</th>' for s in statuses)}<th>all</th></tr>
+{counts}</table></div>
+<h2>Error types</h2><div class="table"><table><tr><th>head</th><th>error_type</th><th>records</th></tr>{types}</table></div>
 <h2>Distributions</h2><div class="charts">{charts}</div>
 <h2>Clips</h2><p>head <select id="head" onchange="filterClips()"><option value="">any</option>{options}</select>
 status <select id="status" onchange="filterClips()"><option value="">any</option>{''.join(f'<option>{s}</option>' for s in statuses)}</select>
 showing <span id="shown">{len(view.clips)}</span> of the first {len(view.clips)} decoded clips</p>
 <div class="grid">{cells}</div>
-<h2>Failed members</h2><table class="failures"><tr><th>member</th><th>error_type</th><th>error</th><th>heads</th></tr>{failures}</table>
+<h2>Failed members</h2>{'' if view.failures else '<p class="none">none: every member was read</p>'}<div class="table"><table class="failures"><tr><th>member</th><th>shard</th><th>error_type</th><th>error</th>
+<th>heads</th></tr>{failures}</table></div>
 <script>{SCRIPT}</script></body></html>"""
 
 

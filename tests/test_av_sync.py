@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ffmpeg_output, read_records, write_shard
+from conftest import ffmpeg_output, make_clip, read_records, write_shard
 from extract.decode import decode_media
 from extract.heads import Clip, build
 from extract.runner import run
@@ -26,7 +26,8 @@ def test_offset_within_one_frame(fps, offset):
     assert result.fields["confidence"] > 0.3 and result.fields["fps"] == pytest.approx(fps, rel=0.01)
 
 
-@pytest.mark.parametrize("kind, words", [("silence", "too little sound"), ("still", "still picture"), ("no_audio", "no audio")])
+@pytest.mark.parametrize("kind, words", [("silence", "too little sound"), ("still", "no frame brightens suddenly"),
+                                         ("no_audio", "no audio")])
 def test_undecidable_clips_are_skipped_not_guessed(kind, words):
     if kind == "no_audio":
         import subprocess
@@ -38,6 +39,20 @@ def test_undecidable_clips_are_skipped_not_guessed(kind, words):
         data = flash_click_clip(25, 0.1, clicks=kind != "silence", flashes=kind != "still", noise_db=-90 if kind == "silence" else -40)
     result = _estimate(data)
     assert result.status == "skipped" and words in result.error and result.fields["offset_s"] is None
+
+
+def test_a_moving_picture_without_onsets_is_skipped_for_that_reason():
+    """A scrolling test pattern moves in every frame (probe's motion energy is far from 0) but never brightens at once:
+    the skip says there is no visual onset, with the numbers, not that the picture is still."""
+    from extract.heads import build
+
+    data = make_clip(seconds=4, pattern="testsrc2", size="160x120", rate=25)
+    result = _estimate(data)
+    assert result.status == "skipped" and result.error_type == "undecidable"
+    assert "no visual onset to align" in result.error and "under min_motion 1" in result.error
+    probe = build("probe", {})
+    [stats] = [r.fields["stats"] for r in probe.infer([Clip("k", "v", 0.0, 4.0, decode_media(data, probe.media_spec))])]
+    assert stats["motion_energy"] > 1  # it does move
 
 
 def test_end_to_end_records(tmp_path):

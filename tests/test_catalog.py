@@ -48,3 +48,21 @@ def test_the_closest_row_wins_and_keys_join_samples(tmp_path):
     assert catalog.match(None, None, None, key="000000123") == 2 and catalog.rows[2]["duration"] == 7.5
     assert catalog.match("v", 0.0, 4.0, key="not-in-the-csv") == 0  # no row for the key: the window decides
     assert [r["start"] for r in catalog.rows_without_clips([("v", 0.0, 4.0)], keys=["000000123"])] == [0.5]
+
+
+def test_rows_without_a_window_never_join_a_clip_and_the_first_of_a_key_wins(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text("video_id,start,end,duration,key\nv,,,3,\n,,,1,k1\n,,,2,k1\n")
+    catalog = Catalog.load(path, tolerance=0.01)
+    assert catalog.match("v", 0.0, 1.0) is None
+    assert catalog.match(None, None, None, key="k1") == 1
+
+
+def test_a_bad_value_names_its_line_and_a_file_not_in_utf8_is_one_line(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text("video_id,start,end,duration\nv,0,1,1\nw,zero,1,1\n")
+    with pytest.raises(ConfigError, match="line 3"):
+        Catalog.load(path, 0.01)
+    path.write_bytes("video_id,start,end,duration\ncaf\u00e9,0,1,1\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="cannot be read"):
+        Catalog.load(path, 0.01)

@@ -194,7 +194,7 @@ def test_the_report_shows_the_counts_a_picture_per_decoded_clip_and_the_failures
     assert dom.count("<rect x=") >= 9 * 1  # grounding_sam's boxes, drawn on the keyframes they were found on
     summary = json.loads((finished_run / "probe" / "summary.json").read_text())["output_totals"]["by_status"]
     assert f'data-head="probe" data-status="ok">{summary["ok"]}<' in dom
-    assert dom.count("<tr><td>empty (0-1).mp4</td>") == 1 and "README.md" in dom  # failed and rejected members listed
+    assert dom.count("<tr><td>empty (0-1).mp4</td><td>") == 1 and "README.md" in dom  # failed and rejected members listed
     shot = tmp_path / "report.png"
     subprocess.run([*browser, "--window-size=1400,2000", f"--screenshot={shot}", out.as_uri()], capture_output=True, timeout=120)
     assert len(set(Image.open(shot).convert("L").getdata())) > 50  # the page painted something, not a blank

@@ -25,3 +25,64 @@ def test_a_folder_without_shards_takes_the_new_options(tmp_path):
     OutputWriter(folder, options={"fps": 2.0})
     OutputWriter(folder, options={"fps": 8.0})
     assert json.loads((folder / "options.json").read_text()) == {"fps": 8.0}
+
+
+def _record(key: str, status: str = "ok", video_id: str | None = "v", error_type: str | None = None) -> dict:
+    return {"key": key, "video_id": video_id, "start": 0.0, "end": 1.0, "status": status, "error_type": error_type,
+            "arrays": []}
+
+
+def test_what_flush_wrote_is_on_disk_before_the_shard_is_finished(tmp_path):
+    """A kill right after a batch's flush keeps that batch: the `.partial` on disk holds its complete records."""
+    from extract.writer import complete_records
+
+    writer = OutputWriter(tmp_path / "probe")
+    url = "/data/s-000.tar"
+    writer.plan([url])
+    writer.write(url, _record("a"), {})
+    writer.flush()
+    partial = tmp_path / "probe" / "s-000.tar.partial"
+    assert [r["key"] for r, _ in complete_records(partial)] == ["a"]  # read through another handle, as a rerun reads it
+    writer.close()
+
+
+def test_a_shards_stats_count_every_record_and_list_the_clips_for_the_csv(tmp_path):
+    writer = OutputWriter(tmp_path / "probe")
+    url = "/data/s-000.tar"
+    writer.plan([url])
+    records = [_record("a"), _record("b", "error", video_id="bad", error_type="not_media"),
+               _record("member_1", "rejected", video_id=None, error_type="bad_name")]
+    for record in records:
+        writer.write(url, record, {})
+    stats = writer.finish(url, None, [], "probe")
+    assert stats["records"] == 3 and stats["by_status"] == {"ok": 1, "error": 1, "rejected": 1}
+    assert stats["by_error_type"] == {"not_media": 1, "bad_name": 1}
+    # a clip that failed is still a clip of the CSV's (its row is not "without a clip"); a rejected member is none
+    assert stats["clips"] == [["v", 0.0, 1.0], ["bad", 0.0, 1.0]] and stats["keys"] == ["a", "b", "member_1"]
+    assert json.loads((tmp_path / "probe" / "s-000.stats.json").read_text())["records"] == 3
+    assert (tmp_path / "probe" / "s-000.tar").exists() and not (tmp_path / "probe" / "s-000.tar.partial").exists()
+
+
+def test_the_plan_counts_finished_shards_and_resumes_partial_ones(tmp_path):
+    folder = tmp_path / "probe"
+    first = OutputWriter(folder)
+    urls = ["/data/s-000.tar", "/data/s-001.tar", "/data/s-002.tar"]
+    first.plan(urls)
+    first.write(urls[0], _record("a"), {})
+    first.finish(urls[0], None, [], "probe")
+    first.write(urls[1], _record("b"), {})
+    first.write(urls[1], _record("c"), {})
+    first.flush()
+    first.close()  # as a kill leaves it: s-001 unfinished
+    todo, done_keys, complete = OutputWriter(folder).plan(urls)
+    assert complete == 1 and todo == urls[1:] and done_keys == {urls[1]: {"b", "c"}, urls[2]: set()}
+
+
+def test_a_shard_being_written_is_locked_against_a_second_writer(tmp_path):
+    from extract.writer import OutputBusy, ShardLock
+
+    lock = ShardLock(tmp_path / ".locks" / "s-000.lock")
+    with pytest.raises(OutputBusy, match="is being written by another run"):
+        ShardLock(tmp_path / ".locks" / "s-000.lock")
+    lock.release()
+    ShardLock(tmp_path / ".locks" / "s-000.lock").release()  # released: the next run takes it

@@ -74,8 +74,11 @@ def onset_xcorr(media: Media, max_offset: float, min_motion: float, min_sound_db
     if rms <= 10 ** (min_sound_dbfs / 20):
         return Estimate(None, 0.0, f"too little sound to decide (RMS below {min_sound_dbfs:g} dBFS)")
     visual = visual_onsets(frames)
-    if visual.max() - np.median(visual) < min_motion:  # steady sensor noise is not change
-        return Estimate(None, 0.0, "too little visual change to decide (a still picture)")
+    sudden = visual.max() - np.median(visual)
+    if sudden < min_motion:  # steady sensor noise, or motion that brightens no frame at once, gives nothing to align
+        return Estimate(None, 0.0, f"no visual onset to align: no frame brightens suddenly (the largest rise over the "
+                                   f"typical one is {sudden:.2f} luma levels, under min_motion {min_motion:g}); the "
+                                   "picture is still or changes smoothly")
     flux, flux_times = audio_onsets(media.audio)
     flux_times = flux_times + (media.audio_start or 0.0)  # placed by its presentation time, as frames are: a stream that
     # starts late in its container (an edit list, a muxing offset) is played late, and that shows in the offset
