@@ -136,3 +136,48 @@ def test_a_folder_without_shards_is_an_error_that_says_where_they_are(tmp_path):
     write_shard(nested / "day1" / "a.tar", [("v (0-1).mp4", b"x")], gz=False)
     _one_line_error(run_cli("+model=probe", f"tar_folder={nested}"), "holds no shards", "1 sit in its subfolders",
                     str(nested / "day1" / "a.tar"), "shards=")
+
+
+def test_the_command_line_is_normalised_as_hydra_needs_it():
+    import pytest
+
+    from extract.cli import normalise_overrides
+    from extract.errors import ConfigError
+
+    assert normalise_overrides(["model=probe", "wandb.mode=disabled"]) == ["+model=probe", "wandb.mode=disabled"]
+    assert normalise_overrides(["--multirun", "+model=probe", "model.fps=2,8"]) == ["--multirun", "+model=probe", "model.probe.fps=2,8"]
+    with pytest.raises(ConfigError, match=r"unknown option 'wandb.mod' \(did you mean wandb.mode\?\)"):
+        normalise_overrides(["+model=probe", "wandb.mod=disabled"])
+    with pytest.raises(ConfigError) as grammar:
+        normalise_overrides(["+model=probe", "model.fps=[1,"])
+    assert "\n" not in str(grammar.value)
+
+
+def test_the_entry_point_exits_with_the_documented_codes(monkeypatch, tmp_path, capsys):
+    import pytest
+
+    import extract.__main__ as entry
+    from extract import runner
+    from extract.errors import ConfigError
+    from extract.writer import OutputError
+
+    cfg = compose_cfg("+model=probe", "tar_folder=shards", f"output_dir={tmp_path}")
+    for raised, code, words in ((ConfigError("bad option"), 2, "error: bad option"), (OutputError("disk full"), 1, "error: disk full"),
+                                (KeyboardInterrupt(), 130, "error: interrupted; run the same command again to resume")):
+        def fail(cfg, raised=raised):
+            raise raised
+        monkeypatch.setattr(runner, "run", fail)
+        with pytest.raises(SystemExit) as exit_info:
+            entry.main.__wrapped__(cfg)
+        assert exit_info.value.code == code and capsys.readouterr().err.strip() == words
+
+
+def test_a_sweeps_output_pattern_is_not_made_as_a_folder(tmp_path, monkeypatch):
+    import extract.__main__ as entry
+
+    monkeypatch.chdir(tmp_path)
+    entry.check_arguments(["+model=probe", "output_dir=out/fps_${model.probe.fps}"])
+    entry.check_arguments(["+model=probe", "output_dir=a,b"])
+    assert not (tmp_path / "out").exists() and not (tmp_path / "a,b").exists()
+    entry.check_arguments(["+model=probe", "output_dir=plain"])
+    assert (tmp_path / "plain").is_dir()

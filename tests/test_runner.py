@@ -21,3 +21,62 @@ def test_a_heads_batch_size_is_its_own_else_its_gpu_queue_else_the_runs():
     plain = Head()
     plain.batch_size = None
     assert batch_size_on(plain, torch.device("cuda", 0), 3) == 3
+
+
+def test_two_inputs_with_one_output_name_are_refused(tmp_path):
+    import pytest
+
+    from conftest import compose_cfg
+    from extract.errors import ConfigError
+    from extract.runner import check_inputs
+
+    for name in ("a.tar", "a.tar.gz", "b.tar"):
+        (tmp_path / name).write_bytes(b"")
+    with pytest.raises(ConfigError, match="several input shards share the output name 'a'"):
+        check_inputs(compose_cfg("+model=probe", f"tar_folder={tmp_path}"))
+
+
+def test_run_settings_are_checked_with_their_least_values():
+    import pytest
+
+    from conftest import compose_cfg
+    from extract.errors import ConfigError
+    from extract.runner import check_settings
+
+    for setting, words in {"max_member_mb=0": "max_member_mb=0 is not a number of at least 1",
+                           "batch_size=0": "batch_size=0 is not a whole number of at least 1",
+                           "csv_tolerance=-0.1": "csv_tolerance=-0.1 is not a number of at least 0"}.items():
+        with pytest.raises(ConfigError, match=words):
+            check_settings(compose_cfg("+model=probe", setting))
+    check_settings(compose_cfg("+model=probe", "csv_tolerance=0", "decode_timeout=0", "max_member_mb=1"))
+
+
+def test_what_records_depend_on_are_the_options_kept_batch_sizes_aside():
+    from conftest import compose_cfg
+    from extract.runner import chosen_heads
+
+    heads = chosen_heads(compose_cfg("+model=[probe,av_sync]", "model.probe.fps=2", "model.probe.batch_size=3",
+                                     "model.av_sync.method=synchformer", "model.av_sync.window_batch=4"))
+    assert heads["probe"].options["fps"] == 2 and "batch_size" not in heads["probe"].options
+    assert heads["av_sync"].options["method"] == "synchformer" and "window_batch" not in heads["av_sync"].options
+    assert heads["probe"].batch_size == 3 and heads["av_sync"].batch_size is None  # the run's, once the device is known
+
+
+def test_a_results_arrays_are_listed_in_its_record_sorted():
+    import numpy as np
+
+    from extract.catalog import Catalog
+    from extract.data import ClipItem
+    from extract.heads import Result
+    from extract.runner import HeadRunner
+
+    class _Writer:
+        def write(self, *args):
+            pass
+
+    head = _Captioner()
+    head.fields, head.model_id = {}, None
+    runner = HeadRunner(head, _Writer(), Catalog.empty())
+    item = ClipItem("/in/s.tar", "v (0-1).mp4", "v_0_1000_x", ("captioner",), "v", 0.0, 1.0)
+    record, arrays = runner._record(item, Result(arrays={"b": np.zeros(1), "a": np.ones(1)}))
+    assert record["arrays"] == ["a", "b"] and set(arrays) == {"a", "b"} and record["status"] == "ok"
