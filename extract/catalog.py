@@ -30,8 +30,8 @@ class Catalog:
                 self._by_key.setdefault(row["key"], index)
 
     @classmethod
-    def empty(cls) -> "Catalog":
-        return cls([], 0.0)
+    def empty(cls, tolerance: float = 0.0) -> "Catalog":
+        return cls([], tolerance)
 
     @classmethod
     def load(cls, path: str | Path, tolerance: float) -> "Catalog":

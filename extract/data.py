@@ -100,6 +100,8 @@ class ClipItem:
     data: bytes | bytearray | None = None  # the member's bytes, until decoded
     sample: dict | None = None  # a WebDataset sample's caption and sidecar fields (None for a clip named with its window)
     audio_only: bool = False  # a sample whose media is a sound file: heads that need frames skip it
+    length_s: float | None = None  # the decoded video stream's length (s), and its frame period, once decoded
+    frame_s: float | None = None
     thumbnail: torch.Tensor | None = None  # uint8 [96, 172, 3] letterboxed, for W&B's sample table
     media: dict[str, Media] = field(default_factory=dict)  # per head: its view of the clip
     prepared: dict[str, Any] = field(default_factory=dict)  # per head: what its `prepare` made
@@ -398,6 +400,9 @@ def decode_items(items, heads: dict, decode_timeout: float, memory_limit_bytes: 
                             item.failures[name] = view
                         else:
                             item.media[name] = view
+                            stream = view.video
+                            if stream.get("duration_s") is not None:
+                                item.length_s, item.frame_s = stream["duration_s"], 1 / stream["fps"] if stream.get("fps") else None
                 del data
             yield item
     finally:

@@ -29,7 +29,7 @@ from extract.errors import ConfigError, or_exit
 from extract.schema import arrow_type, at_path, base_types, conform, flat_columns
 from extract.writer import complete_records
 
-BASE = ("key", "video_id", "start", "end", "duration", "in_csv", "shard", "member", "sample")
+BASE = ("key", "video_id", "start", "end", "duration", "in_csv", "length_s", "length_mismatch", "shard", "member", "sample")
 PER_HEAD = ("status", "error_type", "error", "model")
 
 

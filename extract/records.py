@@ -28,6 +28,9 @@ class BaseRecord:
     arrays: list[str] = field(default_factory=list)  # names of the {key}.{name}.npy members beside the record
     # a WebDataset sample's caption (.txt), its sidecar's small fields (.json), the fields left out for their size, notes
     sample: dict | None = None
+    length_s: float | None = None  # the decoded video stream's length (s), measured
+    # why that length disagrees with the name's window or the CSV's duration (beyond csv_tolerance and one frame)
+    length_mismatch: str | None = None
 
 
 BASE_FIELDS = tuple(f.name for f in fields(BaseRecord))

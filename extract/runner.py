@@ -168,7 +168,7 @@ def check_inputs(cfg: DictConfig) -> tuple[list[str], Catalog, dict[str, Head]]:
     clashes = [stem for stem, count in stems.items() if count > 1]
     if clashes:
         raise ConfigError(f"several input shards share the output name {clashes[0]!r}; rename them")
-    catalog = Catalog.load(cfg.dataset_csv, cfg.csv_tolerance) if cfg.dataset_csv else Catalog.empty()
+    catalog = Catalog.load(cfg.dataset_csv, cfg.csv_tolerance) if cfg.dataset_csv else Catalog.empty(cfg.csv_tolerance)
     return shards, catalog, heads
 
 
@@ -231,12 +231,25 @@ class HeadRunner:
         self.writer.flush()
         return records
 
+    def _length_mismatch(self, item: ClipItem, duration: float | None) -> str | None:
+        """Whether the decoded length disagrees with what the clip's name or the CSV says it lasts, by more than
+        csv_tolerance plus one frame (a length is counted in whole frames)."""
+        if item.length_s is None:
+            return None
+        slack = self.catalog.tolerance + (item.frame_s or 0.0)
+        claims = [("the name's window", item.end - item.start if item.start is not None and item.end is not None else None),
+                  ("the CSV's duration", duration)]
+        off = [f"{what} is {value:.3f} s" for what, value in claims if value is not None and abs(item.length_s - value) > slack]
+        return f"decoded {item.length_s:.3f} s; {' and '.join(off)}" if off else None
+
     def _record(self, item: ClipItem, result: Result | None) -> tuple[dict, dict]:
         row = self.catalog.match(item.video_id, item.start, item.end, key=item.key if item.sample is not None else None)
+        duration = self.catalog.rows[row]["duration"] if row is not None else None
         base = BaseRecord(key=item.key, video_id=item.video_id, start=item.start, end=item.end,
-                          duration=self.catalog.rows[row]["duration"] if row is not None else None, in_csv=row is not None,
+                          duration=duration, in_csv=row is not None,
                           shard=item.shard, member=item.member, head=self.head.name, model=self.head.model_id,
-                          status=item.status, error_type=item.error_type, error=item.error, sample=item.sample)
+                          status=item.status, error_type=item.error_type, error=item.error, sample=item.sample,
+                          length_s=item.length_s, length_mismatch=self._length_mismatch(item, duration))
         failure = item.failures.get(self.head.name)
         if item.status == "ok" and failure is not None:
             if item.audio_only and failure.error_type == "no_video_stream":  # a sound sample: nothing for a picture head

@@ -65,6 +65,7 @@ class ShardTally:
         self.by_error_type: Counter = Counter()
         self.clips: list[list] = []  # [video_id, start, end] of every record, for the CSV check
         self.keys: list[str] = []
+        self.length_mismatches = 0
 
     @classmethod
     def of(cls, records: list[dict]) -> "ShardTally":
@@ -80,6 +81,7 @@ class ShardTally:
             self.by_error_type[record["error_type"]] += 1
         if record.get("video_id") is not None:
             self.clips.append([record["video_id"], record["start"], record["end"]])
+        self.length_mismatches += bool(record.get("length_mismatch"))
 
 
 class _OpenShard:
@@ -279,6 +281,7 @@ class OutputWriter:
             "shard": url, "output": final.name, "head": head, "records": sum(shard.tally.by_status.values()),
             "by_status": dict(shard.tally.by_status), "by_error_type": dict(shard.tally.by_error_type),
             "fault": fault, "duplicates": duplicates, "clips": shard.tally.clips, "keys": shard.tally.keys,
+            "length_mismatches": shard.tally.length_mismatches,
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         _replace_bytes(stats_path, encode_record(stats))
@@ -349,7 +352,8 @@ def drop_cross_shard_duplicates(folder: Path) -> dict[str, list[dict]]:
         tally = ShardTally.of(kept_records)
         notes = [f"{key} (already in {seen[key]})" for key in repeated]
         stats.update(records=len(kept_records), by_status=dict(tally.by_status), by_error_type=dict(tally.by_error_type),
-                     clips=tally.clips, keys=tally.keys, duplicates=stats["duplicates"] + notes)
+                     clips=tally.clips, keys=tally.keys, duplicates=stats["duplicates"] + notes,
+                     length_mismatches=tally.length_mismatches)
         _replace_bytes(stats_path, encode_record(stats))
         dropped[stats["shard"]] = dropped_records
     return dropped
@@ -358,7 +362,7 @@ def drop_cross_shard_duplicates(folder: Path) -> dict[str, list[dict]]:
 def output_totals(folder: Path) -> dict:
     """Counts over every complete output shard in `folder` (this run's and earlier runs')."""
     by_status, by_error_type, faults, duplicates, clips, keys = Counter(), Counter(), {}, {}, [], []
-    shards = 0
+    shards = mismatches = 0
     for path in sorted(Path(folder).glob("*.stats.json")):
         stats = json.loads(path.read_text(encoding="utf-8"))
         shards += 1
@@ -366,9 +370,11 @@ def output_totals(folder: Path) -> dict:
         by_error_type.update(stats["by_error_type"])
         clips.extend(stats["clips"])
         keys.extend(stats.get("keys", []))
+        mismatches += stats.get("length_mismatches", 0)
         if stats["fault"]:
             faults[stats["shard"]] = stats["fault"]
         if stats["duplicates"]:
             duplicates[stats["shard"]] = stats["duplicates"]
     return {"shards": shards, "records": sum(by_status.values()), "by_status": dict(by_status),
-            "by_error_type": dict(by_error_type), "shard_faults": faults, "duplicates": duplicates, "clips": clips, "keys": keys}
+            "by_error_type": dict(by_error_type), "length_mismatches": mismatches, "shard_faults": faults, "duplicates": duplicates,
+            "clips": clips, "keys": keys}

@@ -66,3 +66,10 @@ def test_a_bad_value_names_its_line_and_a_file_not_in_utf8_is_one_line(tmp_path)
     path.write_bytes("video_id,start,end,duration\ncaf\u00e9,0,1,1\n".encode("latin-1"))
     with pytest.raises(ConfigError, match="cannot be read"):
         Catalog.load(path, 0.01)
+
+
+def test_an_nfd_csv_row_joins_its_nfc_clip(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text("video_id,start,end,duration\ncafe\u0301,0,1,1\n", encoding="utf-8")  # written on macOS
+    catalog = Catalog.load(path, tolerance=0.01)
+    assert catalog.match("caf\u00e9", 0, 1) == 0 and catalog.rows[0]["video_id"] == "caf\u00e9"

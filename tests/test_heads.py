@@ -261,3 +261,23 @@ def test_each_failure_of_a_head_is_that_clips_head_error_and_the_rest_is_written
             assert (record["status"], record["frames"]) == ("ok", 2), video_id
     probe = read_records(tmp_path / "out" / "probe")
     assert len(probe) == len(ids) and all(r["status"] == "ok" for r in probe)  # the other head never noticed
+
+
+def test_a_clip_that_lasts_other_than_its_name_or_csv_says_is_flagged_and_counted(tmp_path):
+    """Clips of 1 s at 12 fps: one named (0-1), one named (0-2.04) and one whose CSV row says 3 s: the decoded length is
+    in every record; the two that disagree by more than csv_tolerance plus a frame say so, and the summary counts them."""
+    import json
+
+    (tmp_path / "in").mkdir()
+    clip = make_clip(seconds=1, rate=12, fmt="matroska", tone=None)
+    write_shard(tmp_path / "in" / "s.tar", [("right (0-1).mkv", clip), ("long (0-2.04).mkv", clip), ("csv (5-6).mkv", clip)])
+    (tmp_path / "d.csv").write_text("video_id,start,end,duration\ncsv,5,6,3\nright,0,1,1\n")
+    run(_cfg(tmp_path, {"probe": {}}, f"dataset_csv={tmp_path / 'd.csv'}"))
+    records = {r["video_id"]: r for r in read_records(tmp_path / "out" / "probe")}
+    for record in records.values():
+        assert record["length_s"] == pytest.approx(1.0, abs=1 / 12 + 1e-6)
+    assert records["right"]["length_mismatch"] is None
+    assert "the name's window is 2.040 s" in records["long"]["length_mismatch"]
+    assert "the CSV's duration is 3.000 s" in records["csv"]["length_mismatch"] and "window" not in records["csv"]["length_mismatch"]
+    summary = json.loads((tmp_path / "out" / "probe" / "summary.json").read_text())
+    assert summary["output_totals"]["length_mismatches"] == 2

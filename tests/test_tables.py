@@ -91,8 +91,8 @@ def test_one_row_per_clip_with_every_heads_columns(finished_run, tmp_path):
     done = export(finished_run, tmp_path / "clips.parquet", progress=False)
     table = pq.read_table(tmp_path / "clips.parquet")
     assert done["rows"] == table.num_rows == 13 and done["unfinished_shards"] == {}
-    assert table.column_names[:12] == ["key", "video_id", "start", "end", "duration", "in_csv", "shard", "member",
-                                       "sample.caption", "sample.meta", "sample.dropped", "sample.notes"]
+    assert table.column_names[:14] == ["key", "video_id", "start", "end", "duration", "in_csv", "length_s", "length_mismatch",
+                                       "shard", "member", "sample.caption", "sample.meta", "sample.dropped", "sample.notes"]
     for head in ("probe", "av_sync", "grounding_sam"):
         assert {f"{head}.status", f"{head}.error_type", f"{head}.error", f"{head}.model", f"{head}.arrays"} <= set(table.column_names)
     assert table.schema.field("probe.video_streams").type == pa.list_(pa.struct([
@@ -218,7 +218,7 @@ def test_wandb_logs_a_sample_table_of_keyframes_and_what_the_heads_said(tmp_path
 def test_the_duration_chart_leaves_out_clips_no_head_could_read():
     from extract.report import DISTRIBUTIONS
 
-    duration = dict((title, value) for title, _, value in DISTRIBUTIONS)["Duration"]
+    duration = dict((title, value) for title, _, _, value in DISTRIBUTIONS)["Duration"]
     broken = {"llava_video": {"status": "error", "start": 0.0, "end": 5.0}}
     read = {"llava_video": {"status": "ok", "start": 0.0, "end": 5.0}}
     probed = {"probe": {"status": "ok", "start": 0.0, "end": 5.0, "duration_s_measured": 4.96}}
