@@ -94,4 +94,16 @@ def normalise_overrides(arguments: list[str]) -> list[str]:
         elif key not in root_paths and key.split(".")[0] not in ("model",):
             raise _unknown("option", key, [p for p in root_paths if p != "hydra" and not p.startswith("hydra.")])
         out.append(argument)
-    return flags + out
+    return flags + out + sweep_record(flags, out)
+
+
+def sweep_record(flags: list[str], overrides: list[str]) -> list[str]:
+    """Where a sweep keeps its own record (Hydra's multirun folder). By default it is under output_dir resolved with the
+    defaults, so a sweep over `output_dir=out/fps_${model.probe.fps}` would leave `out/fps_4.0/.hydra/` looking like a
+    run that never happened: it goes to the output's fixed part instead (`out/.hydra/multirun-<time>`)."""
+    values = [arg.split("=", 1)[1] for arg in overrides if arg.startswith("output_dir=")]
+    if not ({"-m", "--multirun"} & set(flags)) or not values or "${" not in values[-1] \
+            or any(arg.startswith("hydra.sweep.dir=") for arg in overrides):
+        return []
+    fixed = str(Path(values[-1].split("${", 1)[0] + "x").parent)  # the folders before the first interpolation
+    return ["hydra.sweep.dir=" + str(Path(fixed) / ".hydra" / "multirun-${now:%Y-%m-%d_%H-%M-%S}")]

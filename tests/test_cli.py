@@ -107,6 +107,9 @@ def test_a_rerun_with_other_head_options_is_refused_and_a_sweep_gets_a_folder_pe
     sweep = run_cli("--multirun", "+model=probe", f"tar_folder={tmp_path}", "model.fps=2,8", f"output_dir={tmp_path}/sweep/fps_${{model.probe.fps}}")
     assert sweep.returncode == 0, sweep.stderr[-2000:]
     assert [r["stats"]["frames_sampled"] for r in read_records(tmp_path / "sweep" / "fps_8" / "probe")] == [8]
+    # the sweep's own record sits apart, not in a folder named as the default fps would name a run
+    assert sorted(p.name for p in (tmp_path / "sweep").iterdir()) == [".hydra", "fps_2", "fps_8"]
+    assert [p.name.split("-")[0] for p in (tmp_path / "sweep" / ".hydra").iterdir()] == ["multirun"]
 
 
 def test_typos_with_hydras_plus_are_caught_too(tmp_path):
