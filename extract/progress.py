@@ -12,14 +12,19 @@ log = logging.getLogger(__name__)
 
 
 class Progress:
+    """Clips done (every head it needed has written its record), each head's errors, and the rank's shards done."""
+
     def __init__(self, enabled: bool, wandb_cfg: dict | None, run_config: dict, output_dir: str, every_s: float = 10.0,
-                 label: str = "records"):
+                 label: str = "clips", shards: int = 0):
         self.enabled = enabled
-        self.records = self.errors = 0
+        self.records = self.errors = self.clips = self.shards_done = 0
+        self.shards = shards
+        self.waiting: dict[str, int] = {}  # key -> records still to come for it
+        self.head_errors: dict[str, int] = {}
         self.started = time.monotonic()
         self.every_s = every_s
         self._last_log = 0.0
-        self.bar = tqdm(desc=label, unit="record", dynamic_ncols=True, disable=not enabled)
+        self.bar = tqdm(desc=label, unit="clip", dynamic_ncols=True, disable=not enabled)
         self.wandb = self._start_wandb(wandb_cfg or {}, run_config, output_dir) if enabled else None
         self.pictures: dict[str, object] = {}  # key -> thumbnail, until the clip's records arrive
         self.samples: list[list] = []  # rows of W&B's sample table
@@ -53,15 +58,43 @@ class Progress:
         if self.wandb is not None and len(self.pictures) < 64:
             self.pictures[key] = thumbnail
 
+    def read(self, key: str, heads: int) -> None:
+        """A clip arrived for `heads` heads: it is done when their records are written."""
+        if heads:
+            self.waiting[key] = self.waiting.get(key, 0) + heads
+
+    def shard_done(self) -> None:
+        self.shards_done += 1
+        self._postfix()
+
+    def _postfix(self) -> None:
+        if not self.enabled:
+            return
+        errors = ", ".join(f"{head} {count}" for head, count in sorted(self.head_errors.items())) or "none"
+        shards = f"{self.shards_done}/{self.shards}" if self.shards else str(self.shards_done)
+        self.bar.set_postfix_str(f"shards {shards}, errors: {errors}", refresh=False)
+
     def update(self, records: list[dict]) -> None:
         """Records just written (every head's)."""
         self.records += len(records)
-        self.errors += sum(1 for record in records if record["status"] in ("error", "rejected"))
+        done = 0
+        for record in records:
+            if record["status"] in ("error", "rejected"):
+                self.errors += 1
+                self.head_errors[record["head"]] = self.head_errors.get(record["head"], 0) + 1
+            left = self.waiting.get(record["key"])
+            if left is not None:
+                if left <= 1:
+                    del self.waiting[record["key"]]
+                    done += 1
+                else:
+                    self.waiting[record["key"]] = left - 1
+        self.clips += done
         if not self.enabled or not records:
             return
-        self.bar.update(len(records))
+        self._postfix()
+        self.bar.update(done)
         elapsed = time.monotonic() - self.started
-        self.bar.set_postfix(errors=self.errors, refresh=False)
         if self.wandb is None:
             return
         for record in records:
@@ -69,7 +102,8 @@ class Progress:
                 self.samples.append([record["key"], record["head"], self.pictures[record["key"]], record["status"], said(record)])
         if time.monotonic() - self._last_log >= self.every_s:
             self._last_log = time.monotonic()
-            self.wandb.log({"records": self.records, "errors": self.errors, "records_per_s": self.records / max(elapsed, 1e-9)})
+            self.wandb.log({"clips": self.clips, "records": self.records, "errors": self.errors,
+                            "clips_per_s": self.clips / max(elapsed, 1e-9)})
             self._log_samples()
 
     def _log_samples(self) -> None:

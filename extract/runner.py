@@ -304,7 +304,8 @@ def run(cfg: DictConfig) -> dict:
         for head in heads.values():
             head.load(ranks.device)
         progress = Progress(ranks.rank == 0, OmegaConf.to_container(cfg.wandb, resolve=True), OmegaConf.to_container(cfg, resolve=True),
-                            str(output_dir), cfg.log_every_s, "records" if ranks.world == 1 else f"rank 0 of {ranks.world}: records")
+                            str(output_dir), cfg.log_every_s, "clips" if ranks.world == 1 else f"rank 0 of {ranks.world}: clips",
+                            shards=len(mine))
         shard_faults, clips_read, waiting = {}, 0, 0.0
         loop_started, cpu_started = time.perf_counter(), time.process_time()
         # no autocast: each head runs in the precision its authors run it in (its dtype), not a mix autocast would choose
@@ -319,8 +320,10 @@ def run(cfg: DictConfig) -> dict:
                     if isinstance(item, ShardEnd):
                         records = [r for runner in runners.values() for r in runner.flush()]
                         finish_shard(runners, plan, item, shard_faults)
+                        progress.shard_done()
                     else:
                         clips_read += 1
+                        progress.read(item.key, len(item.heads))
                         if item.thumbnail is not None:
                             progress.picture(item.key, item.thumbnail)
                         records = [r for name in item.heads for r in runners[name].add(item)]

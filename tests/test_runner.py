@@ -80,3 +80,20 @@ def test_a_results_arrays_are_listed_in_its_record_sorted():
     item = ClipItem("/in/s.tar", "v (0-1).mp4", "v_0_1000_x", ("captioner",), "v", 0.0, 1.0)
     record, arrays = runner._record(item, Result(arrays={"b": np.zeros(1), "a": np.ones(1)}))
     assert record["arrays"] == ["a", "b"] and set(arrays) == {"a", "b"} and record["status"] == "ok"
+
+
+def test_progress_counts_clips_done_and_each_heads_errors():
+    from extract.progress import Progress
+
+    progress = Progress(True, {"mode": "disabled"}, {}, "unused", shards=3)
+    progress.read("a", 2)
+    progress.read("b", 2)
+    progress.update([{"key": "a", "head": "probe", "status": "ok"}, {"key": "b", "head": "probe", "status": "error"}])
+    assert (progress.clips, progress.bar.n) == (0, 0)  # av_sync has written neither yet
+    progress.update([{"key": "a", "head": "av_sync", "status": "ok"}])
+    assert (progress.clips, progress.bar.n) == (1, 1)
+    progress.update([{"key": "b", "head": "av_sync", "status": "rejected"}])
+    progress.shard_done()
+    assert progress.clips == 2 and progress.head_errors == {"probe": 1, "av_sync": 1}
+    assert progress.bar.postfix == "shards 1/3, errors: av_sync 1, probe 1"
+    progress.close()
