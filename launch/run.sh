@@ -12,7 +12,8 @@ case " ${args[*]} " in *" output_dir="*) ;; *) args+=(output_dir=outputs) ;; esa
 
 NGPU=${NGPU:-1}
 if [ "$NGPU" -gt 1 ]; then
-  .venv/bin/torchrun --standalone --nproc_per_node "$NGPU" -m extract "${args[@]}"
+  # the command line is checked once before the ranks start; errors and Ctrl-C are one line (extract/launch.py)
+  .venv/bin/python -m extract.launch --standalone --nproc_per_node "$NGPU" -- "${args[@]}"
 else
   .venv/bin/python -m extract "${args[@]}"
 fi

@@ -402,3 +402,26 @@ def test_ctrl_c_stops_a_run_in_one_line_and_the_same_command_finishes_it(tmp_pat
     rerun = run_cli(*args)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     _check_every_clip_once(out, names)
+
+
+def test_under_the_launcher_a_bad_command_is_one_line_once_and_ctrl_c_is_one_line(tmp_path):
+    """`python -m extract.launch` (NGPU>1 in launch/run.sh) checks the command line once before any rank starts, and
+    on Ctrl-C stops the ranks with one line, exit 130; the same command then finishes the job."""
+    launcher = [sys.executable, "-m", "extract.launch", "--standalone", "--nproc_per_node=2", "--"]
+    bad = subprocess.run([*launcher, "+model=probe", f"tar_folder={tmp_path}", "+output_dri=x"], cwd=REPO, capture_output=True,
+                         text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        "error: unknown option 'output_dri' (did you mean output_dir?); known: " + bad.stderr.split("known: ")[1].strip()]
+    names, args = _kill_dataset(tmp_path, shards=2, clips=8, seconds=6)
+    out = tmp_path / "out"
+    job = subprocess.Popen([*launcher, *args], cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _wait_for_partial_records(out)
+    os.killpg(job.pid, signal.SIGINT)  # what a terminal sends the foreground process group
+    _, stderr = job.communicate(timeout=120)
+    text = stderr.decode()
+    assert job.returncode == 130, text[-3000:]
+    assert "Traceback" not in text and "ChildFailedError" not in text, text[-3000:]
+    assert text.rstrip().endswith("error: interrupted; run the same command again to resume")
+    rerun = subprocess.run([*launcher, *args], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    _check_every_clip_once(out, names)
