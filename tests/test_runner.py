@@ -97,3 +97,34 @@ def test_progress_counts_clips_done_and_each_heads_errors():
     assert progress.clips == 2 and progress.head_errors == {"probe": 1, "av_sync": 1}
     assert progress.bar.postfix == "shards 1/3, errors: av_sync 1, probe 1"
     progress.close()
+
+
+def test_each_batchs_records_are_on_disk_when_it_is_done(tmp_path):
+    """A kill right after a batch keeps it: the head's batch is written and flushed to its `.partial` before the next."""
+    from extract.catalog import Catalog
+    from extract.data import ClipItem
+    from extract.decode import Media
+    from extract.heads import Result
+    from extract.runner import HeadRunner
+    from extract.writer import OutputWriter, complete_records
+
+    class Counts(Head):
+        name, fields = "counts", {"n": int}
+
+        def infer(self, clips):
+            return [Result(fields={"n": i}) for i, _ in enumerate(clips)]
+
+    head = Counts()
+    head.batch_size, head.model_id = 2, None
+    writer = OutputWriter(tmp_path / "counts")
+    url = "/in/s-000.tar"
+    writer.plan([url])
+    runner = HeadRunner(head, writer, Catalog.empty())
+    items = [ClipItem(url, f"c{i} (0-1).mp4", f"c{i}", ("counts",), f"c{i}", 0.0, 1.0, media={"counts": Media(info={})},
+                      prepared={"counts": None})
+             for i in range(3)]
+    assert runner.add(items[0]) == []
+    written = runner.add(items[1])  # the batch is full: run and written
+    assert [r["key"] for r in written] == ["c0", "c1"]
+    assert [r["key"] for r, _ in complete_records(tmp_path / "counts" / "s-000.tar.partial")] == ["c0", "c1"]
+    writer.close()
