@@ -128,3 +128,28 @@ def test_each_batchs_records_are_on_disk_when_it_is_done(tmp_path):
     assert [r["key"] for r in written] == ["c0", "c1"]
     assert [r["key"] for r, _ in complete_records(tmp_path / "counts" / "s-000.tar.partial")] == ["c0", "c1"]
     writer.close()
+
+
+def test_the_plan_resumes_each_head_where_it_stopped_and_counts_what_it_kept(tmp_path):
+    from extract.catalog import Catalog
+    from extract.runner import HeadRunner, plan_shards
+    from extract.writer import OutputWriter
+
+    urls = ["/in/s-000.tar", "/in/s-001.tar", "/in/s-002.tar"]
+    record = lambda key: {"key": key, "video_id": key, "start": 0.0, "end": 1.0, "status": "ok", "arrays": []}  # noqa: E731
+    first = OutputWriter(tmp_path / "probe")
+    first.plan(urls)
+    first.write(urls[0], record("a"), {})
+    first.finish(urls[0], None, [], "probe")
+    for key in ("b", "c", "d"):
+        first.write(urls[1], record(key), {})
+    first.flush()
+    first.close()  # killed: s-001 holds three records, s-002 none
+    runners = {"probe": HeadRunner(_Captioner(), OutputWriter(tmp_path / "probe"), Catalog.empty()),
+               "av_sync": HeadRunner(_Captioner(), OutputWriter(tmp_path / "av_sync"), Catalog.empty())}
+    plan, report = plan_shards(runners, urls)
+    assert report == {"shards_already_complete": {"probe": 1, "av_sync": 0}, "clips_resumed": {"probe": 3, "av_sync": 0}}
+    assert plan.urls == urls and plan.heads_for(urls[0], "a") == ("av_sync",)  # probe is done with s-000
+    assert plan.heads_for(urls[1], "b") == ("av_sync",) and plan.heads_for(urls[1], "e") == ("probe", "av_sync")
+    for runner in runners.values():
+        runner.writer.close()
