@@ -4,6 +4,7 @@
     python -m extract.bench av_sync
     python -m extract.bench generation [--size full] [--requests 32] [--slots 8] [--cap 1024]
     python -m extract.bench run [--input DIR] [--layers N]
+    python -m extract.bench select [--clips 20000,200000]
     python -m extract.bench llava_video [--size full] [--checkpoint DIR] [--frames 64] [--new-tokens 32] [--batches 1,2,4,8,16]
     python -m extract.bench grounding_sam [--size full] [--detector DIR --segmenter DIR] [--batches 1,2,4]
     python -m extract.bench internvl [--size full] [--checkpoint DIR] [--new-tokens 32] [--batches 1,2,4]
@@ -333,8 +334,10 @@ def bench_run(args) -> None:
 # ---------------------------------------------------------------------------- export
 
 
-def _fake_output(folder: Path, clips: int, per_shard: int) -> None:
-    """An output folder of probe and av_sync records as a run writes them (made-up values of the declared types)."""
+def _fake_output(folder: Path, clips: int, per_shard: int, inputs: Path | None = None, media_bytes: int = 4096) -> None:
+    """An output folder of probe and av_sync records as a run writes them (made-up values of the declared types); with
+    `inputs`, the input shards too, each clip a member of `media_bytes` bytes that passes the early refusal."""
+    from extract.clips import clip_key
     from extract.heads import head_class
     from extract.records import BaseRecord, head_record
     from extract.schema import dataset_card
@@ -345,9 +348,16 @@ def _fake_output(folder: Path, clips: int, per_shard: int) -> None:
         head = head_class(name)
         writer = OutputWriter(folder / name, dataset_card(head))
         for first in range(0, clips, per_shard):
-            url = f"/data/shards/s-{first // per_shard:05d}.tar"
+            url = str((inputs or Path("/data/shards")) / f"s-{first // per_shard:05d}.tar")
+            if inputs is not None and name == "probe":
+                media = b"\x00\x00\x00\x18ftypisom" + bytes(range(256)) * (media_bytes // 256)
+                with tarfile.open(url, "w") as tar:
+                    for i in range(first, min(first + per_shard, clips)):
+                        info = tarfile.TarInfo(f"video{i // 7} ({i % 7}-{i % 7 + 1}).mp4")
+                        info.size = len(media)
+                        tar.addfile(info, io.BytesIO(media))
             for i in range(first, min(first + per_shard, clips)):
-                base = BaseRecord(key=f"clip_{i:08d}", video_id=f"video{i // 7}", start=float(i % 7), end=float(i % 7 + 1),
+                base = BaseRecord(key=clip_key(f"video{i // 7}", float(i % 7), float(i % 7 + 1)), video_id=f"video{i // 7}", start=float(i % 7), end=float(i % 7 + 1),
                                   duration=1.0, in_csv=True, shard=url, member=f"video{i // 7} ({i % 7}-{i % 7 + 1}).mp4",
                                   head=name, model=None, status="ok", error_type=None, error=None)
                 if name == "probe":
@@ -384,6 +394,55 @@ def bench_export(args) -> None:
             table = (folder / "clips.parquet").stat().st_size
             print(f"{clips:>8}  {-(-clips // args.per_shard):>6}  {size / 2**20:>6.0f} MiB  {table / 2**20:>5.1f} MiB  "
                   f"{elapsed:>8.1f}  {peak / 2**20:>7.0f} MiB")
+
+
+def bench_select(args) -> None:
+    """extract.select choosing half of a run's clips: clips/s and peak memory, against the query alone and against a
+    pass that only reads the input shards (what select cannot do without)."""
+    import subprocess
+    import sys
+
+    import duckdb
+
+    from extract.data import ClipItem, ShardPlan, read_members
+    from extract.export import export, head_folders, shard_records, shard_stems
+
+    where = '"probe.stats.mean_luma" < 127.5'  # about half: the luma is uniform over 0 to 255
+    print(f"# extract.bench select: probe + av_sync records, {args.per_shard} clips a shard, input members of {args.media_kb} KiB, "
+          f"choosing {where}; {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}")
+    print(f"{'clips':>8}  {'chosen':>7}  {'query s':>7}  {'read inputs s':>13}  {'read records s':>14}  {'start-up s':>10}  "
+          f"{'select s':>8}  {'clips/s':>8}  {'select/(inputs+records)':>23}  {'peak memory':>11}")
+    for clips in [int(c) for c in args.clips.split(",")]:
+        with tempfile.TemporaryDirectory() as tmp:
+            folder, inputs = Path(tmp) / "out", Path(tmp) / "in"
+            inputs.mkdir()
+            _fake_output(folder, clips, args.per_shard, inputs, args.media_kb * 1024)
+            export(folder, folder / "clips.parquet", progress=False)
+            started = time.perf_counter()
+            [(chosen,)] = duckdb.sql(f"select count(*) from read_parquet('{folder / 'clips.parquet'}') where {where}").fetchall()
+            query = time.perf_counter() - started
+            started = time.perf_counter()
+            for shard in sorted(inputs.glob("*.tar")):
+                plan = ShardPlan({str(shard): {"select": set()}})
+                sum(isinstance(item, ClipItem) for item in read_members([{"url": str(shard)}], plan, 1 << 40))
+            reading = time.perf_counter() - started
+            started = time.perf_counter()
+            folders = head_folders(folder)
+            for stem in shard_stems(folders):
+                shard_records(stem, folders)
+            records = time.perf_counter() - started
+            started = time.perf_counter()
+            subprocess.run([sys.executable, "-c", "import extract.select, extract.export, extract.data, duckdb"], check=True)
+            startup = time.perf_counter() - started
+            measure = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, capture_output=True); "
+                       "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+            started = time.perf_counter()
+            result = subprocess.run([sys.executable, "-c", measure, sys.executable, "-m", "extract.select", str(folder), "--where", where,
+                                     "--out", str(Path(tmp) / "chosen")], capture_output=True, text=True, check=True)
+            elapsed = time.perf_counter() - started
+            peak = int(result.stdout.split()[-1]) * 1024
+            print(f"{clips:>8}  {chosen:>7}  {query:>7.2f}  {reading:>13.1f}  {records:>14.1f}  {startup:>10.1f}  {elapsed:>8.1f}  "
+                  f"{clips / elapsed:>8.0f}  {(elapsed - startup) / (reading + records):>23.2f}  {peak / 2**20:>7.0f} MiB")
 
 
 # dense bf16 tensor-core FLOP/s and HBM bytes/s from the vendors' datasheets, matched on the device name
@@ -855,6 +914,10 @@ def main() -> None:
     data.add_argument("--seconds", type=float, default=4.0)
     data.add_argument("--workers", default="0,1,2")
     sub.add_parser("av_sync", help="av_sync accuracy over generated flash/click clips, and clips/s")
+    select = sub.add_parser("select", help="extract.select's clips/s and peak memory, against reading the input shards")
+    select.add_argument("--clips", default="20000,200000")
+    select.add_argument("--per-shard", type=int, default=2000)
+    select.add_argument("--media-kb", type=int, default=4)
     export = sub.add_parser("export", help="export's peak memory against the size of the run")
     export.add_argument("--clips", default="20000,200000")
     export.add_argument("--per-shard", type=int, default=2000)
@@ -922,7 +985,7 @@ def main() -> None:
     sync.add_argument("--window-batch", type=int, default=8)
     sync.add_argument("--dtype", default="float32", choices=("auto", "float32", "bfloat16", "float16"))
     args = parser.parse_args()
-    {"run": bench_run, "generation": bench_generation, "synchformer": bench_synchformer, "data": bench_data, "av_sync": bench_av_sync, "pipeline": bench_pipeline, "export": bench_export, "llava_video": bench_llava_video, "grounding_sam": bench_grounding_sam,
+    {"select": bench_select, "run": bench_run, "generation": bench_generation, "synchformer": bench_synchformer, "data": bench_data, "av_sync": bench_av_sync, "pipeline": bench_pipeline, "export": bench_export, "llava_video": bench_llava_video, "grounding_sam": bench_grounding_sam,
      "internvl": bench_internvl, "audio_caption": bench_audio_caption}[args.what](args)
 
 
