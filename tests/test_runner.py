@@ -153,3 +153,26 @@ def test_the_plan_resumes_each_head_where_it_stopped_and_counts_what_it_kept(tmp
     assert plan.heads_for(urls[1], "b") == ("av_sync",) and plan.heads_for(urls[1], "e") == ("probe", "av_sync")
     for runner in runners.values():
         runner.writer.close()
+
+
+def test_the_summary_adds_up_every_ranks_clips_and_a_shards_fault_is_reported(tmp_path):
+    from extract.catalog import Catalog
+    from extract.data import ShardEnd, ShardPlan
+    from extract.runner import HeadRunner, finish_shard, write_summary
+    from extract.writer import OutputWriter
+
+    head = _Captioner()
+    head.model_id = None
+    writer = OutputWriter(tmp_path / "captioner")
+    url = "/in/s-000.tar"
+    writer.plan([url])
+    writer.write(url, {"key": "a", "video_id": "a", "start": 0.0, "end": 1.0, "status": "ok", "arrays": []}, {})
+    runners = {"captioner": HeadRunner(head, writer, Catalog.empty())}
+    faults = {}
+    finish_shard(runners, ShardPlan({url: {"captioner": set()}}), ShardEnd(url, "gzip stream ends early", []), faults)
+    assert faults == {url: "gzip stream ends early"} and runners["captioner"].finished == [url]
+    reports = [{"rank": rank, "clips_read": clips, "clips_resumed": {"captioner": resumed}, "by_status": {"captioner": {"ok": ok}},
+                "shards_finished": {"captioner": [url] if rank == 0 else []}} for rank, clips, resumed, ok in ((0, 3, 1, 1), (1, 4, 2, 0))]
+    summary = write_summary(tmp_path / "captioner", head, Catalog.empty(), reports, wall=2.0)
+    assert summary["this_run"]["clips_read"] == 7 and summary["this_run"]["clips_resumed"] == 3
+    assert summary["this_run"]["records"] == 1 and summary["output_totals"]["shard_faults"] == {url: "gzip stream ends early"}
