@@ -119,3 +119,18 @@ def test_the_clip_a_shard_breaks_in_gets_a_truncated_record(tmp_path):
     items, end = _items(path)
     assert [(i.member, i.status, i.error_type) for i in items] == [("a (0-1).mp4", "ok", None), ("b (0-1).mp4", "error", "truncated")]
     assert end.fault and "b (0-1).mp4" in end.fault
+
+
+def test_the_wb_thumbnail_is_the_middle_sampled_frame_letterboxed():
+    import numpy as np
+
+    from extract.data import THUMBNAIL_HEIGHT, THUMBNAIL_WIDTH, ClipItem, _thumbnail
+    from extract.decode import Media
+
+    frames = np.stack([np.full((60, 80, 3), 40 * i, np.uint8) for i in range(5)])  # frame i is grey 40 i
+    item = ClipItem("/in/s.tar", "a (0-1).mp4", "a", ("probe",), media={"probe": Media(info={}, frames=frames)})
+    thumbnail = _thumbnail(item).numpy()
+    assert thumbnail.shape == (THUMBNAIL_HEIGHT, THUMBNAIL_WIDTH, 3)
+    width = round(80 * THUMBNAIL_HEIGHT / 60)  # 96 high, 128 wide, centred in the 172-wide box
+    left = (THUMBNAIL_WIDTH - width) // 2
+    assert np.all(thumbnail[:, left + 2 : left + width - 2] == 80) and np.all(thumbnail[:, : left] == 0)
