@@ -317,3 +317,62 @@ def test_the_sound_is_what_the_authors_librosa_load_gives(name, tmp_path):
     through_ffmpeg = decode_media(data, replace(head.media_spec, audio_resampler="ffmpeg")).audio
     n = min(len(through_ffmpeg), len(expected))
     assert np.abs(through_ffmpeg[:n] - expected[:n]).max() > 1e-4  # the resamplers differ: the test tells them apart
+
+
+def test_beats_input_is_the_fbank_of_the_int16_scaled_signal_normalised_as_beats_does():
+    """BEATs.preprocess (model/BEATs.py): waveform * 2**15, Kaldi fbank, then (x - 15.41663) / (2 x 6.55582)."""
+    from extract.beats_conformer_bart import normalised_fbank
+
+    signal = SIGNAL / 2**15  # as decoded: floats in [-1, 1]
+    expected = (reference_fbank(signal * 2**15) - 15.41663) / (2 * 6.55582)
+    np.testing.assert_allclose(normalised_fbank(torch.from_numpy(signal)).numpy(), expected, atol=2e-3)
+
+
+def test_skips_and_errors_say_whether_the_clip_has_sound():
+    from types import SimpleNamespace
+
+    from extract.heads.audio_caption import AudioCaption
+
+    def media(samples: int | None, error=None):
+        return SimpleNamespace(audio_error=error, has_audio=samples is not None,
+                               audio=None if samples is None else np.zeros(samples, np.float32))
+
+    # one 16 x 16 patch column needs 16 fbank frames of 25 ms every 10 ms: 400 + 15 x 160 samples
+    assert AudioCaption._skipped(media(400 + 15 * 160)) is None
+    short = AudioCaption._skipped(media(400 + 15 * 160 - 1))
+    assert (short.status, short.error_type, short.fields["has_audio"]) == ("skipped", "too_short", True)
+    broken = AudioCaption._skipped(media(16000, ("audio_decode_error", "bad packets")))
+    assert (broken.status, broken.fields["has_audio"]) == ("error", True)  # there is sound; it would not decode
+    silent_film = AudioCaption._skipped(media(None))
+    assert (silent_film.error_type, silent_film.fields["has_audio"]) == ("no_audio", False)
+
+
+def test_clip_features_are_the_token_weighted_mean_of_its_windows():
+    from types import SimpleNamespace
+
+    from extract.generation import Generated
+    from extract.heads.audio_caption import AudioCaption
+
+    head = AudioCaption.__new__(AudioCaption)
+    head.model, head.tokenizer_id, head.preset, head.revision = SimpleNamespace(repr_layer=10), "t", "authors", None
+    said = lambda confidence: Generated("x", 2, confidence, -1.0, "eos")  # noqa: E731
+    windows = [({"start": 0.0, "end": 30.0}, {"generated": said(0.2), "pooled": np.array([0.0, 2.0]), "tokens": 1}),
+               ({"start": 30.0, "end": 40.0}, {"generated": said(0.6), "pooled": np.array([4.0, 2.0]), "tokens": 3})]
+    result = head._clip_result({"audio_s": 40.0}, windows)
+    np.testing.assert_allclose(result.arrays["features"].astype(np.float64), [3.0, 2.0])  # (0 x 1 + 4 x 3) / 4
+    assert result.fields["confidence"] == 0.6 and result.fields["num_windows"] == 2
+
+
+def test_every_window_is_captioned_whatever_the_window_batch_and_cut_captions_say_length(checkpoint):
+    head = _head(checkpoint, window_batch=2, max_length=6)
+    audio = (0.3 * np.sin(2 * np.pi * 440 * np.arange(16000 * 70) / 16000)).astype(np.float32)  # 70 s: 3 windows
+    from types import SimpleNamespace
+
+    clip = Clip("k", "v", None, None, SimpleNamespace(audio_error=None, has_audio=True, audio=audio))
+    [result] = head.infer([clip])
+    assert result.fields["num_windows"] == 3 and len(result.fields["windows"]) == 3
+    assert all(isinstance(w["caption"], str) for w in result.fields["windows"])
+    assert any(w["num_tokens"] == 4 for w in result.fields["windows"])  # random weights run to the limit
+    for window in result.fields["windows"]:  # BART's start token and its forced end token leave max_length - 2
+        assert window["num_tokens"] <= 4
+        assert window["finish_reason"] == ("length" if window["num_tokens"] == 4 else "eos")

@@ -169,3 +169,49 @@ def test_logprobs_are_normalised_over_the_kept_vocabulary_rows():
         logits = model(inputs_embeds=prompt[None]).logits[0, -1, :kept].double()
     assert generation.tokens == [int(logits.argmax())]
     assert generation.logprobs[0] == pytest.approx(float(logits.log_softmax(-1).max()), abs=1e-5)
+
+
+def test_the_engine_counts_its_own_cache_as_free_when_it_sizes_the_next_one(monkeypatch):
+    from extract import generation
+    from extract.generation import SlotCache
+
+    model = _tiny_lm("qwen2")
+    engine = _engine(model, [], 64)
+    per_token = engine.kv_bytes_per_token()
+    engine.cache = SlotCache(2, 10, 2, 16, 256, torch.float32, torch.device("cpu"))  # 10 slots of 256 held already
+    monkeypatch.setattr(type(engine), "device", property(lambda self: torch.device("cuda")))
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (generation.PREFILL_RESERVE_BYTES + 2 * 256 * per_token, 0))
+    assert engine.slot_count([Request(None, 100, 156)] * 64, 256) == 12  # 2 free + the 10 it holds
+
+
+def test_a_kept_engine_grows_its_cache_for_longer_requests_and_holds_prompt_plus_caption():
+    model = _tiny_lm("qwen2")
+    engine = _engine(model, [], 2)
+    short, long = _prompts(2, seed=21), [torch.randn(250, HIDDEN, generator=torch.Generator().manual_seed(3))]
+    first = engine.generate([Request(p, len(p), 4) for p in short])
+    assert engine.cache.capacity == 256
+    [grown] = engine.generate([Request(long[0], 250, 20)])  # 270 positions: more than the cache had, more than the prompt
+    assert engine.cache.capacity >= 270
+    assert grown.tokens == _reference(model, long[0], 20, None)[0]
+    assert [g.tokens for g in first] == [_reference(model, p, 4, None)[0] for p in short]
+
+
+def test_what_a_caption_carries_by_hand():
+    import math
+
+    from extract.generation import Generated, combined_confidence, summarise
+    from extract.random_models import tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()
+    words = tokenizer("a dog", add_special_tokens=False)["input_ids"]
+    special, end = tokenizer.convert_tokens_to_ids("<|im_start|>"), tokenizer.convert_tokens_to_ids("<|im_end|>")
+    said = summarise(tokenizer, [words[0], special, *words[1:], end, words[0]], torch.tensor([-0.5, -1.0, -1.5, -0.1, -9.0]), {end})
+    assert said.text == "a dog" and said.num_tokens == 3 and said.finish_reason == "eos"  # cut at the end token
+    assert said.mean_logprob == pytest.approx(-1.0) and said.confidence == pytest.approx(math.exp(-1.0))
+    nothing = summarise(tokenizer, [end], torch.tensor([-0.2]), {end})
+    assert (nothing.text, nothing.num_tokens, nothing.confidence, nothing.mean_logprob) == ("", 0, 0.0, float("-inf"))
+    cut = summarise(tokenizer, words, torch.tensor([-1.0] * len(words)), {end})
+    assert cut.finish_reason == "length"
+    parts = [Generated("a", 1, math.exp(-1), -1.0, "eos"), Generated("b c d", 3, math.exp(-3), -3.0, "eos"), Generated("", 0, 0.0, float("-inf"), "eos")]
+    confidence, mean = combined_confidence(parts)
+    assert mean == pytest.approx(-2.5) and confidence == pytest.approx(math.exp(-2.5))  # weighted by tokens

@@ -281,3 +281,20 @@ def test_a_clip_that_lasts_other_than_its_name_or_csv_says_is_flagged_and_counte
     assert "the CSV's duration is 3.000 s" in records["csv"]["length_mismatch"] and "window" not in records["csv"]["length_mismatch"]
     summary = json.loads((tmp_path / "out" / "probe" / "summary.json").read_text())
     assert summary["output_totals"]["length_mismatches"] == 2
+
+
+def test_the_registrys_helpers_by_hand():
+    from types import SimpleNamespace
+
+    from extract.heads import checkpoint_error, end_tokens, fits, resolve_dtype, with_preset
+
+    assert not fits(True, int) and fits(3, int) and fits(3, float) and not fits(True, float) and fits(None, int | None)
+    # an explicit 0 is a value, not "the preset's"
+    assert with_preset("h", {"authors": {"threshold": 0.3, "n": 5}}, "authors", {"threshold": 0.0, "n": None}) == {"threshold": 0.0, "n": 5}
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    assert resolve_dtype("bfloat16", cpu) == resolve_dtype("float16", cpu) == resolve_dtype("auto", cpu) == torch.float32
+    assert resolve_dtype("auto", cuda) == torch.bfloat16 and resolve_dtype("float16", cuda) == torch.float16
+    assert end_tokens(SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=[7, 9]))) == {7, 9}
+    for relative in ("./nowhere", "../nowhere", "~/nowhere"):
+        assert f"the checkpoint folder {relative} does not exist" in str(checkpoint_error(relative, OSError("x")))
+    assert "huggingface-cli download org/model" in str(checkpoint_error("org/model", OSError("x")))

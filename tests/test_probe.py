@@ -128,3 +128,35 @@ def test_real_files_decode_the_streams_ffmpeg_keeps(name):
     assert fields["video_stream_index"] == mapping["video"] and fields["audio_stream_index"] == mapping.get("audio")
     if name.startswith("nasa"):
         assert [s["index"] for s in fields["subtitle_streams"]] == [2, 5]
+
+
+def _frames(*levels, size=(10, 10)) -> "np.ndarray":
+    import numpy as np
+
+    return np.stack([np.full(size, level, np.float32) if np.isscalar(level) else np.asarray(level, np.float32) for level in levels])
+
+
+def test_motion_energy_and_cuts_by_hand():
+    import numpy as np
+
+    from extract.heads.probe import motion_energy, scene_cuts
+
+    assert motion_energy(_frames(0, 100, 0)) == 100.0  # a fade in then out moves, whatever its sign
+    assert scene_cuts(_frames(0, 255), 0.5) == 1  # two sampled frames can hold a cut
+    assert scene_cuts(_frames(0, 255, 0, 255), 0.5) == 3  # every cut counted
+    assert scene_cuts(_frames(128), 0.5) == 0 and scene_cuts(None, 0.5) is None  # one frame: no cut, not unknown
+    # 40% of the picture changes: half the L1 distance of the histograms is 0.4, under the 0.5 threshold
+    partial = np.zeros((10, 10), np.float32)
+    partial[:4] = 255
+    assert scene_cuts(_frames(0, partial), 0.5) == 0
+    # two scenes of near brightness (10 and 20 levels) fall in different bins of 8 levels: a cut
+    assert scene_cuts(_frames(10, 20), 0.5) == 1
+
+
+def test_quiet_sound_is_measured_not_floored():
+    import numpy as np
+
+    from extract.heads.probe import rms_dbfs
+
+    quiet = np.full(1000, 10 ** (-100 / 20), np.float64)  # -100 dBFS
+    assert rms_dbfs(quiet) == pytest.approx(-100.0, abs=0.01) and rms_dbfs(np.zeros(10)) == -120.0
