@@ -105,3 +105,79 @@ def test_a_guess_is_skipped_with_its_candidate_kept():
     assert (result.status, result.error_type) == ("skipped", "low_confidence")
     assert result.fields["offset_s"] is None and result.fields["candidate_offset_s"] is not None
     assert result.fields["confidence"] < 0.35 and "min_confidence 0.35" in result.error
+
+
+def test_offsets_are_exact_to_a_few_milliseconds_at_high_frame_rates():
+    """Onsets are timed at the centre of their STFT window: a bias there would show as a few ms on every clip."""
+    for fps, offset in ((50, 0.1), (60, -0.2), (50, 0.0)):
+        result = _estimate(flash_click_clip(fps, offset, seed=fps))
+        assert result.fields["offset_s"] == pytest.approx(offset, abs=0.004), (fps, offset)
+        times = decode_media(flash_click_clip(fps, offset, seed=fps), build("av_sync", {}).media_spec).frame_times
+        assert result.fields["fps"] == pytest.approx((len(times) - 1) / (times[-1] - times[0]), abs=1e-3)
+        assert result.fields["fps"] == pytest.approx(fps, rel=2e-3)
+
+
+def test_confidence_is_the_peak_discounted_by_its_rival():
+    result = _estimate(flash_click_clip(25, 0.1))
+    peak, rival = result.fields["peak_correlation"], result.fields["rival_correlation"]
+    assert 0 < rival < peak
+    assert result.fields["confidence"] == pytest.approx(min(peak, 1.0) * (1 - rival / peak), abs=2e-4)
+    import numpy as np
+
+    from extract.heads.av_sync import onset_xcorr
+
+    rng = np.random.default_rng(1)  # flashes at random frames over sound that is noise alone: a weak peak
+    frames = np.clip(rng.normal(40, 3, (150, 16, 16, 3)), 0, 255).astype(np.uint8)
+    for k in rng.choice(150, 20, replace=False):
+        frames[k] = rng.integers(60, 230)
+    rng.normal(0, 0.05, 16000 * 6)
+    weak = onset_xcorr(_media(frames, rng.normal(0, 0.05, 16000 * 6).astype(np.float32)), 2.0, 1.0, -60.0)
+    weak_peak, weak_rival = weak.details["peak_correlation"], weak.details["rival_correlation"]
+    assert 0 < weak_peak < 1 and weak.confidence == pytest.approx(weak_peak * (1 - max(weak_rival, 0) / weak_peak), abs=2e-4)
+
+
+def test_the_parabolic_peak_by_hand():
+    from extract.heads.av_sync import _parabolic_peak
+
+    # a parabola through (0, 1), (1, 3), (2, 2) peaks at 1 + 0.5 (1 - 2) / (1 - 6 + 2) = 7/6
+    assert _parabolic_peak([1.0, 3.0, 2.0], 1) == pytest.approx(7 / 6)
+    assert _parabolic_peak([1.0, 3.0, 2.0], 0) == 0.0
+
+
+def _media(frames, audio):
+    from extract.decode import Media
+
+    return Media(info={}, frames=frames, frame_times=[i / 25 for i in range(len(frames))], frame_indices=list(range(len(frames))),
+                 audio=audio, sample_rate=16000, audio_start=0.0)
+
+
+def test_too_few_frames_and_a_noisy_still_are_skipped():
+    import numpy as np
+
+    from extract.heads.av_sync import onset_xcorr
+
+    rng = np.random.default_rng(0)
+    clicks = np.zeros(16000 * 4, np.float32)
+    clicks[8000::8000] = 0.9
+    few = onset_xcorr(_media(np.zeros((7, 8, 8, 3), np.uint8), clicks), 2.0, 1.0, -60.0)
+    assert few.offset_s is None and "too few video frames" in few.skip_reason
+    # sensor noise of 10 levels: every frame brightens a little somewhere, none suddenly
+    noisy = np.clip(rng.normal(120, 10, (100, 16, 16, 3)), 0, 255).astype(np.uint8)
+    still = onset_xcorr(_media(noisy, clicks), 2.0, 1.0, -60.0)
+    assert still.offset_s is None and "no frame brightens suddenly" in still.skip_reason
+
+
+def test_synchformer_reads_the_frames_its_windows_use_and_skips_near_silence():
+    import numpy as np
+
+    from extract.synthetic import flash_click_clip
+
+    head = build("av_sync", {"method": "synchformer"})
+    media = decode_media(flash_click_clip(25, 0.0, seconds=5.0), head.media_spec)
+    prepared = head.prepare(Clip("k", "v", None, None, media))
+    segments = len(prepared["spectrograms"])
+    assert len(prepared["frames"]) == (segments - 1) * 8 + 16  # segments of 16 frames every 8
+    quiet = decode_media(flash_click_clip(25, 0.0, seconds=5.0, noise_db=-70, clicks=False), head.media_spec)
+    assert np.sqrt(np.mean(np.square(quiet.audio, dtype=np.float64))) < 10 ** (-60 / 20)  # below min_sound_dbfs
+    skipped = head.prepare(Clip("k", "v", None, None, quiet))
+    assert skipped.status == "skipped" and "too little sound" in skipped.error

@@ -108,3 +108,35 @@ def test_sam_is_prompted_with_the_boxes_samprocessor_makes_of_them(checkpoints):
         frame = np.asarray(clip.media.frames[0])
         expected = head.sam_processor(images=frame, input_boxes=[boxes], return_tensors="pt")["input_boxes"]
         torch.testing.assert_close(seen[0], expected.float(), atol=1e-4, rtol=0)
+
+
+def test_each_keyframes_masks_come_from_its_own_image_and_sizes_are_height_width(checkpoints):
+    import torch
+
+    from conftest import ready
+    from extract.decode import decode_media
+    from extract.heads import Clip, build
+    from extract.heads.grounding_sam import _unpadded
+
+    mask = torch.zeros(1, 70, 90, dtype=torch.long)
+    mask[0, :30, :50] = 1
+    assert _unpadded({"pixel_mask": mask}) == [(30, 50)]  # (height, width) of the image inside the padding
+
+    head = ready(build("grounding_sam", {"detector": str(checkpoints[0]), "segmenter": str(checkpoints[1])}))
+    clip = Clip("k", "v", 0.0, 1.0, decode_media(make_clip(size="160x120", pattern="testsrc2"), head.media_spec))
+    prepared = head.prepare(clip)
+    box = [{"label": "dog", "score": 0.9, "box": [10.0, 10.0, 120.0, 90.0]}]
+    seen = []
+    hook = head.sam.register_forward_pre_hook(lambda module, args, kwargs: seen.append(kwargs["image_embeddings"].clone()),
+                                              with_kwargs=True)
+    try:
+        head._segment([prepared], [box] * len(prepared["sizes"]))
+    finally:
+        hook.remove()
+    with torch.no_grad():
+        own = head.sam.get_image_embeddings(prepared["sam_pixels"])
+    assert len(seen) == len(prepared["sizes"]) == 4
+    scale = own.abs().max()  # a tiny random SAM's embeddings are tiny: compare relative to their size
+    for index, embedding in enumerate(seen):
+        assert (embedding[0] - own[index]).abs().max() <= 1e-4 * scale
+    assert (own[0] - own[-1]).abs().max() > 1e-2 * scale  # the keyframes differ: a first-keyframe-only mask would show

@@ -189,6 +189,11 @@ def test_the_authors_presets_hold_the_authors_settings():
     assert GROUNDING["authors"]["box_threshold"] == 0.3 and GROUNDING["authors"]["text_threshold"] == 0.25  # grounded_sam_demo.py
     assert GROUNDING["authors"]["dtype"] == "float32" and GROUNDING["authors"]["max_detections"] is None
     assert GROUNDING["authors"]["segmenter"] == "facebook/sam-vit-huge"
+    from extract.heads.llava_video import PRESETS as LLAVA
+
+    assert LLAVA["authors"] == {"num_frames": 64, "max_new_tokens": 1024}  # docs/LLaVA_Video_1003.md, the README's 1024
+    assert LLAVA["fast"] == {"num_frames": 32, "max_new_tokens": 256}  # what the README's fidelity table says of fast
+    assert GROUNDING["fast"]["max_detections"] == 20 and GROUNDING["fast"]["segmenter"] == "facebook/sam-vit-base"
 
 
 def test_float_fields_are_written_as_floats():

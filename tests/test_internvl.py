@@ -75,3 +75,17 @@ def test_the_engine_gives_the_records_of_generate_run_keyframe_by_keyframe(check
             assert mine["mean_logprob"] == pytest.approx(theirs["mean_logprob"], abs=2e-5)
         assert a.fields["confidence"] == pytest.approx(b.fields["confidence"], abs=2e-6)
         np.testing.assert_allclose(a.arrays["features"].astype(np.float32), b.arrays["features"].astype(np.float32), atol=2e-3)
+
+
+def test_a_clips_confidence_is_over_every_keyframes_tokens(checkpoint):
+    import math
+
+    head = ready(build("internvl", {"checkpoint": str(checkpoint), "num_keyframes": 3, "max_new_tokens": 4, "max_tiles": 1,
+                                    "dtype": "float32"}))
+    [result] = head.infer(_clips(head)[:1])
+    keyframes = result.fields["keyframes"]
+    assert len({k["mean_logprob"] for k in keyframes}) > 1  # keyframes that differ: the test tells first-only apart
+    tokens = sum(k["num_tokens"] for k in keyframes)
+    mean = sum(k["mean_logprob"] * k["num_tokens"] for k in keyframes) / tokens
+    assert result.fields["mean_logprob"] == pytest.approx(mean, abs=1e-5)
+    assert result.fields["confidence"] == pytest.approx(math.exp(mean), abs=1e-5)

@@ -11,13 +11,12 @@ from PIL import Image
 from conftest import make_clip, ready
 from extract.decode import MediaSpec, decode_media, sample_indices
 from extract.heads import Clip, build
-from extract.heads.internvl import SYSTEM, tiles_of
+from extract.heads.internvl import SYSTEM, tiles_of, tile_grid
 from tiny import save_tiny_internvl
 
 
-def _authors_tiles(image: Image.Image, max_num: int, image_size: int) -> list[Image.Image]:
-    """dynamic_preprocess(image, image_size=..., use_thumbnail=True, max_num=...) from the README."""
-    orig_width, orig_height = image.size
+def _authors_grid(orig_width: int, orig_height: int, max_num: int, image_size: int) -> tuple[int, int]:
+    """dynamic_preprocess's target ratios and find_closest_aspect_ratio, from the README."""
     aspect_ratio = orig_width / orig_height
     target_ratios = set((i, j) for n in range(1, max_num + 1) for i in range(1, n + 1) for j in range(1, n + 1)
                         if i * j <= max_num and i * j >= 1)
@@ -29,6 +28,12 @@ def _authors_tiles(image: Image.Image, max_num: int, image_size: int) -> list[Im
             best_ratio_diff, best_ratio = ratio_diff, ratio
         elif ratio_diff == best_ratio_diff and area > 0.5 * image_size * image_size * ratio[0] * ratio[1]:
             best_ratio = ratio
+    return best_ratio
+
+
+def _authors_tiles(image: Image.Image, max_num: int, image_size: int) -> list[Image.Image]:
+    """dynamic_preprocess(image, image_size=..., use_thumbnail=True, max_num=...) from the README."""
+    best_ratio = _authors_grid(*image.size, max_num, image_size)
     target_width, target_height = image_size * best_ratio[0], image_size * best_ratio[1]
     blocks = best_ratio[0] * best_ratio[1]
     resized_img = image.resize((target_width, target_height))
@@ -107,3 +112,23 @@ def test_internvl2_checkpoints_get_their_own_template(checkpoint):
     image = "<img>" + "<IMG_CONTEXT>" * 4 + "</img>"
     assert head.prompt_for(1) == (f"<|im_start|>system\n{SYSTEM_V2}<|im_end|><|im_start|>user\n{image}\nQ?<|im_end|>"
                                   "<|im_start|>assistant\n")
+
+
+@pytest.mark.parametrize("width, height", [(600, 600), (1000, 1000), (2000, 2000), (1792, 1344), (1344, 1792), (640, 360),
+                                           (300, 900), (5000, 400), (448, 224), (700, 700)])
+@pytest.mark.parametrize("max_tiles", [12, 6, 4, 1])
+def test_the_tile_grid_is_find_closest_aspect_ratios(width, height, max_tiles):
+    """Ties between grids of one aspect (1x1, 2x2, 3x3 for a square) go to the larger grid only for a large enough
+    image; a 4x3 grid of exactly 12 tiles is allowed under max_num=12."""
+    assert tile_grid(width, height, max_tiles) == _authors_grid(width, height, max_tiles, 448)
+
+
+def test_the_head_takes_get_index_keyframes_and_the_authors_tiles():
+    from extract.heads import build
+    from extract.heads.internvl import PRESETS
+
+    assert PRESETS["authors"]["max_tiles"] == 12 and PRESETS["authors"]["max_new_tokens"] == 1024  # load_image(max_num=12)
+    head = build("internvl", {"checkpoint": "unused", "num_keyframes": 4})
+    media = decode_media(make_clip(seconds=2, rate=12, tone=None, fmt="matroska"), head.media_spec)
+    seg_size = 23 / 4  # get_index over 24 frames
+    assert media.frame_indices == [int(seg_size / 2 + np.round(seg_size * i)) for i in range(4)]

@@ -190,6 +190,7 @@ def test_a_phone_clips_times_come_from_its_average_rate(release):
     times, length = head.frame_times(clip.media)
     assert times == [round(i / average, 2) for i in indices] and length == pytest.approx(frames / average, rel=1e-4)
     assert f"The video lasts for {frames / average:.2f} seconds" in head.prompt_for(clip)
+    assert head.prepare(clip)["video_s"] == round(frames / average, 3)  # the record's, to the millisecond
 
 
 def _ffprobe_count(data: bytes) -> int:
