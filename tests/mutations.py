@@ -379,7 +379,8 @@ ROOMS: dict[str, dict] = {
                   "tests/test_llava_video.py::test_frames_normalised_on_the_device_are_those_normalised_in_a_worker",
                   "tests/test_llava_video.py::test_the_engine_gives_the_records_of_generate_run_clip_by_clip",
                   "tests/test_llava_video.py::test_engine_and_slot_options_are_checked",
-                  "tests/test_llava_fidelity.py"],
+                  "tests/test_llava_fidelity.py", "tests/test_convert_lmms_layout.py",
+                  "tests/test_heads.py::test_the_authors_presets_hold_the_authors_settings"],
         "mutations": [
             (LV, "fps = video.get(\"fps_header\") or video.get(\"fps\")", "fps = video.get(\"fps\") or video.get(\"fps_header\")",
              "frame times from the measured rate instead of the container's average rate"),
