@@ -230,3 +230,11 @@ def test_a_copy_cuts_pre_roll_frames_are_kept_and_counted_as_ffmpeg_counts_them(
     assert media.video["num_frames"] == len(media.frame_times) == int(counted)
     assert all(b > a for a, b in zip(media.frame_times, media.frame_times[1:]))
     assert media.video["duration_s"] == pytest.approx(int(counted) / 25, rel=0.05)
+
+
+def test_text_with_spaces_is_named_as_text_and_a_clip_shorter_than_one_frame_step_still_gives_a_frame():
+    assert "text, not a video" in refuse_early(b"this is not a video at all, just words and spaces\n")
+    assert "text, not a video" in refuse_early(b"   \tindented notes\r\n")
+    short = make_clip(seconds=0.15, rate=24, tone=None, fmt="matroska")  # 0.15 s: under the 0.25 s step of 4 fps
+    media = decode_media(short, MediaSpec(fps=4))
+    assert media.frames.shape[0] == 1
