@@ -238,3 +238,45 @@ def test_text_with_spaces_is_named_as_text_and_a_clip_shorter_than_one_frame_ste
     short = make_clip(seconds=0.15, rate=24, tone=None, fmt="matroska")  # 0.15 s: under the 0.25 s step of 4 fps
     media = decode_media(short, MediaSpec(fps=4))
     assert media.frames.shape[0] == 1
+
+
+def _crashes_on_marker(data, specs):
+    if data == b"crash":
+        import os
+
+        os._exit(11)  # as ffmpeg dies on a corrupt file: the child is gone without a word
+    return decode_media(data, specs)
+
+
+def test_after_a_decoder_crash_the_next_clip_gets_a_fresh_decoder(clip_bytes):
+    watchdog = DecodeWatchdog(_crashes_on_marker, timeout_s=30, memory_limit_bytes=2 << 30)
+    try:
+        with pytest.raises(DecodeFailure) as info:
+            watchdog(b"crash", SPEC)
+        assert info.value.error_type == "decoder_crashed"
+        assert watchdog(clip_bytes, SPEC).frames.shape[0] == 4
+        assert watchdog(clip_bytes, SPEC).frames.shape[0] == 4
+    finally:
+        watchdog.close()
+
+
+def test_a_small_video_is_never_scaled_up_and_the_measured_length_spans_every_stream():
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    small = make_clip(seconds=1, size="96x64", tone=None, fmt="matroska")
+    assert decode_media(small, MediaSpec(num_frames=2, short_side=128)).frames.shape[1:] == (64, 96, 3)
+    assert decode_media(small, MediaSpec(num_frames=2, short_side=32)).frames.shape[1:] == (32, 48, 3)
+    with tempfile.TemporaryDirectory() as tmp:  # sound that starts 0.5 s after the picture, and ends after it
+        out = Path(tmp) / "late.mkv"
+        subprocess.run(["ffmpeg", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc=size=96x64:rate=25:duration=2",
+                        "-itsoffset", "0.5", "-f", "lavfi", "-i", "sine=f=440:d=2", "-c:v", "libx264", "-pix_fmt", "yuv420p",
+                        "-c:a", "pcm_s16le", str(out)], check=True)
+        data = out.read_bytes()
+    media = decode_media(data, MediaSpec(num_frames=2, audio=True))
+    video_end = media.video["first_frame_s"] + media.video["duration_s"]
+    audio_end = media.audio_start + len(media.audio) / media.sample_rate
+    assert media.audio_start == pytest.approx(0.5, abs=0.01) and audio_end > video_end
+    assert media.info["duration_s_measured"] == pytest.approx(audio_end - media.video["first_frame_s"], abs=1e-3)
+    assert media.info["duration_s_measured"] == pytest.approx(2.5, abs=0.05)
