@@ -55,9 +55,13 @@ def _blocks_on_marker(data, specs):
     return decode_media(data, specs)
 
 
-def _explodes_on_marker(data, specs):
+def _explodes_or_crashes_on_marker(data, specs):
     if data == b"explode":
         return bytearray(64 << 30)  # 64 GiB: over the decode's memory limit
+    if data == b"crash":
+        import os
+
+        os._exit(11)  # as ffmpeg dies on a corrupt file: the child is gone without a word
     return decode_media(data, specs)
 
 
@@ -74,12 +78,14 @@ def test_watchdog_abandons_a_hung_decode_and_goes_on(clip_bytes):
         watchdog.close()
 
 
-def test_watchdog_stops_a_memory_explosion(clip_bytes):
-    watchdog = DecodeWatchdog(_explodes_on_marker, timeout_s=30, memory_limit_bytes=1 << 30)
+@pytest.mark.parametrize("marker, error_type", [(b"explode", "too_large"), (b"crash", "decoder_crashed")])
+def test_watchdog_stops_a_memory_explosion_or_a_crash_and_the_next_clip_gets_a_fresh_decoder(clip_bytes, marker, error_type):
+    watchdog = DecodeWatchdog(_explodes_or_crashes_on_marker, timeout_s=30, memory_limit_bytes=1 << 30)
     try:
         with pytest.raises(DecodeFailure) as info:
-            watchdog(b"explode", SPEC)
-        assert info.value.error_type == "too_large"
+            watchdog(marker, SPEC)
+        assert info.value.error_type == error_type
+        assert watchdog(clip_bytes, SPEC).frames.shape[0] == 4
         assert watchdog(clip_bytes, SPEC).frames.shape[0] == 4
     finally:
         watchdog.close()
@@ -238,26 +244,6 @@ def test_text_with_spaces_is_named_as_text_and_a_clip_shorter_than_one_frame_ste
     short = make_clip(seconds=0.15, rate=24, tone=None, fmt="matroska")  # 0.15 s: under the 0.25 s step of 4 fps
     media = decode_media(short, MediaSpec(fps=4))
     assert media.frames.shape[0] == 1
-
-
-def _crashes_on_marker(data, specs):
-    if data == b"crash":
-        import os
-
-        os._exit(11)  # as ffmpeg dies on a corrupt file: the child is gone without a word
-    return decode_media(data, specs)
-
-
-def test_after_a_decoder_crash_the_next_clip_gets_a_fresh_decoder(clip_bytes):
-    watchdog = DecodeWatchdog(_crashes_on_marker, timeout_s=30, memory_limit_bytes=2 << 30)
-    try:
-        with pytest.raises(DecodeFailure) as info:
-            watchdog(b"crash", SPEC)
-        assert info.value.error_type == "decoder_crashed"
-        assert watchdog(clip_bytes, SPEC).frames.shape[0] == 4
-        assert watchdog(clip_bytes, SPEC).frames.shape[0] == 4
-    finally:
-        watchdog.close()
 
 
 def test_a_small_video_is_never_scaled_up_and_the_measured_length_spans_every_stream():
