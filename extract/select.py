@@ -164,7 +164,7 @@ def select(output_dir: Path, where: str, out: Path, shard_size: int = SHARD_SIZE
         plan = ShardPlan({located[shard]: {"select": set()}})
         found = set()
         for item in read_members([{"url": located[shard]}], plan, max_member_bytes=1 << 40):
-            if not isinstance(item, ClipItem) or item.key not in wanted or item.data is None or item.key in found:
+            if not isinstance(item, ClipItem) or item.key not in wanted or item.data is None:  # repeats come once
                 continue
             found.add(item.key)
             by_head = {head: recs[item.key] for head, recs in records.items() if item.key in recs}

@@ -551,3 +551,33 @@ ROOMS: dict[str, dict] = {
         ],
     },
 }
+
+SE, LA, PR = "extract/select.py", "extract/launch.py", "extract/progress.py"
+ROOMS["select"] = {
+    "tests": ["tests/test_select.py"],
+    "mutations": [
+        (SE, "if self.count and (self.count >= self.size or", "if self.count and (self.count > self.size or",
+         "output shards hold one clip more than --shard-size"),
+        (SE, "            os.replace(self.file.name, self._path())\n", "", "a finished output shard stays .partial"),
+        (SE, "        if self.count == 0 and not self._path().exists():", "        if self.count == 0:",
+         "a rerun rewrites output shards that were already complete"),
+        (SE, "(f\"{item.key}.{suffix.lower()}\", bytes(item.data))", "(f\"{item.key}.mp4\", bytes(item.data))",
+         "every clip's media is named .mp4 whatever its container"),
+        (SE, 'text = (by_head.get(caption) or {}).get("caption") if caption else (item.sample or {}).get("caption")',
+         'text = (by_head.get(caption) or {}).get("caption") if caption else None',
+         "a sample's own caption is not written when no captioning head ran"),
+        (SE, "    if missing:\n        hint", "    if False:\n        hint", "a missing input shard is found only mid-way"),
+        (SE, "        if {k: before.get(k) for k in query} != query:", "        if False:",
+         "another query's shards are mixed into the folder"),
+        (SE, "    shards.close_shard()\n    manifest", "    manifest", "the last output shard is never closed"),
+        (SE, "return str(input_root / Path(shard).name)", "return shard", "--input-root is ignored"),
+    ],
+}
+ROOMS["progress"] = {
+    "tests": ["tests/test_runner.py::test_progress_counts_clips_done_and_each_heads_errors"],
+    "mutations": [
+        (PR, "                if left <= 1:", "                if left <= 2:", "a clip counts as done before every head wrote it"),
+        (PR, 'if record["status"] in ("error", "rejected"):', 'if record["status"] == "error":', "rejected members are not counted as errors"),
+        (PR, "        self.shards_done += 1", "        pass", "the shards done never advance"),
+    ],
+}

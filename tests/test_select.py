@@ -97,8 +97,10 @@ def test_a_killed_selection_leaves_no_truncated_shard_and_the_rerun_finishes(fin
         select(root / "out", '"probe.status" = \'ok\'', out, shard_size=2, progress=False)
     assert sorted(p.name for p in out.glob("*.tar*")) == ["000000.tar", "000001.tar.partial"]
     monkeypatch.setattr(module._Shards, "add", real_add)
+    finished_first = (out / "000000.tar").stat().st_ino
     done = select(root / "out", '"probe.status" = \'ok\'', out, shard_size=2, progress=False)
     assert not list(out.glob("*.partial")) and done["clips_written"] == 7
+    assert (out / "000000.tar").stat().st_ino == finished_first  # a complete shard is kept, not written again
     keys = [s["__key__"] for s in _samples(out)]
     assert len(keys) == len(set(keys)) == 7
     for path in out.glob("*.tar"):
@@ -134,3 +136,13 @@ def run_cli_select(*args):
 
     return subprocess.run([sys.executable, "-m", "extract.select", *map(str, args)], cwd=REPO, capture_output=True, text=True,
                           timeout=120)
+
+
+def test_each_clip_keeps_its_own_container(tmp_path):
+    (tmp_path / "in").mkdir()
+    write_shard(tmp_path / "in" / "a.tar", [("m (0-1).mkv", make_clip(seconds=1, fmt="matroska")), ("p (0-1).mp4", make_clip(seconds=1))])
+    run(compose_cfg("+model=probe", f"tar_folder={tmp_path / 'in'}", f"output_dir={tmp_path / 'out'}", "num_workers=0",
+                    "wandb.mode=disabled"))
+    select(tmp_path / "out", "true", tmp_path / "chosen", progress=False)
+    samples = {json.loads(s["json"])["video_id"]: s for s in _samples(tmp_path / "chosen")}
+    assert "mkv" in samples["m"] and "mp4" not in samples["m"] and "mp4" in samples["p"]
