@@ -581,3 +581,13 @@ ROOMS["progress"] = {
         (PR, "        self.shards_done += 1", "        pass", "the shards done never advance"),
     ],
 }
+ROOMS["launch"] = {
+    "tests": ["tests/test_reliability.py::test_under_the_launcher_a_bad_command_is_one_line_once_and_ctrl_c_is_one_line"],
+    "mutations": [
+        (LA, "        arguments = check_command(arguments)\n", "", "a bad command is left to every rank to refuse"),
+        (LA, '_fail("interrupted; run the same command again to resume", 130)', '_fail("interrupted; run the same command again to resume", 1)',
+         "Ctrl-C under the launcher exits 1"),
+        (LA, "    except (KeyboardInterrupt, SignalException):", "    except KeyboardInterrupt:",
+         "Ctrl-C under the launcher ends in torchrun's traceback"),
+    ],
+}
