@@ -23,8 +23,8 @@ from extract.data import ClipItem, ShardEnd, ShardPlan, make_loader, resolve_sha
 from extract.errors import ConfigError
 from extract.heads import Clip, Head, Result
 from extract.progress import Progress
-from extract.records import BaseRecord, UndeclaredField, head_record
-from extract.schema import dataset_card
+from extract.records import UndeclaredField, head_record
+from extract.schema import BaseRecord, dataset_card
 from extract.writer import OutputWriter, drop_cross_shard_duplicates, output_totals
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,5 @@
-"""The types of every record field, from the declarations (`BaseRecord`, `Head.fields`, `Head.arrays`).
+"""The types of every record field, from the declarations: the base fields every record carries (`BaseRecord`,
+declared here), and each head's `Head.fields` and `Head.arrays`.
 
 One description serves three readers: records are conformed to it when written (an int where a
 float is declared becomes a float, so a field's type never depends on the clip); the writer puts
@@ -14,11 +15,36 @@ import json
 import math
 import types
 import typing
-from dataclasses import fields as dataclass_fields
+from dataclasses import dataclass, field, fields
 
 import pyarrow as pa
 
-from extract.records import BaseRecord
+
+@dataclass
+class BaseRecord:
+    key: str  # unique per clip, stable across runs, [A-Za-z0-9_-] only (WebDataset's __key__)
+    video_id: str | None
+    start: float | None  # the clip's window in its source video (s)
+    end: float | None
+    duration: float | None  # from the dataset CSV
+    in_csv: bool
+    shard: str  # the input shard and the member read from it
+    member: str
+    head: str
+    model: str | None  # the checkpoint
+    status: str  # ok | skipped | error | rejected
+    error_type: str | None  # a short code for counting (README: error types)
+    error: str | None  # what went wrong, in words
+    arrays: list[str] = field(default_factory=list)  # names of the {key}.{name}.npy members beside the record
+    # a WebDataset sample's caption (.txt), its sidecar's small fields (.json), the fields left out for their size, notes
+    sample: dict | None = None
+    length_s: float | None = None  # the decoded video stream's length (s), measured
+    # why that length disagrees with the name's window or the CSV's duration (beyond csv_tolerance and one frame)
+    length_mismatch: str | None = None
+
+
+BASE_FIELDS = tuple(f.name for f in fields(BaseRecord))
+
 
 # what BaseRecord's `sample` holds
 SAMPLE = {"caption": str, "meta": str, "dropped": list[str], "notes": list[str]}  # meta: the sidecar's small fields, JSON text
@@ -27,9 +53,9 @@ SAMPLE = {"caption": str, "meta": str, "dropped": list[str], "notes": list[str]}
 def base_types() -> dict[str, object]:
     hints = typing.get_type_hints(BaseRecord)
     out = {}
-    for field in dataclass_fields(BaseRecord):
-        declared = hints[field.name]
-        out[field.name] = SAMPLE if field.name == "sample" else _unoptional(declared)
+    for base_field in fields(BaseRecord):
+        declared = hints[base_field.name]
+        out[base_field.name] = SAMPLE if base_field.name == "sample" else _unoptional(declared)
     return out
 
 

@@ -132,7 +132,7 @@ def select(output_dir: Path, where: str, out: Path, shard_size: int = SHARD_SIZE
     from extract.clips import parse_member_name
     from extract.data import ClipItem, ShardPlan, read_members, shard_stem
     from extract.export import export, head_folders, shard_records
-    from extract.records import BASE_FIELDS
+    from extract.schema import BASE_FIELDS
 
     output_dir, out = Path(output_dir), Path(out)
     if shard_size < 1 or (shard_bytes is not None and shard_bytes < 1):

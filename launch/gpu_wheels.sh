@@ -14,7 +14,7 @@ du -sh .whl
 rm -rf .bench-shards && mkdir -p .bench-shards
 .venv/bin/python - <<'PY'
 from pathlib import Path
-from extract.bench import make_shards
+from extract.bench.common import make_shards
 make_shards(Path(".bench-shards"), clips=32, shards=2, seconds=4.0)
 PY
 du -sh .bench-shards

@@ -10,7 +10,7 @@ import io
 import tarfile
 from pathlib import Path
 
-from extract.synthetic import lavfi_clip
+from extract.bench.synthetic import lavfi_clip
 
 HERE = Path(__file__).resolve().parent
 # (video_id, start, end, pattern, tone Hz): ids with dots, spaces and a leading dash, as real data has

@@ -15,11 +15,12 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+from extract.bench.synthetic import lavfi_clip as make_clip  # noqa: F401 (used by the tests)
 from extract.cli import normalise_overrides
-from extract.synthetic import lavfi_clip as make_clip  # noqa: F401 (used by the tests)
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
+MEDIA = REPO.parent / "shared" / "media"  # real clips beside the checkout, where there are some
 
 
 def write_shard(path: Path, members: list[tuple[str, bytes]], gz: bool = True) -> Path:

@@ -12,13 +12,13 @@ FAST_RUN = [
     "tests/test_cli.py::test_pipe_shards_and_brace_patterns",
 ]
 HEADS_FAST = [
-    "tests/test_heads.py::test_one_bad_clip_fails_alone_when_its_batch_fails",
-    "tests/test_heads.py::test_an_undeclared_field_is_that_clips_error",
-    "tests/test_heads.py::test_several_heads_share_one_read_and_one_decode_per_clip",
-    "tests/test_heads.py::test_a_clip_that_cannot_be_read_is_an_error_in_every_heads_folder",
-    "tests/test_heads.py::test_audio_that_does_not_decode_fails_the_heads_that_need_it_only",
-    "tests/test_heads.py::test_each_head_takes_its_own_batch_size",
-    "tests/test_heads.py::test_thumbnails_are_all_one_size",
+    "tests/heads/test_heads.py::test_one_bad_clip_fails_alone_when_its_batch_fails",
+    "tests/heads/test_heads.py::test_an_undeclared_field_is_that_clips_error",
+    "tests/heads/test_heads.py::test_several_heads_share_one_read_and_one_decode_per_clip",
+    "tests/heads/test_heads.py::test_a_clip_that_cannot_be_read_is_an_error_in_every_heads_folder",
+    "tests/heads/test_heads.py::test_audio_that_does_not_decode_fails_the_heads_that_need_it_only",
+    "tests/heads/test_heads.py::test_each_head_takes_its_own_batch_size",
+    "tests/heads/test_heads.py::test_thumbnails_are_all_one_size",
 ]
 V2D = "tests/test_webdataset.py::test_video2dataset_shards_give_one_record_per_sample_on_two_ranks"
 SIDECAR = "tests/test_webdataset.py::test_sidecar_json_members_may_be_big_or_broken"
@@ -26,18 +26,18 @@ E2E = "tests/test_end_to_end.py::test_every_clip_exactly_once_on_two_ranks"
 
 W, R, D, K = "extract/writer.py", "extract/runner.py", "extract/data.py", "extract/decode.py"
 C, A, L, M = "extract/clips.py", "extract/catalog.py", "extract/cli.py", "extract/__main__.py"
-S, RE, X, P = "extract/schema.py", "extract/records.py", "extract/export.py", "extract/report.py"
+S, RE, X, RP = "extract/schema.py", "extract/records.py", "extract/export.py", "extract/report.py"
 
 P = "extract/heads/probe.py"
 AV = "extract/heads/av_sync.py"
-SF = "extract/synchformer.py"
+SF = "extract/models/synchformer.py"
 LV = "extract/heads/llava_video.py"
 IV = "extract/heads/internvl.py"
 GS = "extract/heads/grounding_sam.py"
 AC = "extract/heads/audio_caption.py"
-BC = "extract/beats_conformer_bart.py"
+BC = "extract/models/beats_conformer_bart.py"
 HR = "extract/heads/__init__.py"
-GE = "extract/generation.py"
+GE = "extract/models/generation.py"
 
 ROOMS: dict[str, dict] = {
     "writer": {
@@ -74,7 +74,7 @@ ROOMS: dict[str, dict] = {
         ],
     },
     "runner": {
-        "tests": ["tests/test_runner.py", "tests/test_heads.py::test_each_failure_of_a_head_is_that_clips_head_error_and_the_rest_is_written",
+        "tests": ["tests/test_runner.py", "tests/heads/test_heads.py::test_each_failure_of_a_head_is_that_clips_head_error_and_the_rest_is_written",
                   *FAST_RUN, *HEADS_FAST, "tests/test_runner.py", V2D, E2E],
         "mutations": [
             (R, "return [infer_isolated(head, [clip])[0] for clip in clips]", "return [_head_error(head, clip) for clip in clips]",
@@ -104,9 +104,9 @@ ROOMS: dict[str, dict] = {
         ],
     },
     "data": {
-        "tests": ["tests/test_data.py", *FAST_RUN, "tests/test_heads.py::test_several_heads_share_one_read_and_one_decode_per_clip",
-                  "tests/test_heads.py::test_a_clip_that_cannot_be_read_is_an_error_in_every_heads_folder",
-                  "tests/test_heads.py::test_thumbnails_are_all_one_size", V2D, SIDECAR, E2E],
+        "tests": ["tests/test_data.py", *FAST_RUN, "tests/heads/test_heads.py::test_several_heads_share_one_read_and_one_decode_per_clip",
+                  "tests/heads/test_heads.py::test_a_clip_that_cannot_be_read_is_an_error_in_every_heads_folder",
+                  "tests/heads/test_heads.py::test_thumbnails_are_all_one_size", V2D, SIDECAR, E2E],
         "mutations": [
             (D, "    return sorted(found)", "    return list(found)",
              "tar_folder shards are not sorted: order (and the rank split) varies per process"),
@@ -133,9 +133,9 @@ ROOMS: dict[str, dict] = {
         ],
     },
     "decode": {
-        "tests": ["tests/test_decode.py", "tests/test_probe.py", "tests/test_internvl_fidelity.py::test_keyframes_are_get_index",
-                  "tests/test_heads.py::test_several_heads_share_one_read_and_one_decode_per_clip",
-                  "tests/test_heads.py::test_audio_that_does_not_decode_fails_the_heads_that_need_it_only",
+        "tests": ["tests/test_decode.py", "tests/heads/test_probe.py", "tests/heads/test_internvl_fidelity.py::test_keyframes_are_get_index",
+                  "tests/heads/test_heads.py::test_several_heads_share_one_read_and_one_decode_per_clip",
+                  "tests/heads/test_heads.py::test_audio_that_does_not_decode_fails_the_heads_that_need_it_only",
                   "tests/test_reliability.py::test_hostile_members_are_reported_and_never_escape",
                   "tests/test_reliability.py::test_member_and_decoded_size_limits"],
         "mutations": [
@@ -248,9 +248,9 @@ ROOMS: dict[str, dict] = {
         ],
     },
     "schema_export": {
-        "tests": ["tests/test_export.py", "tests/test_heads.py::test_each_failure_of_a_head_is_that_clips_head_error_and_the_rest_is_written",
-                  "tests/test_heads.py::test_float_fields_are_written_as_floats", "tests/test_heads.py::test_an_undeclared_field_is_that_clips_error",
-                  "tests/test_heads.py::test_one_bad_clip_fails_alone_when_its_batch_fails",
+        "tests": ["tests/test_export.py", "tests/heads/test_heads.py::test_each_failure_of_a_head_is_that_clips_head_error_and_the_rest_is_written",
+                  "tests/heads/test_heads.py::test_float_fields_are_written_as_floats", "tests/heads/test_heads.py::test_an_undeclared_field_is_that_clips_error",
+                  "tests/heads/test_heads.py::test_one_bad_clip_fails_alone_when_its_batch_fails",
                   "tests/test_tables.py::test_one_row_per_clip_with_every_heads_columns", "tests/test_tables.py::test_csv_and_json_lines",
                   "tests/test_tables.py::test_an_unfinished_run_is_exported_with_its_complete_records",
                   "tests/test_tables.py::test_pandas_and_duckdb_read_the_table_as_it_is",
@@ -282,30 +282,30 @@ ROOMS: dict[str, dict] = {
                   "tests/test_tables.py::test_the_report_shows_the_counts_a_picture_per_decoded_clip_and_the_failures",
                   "tests/test_tables.py::test_the_tools_say_what_is_wrong_in_one_line[extract.report]"],
         "mutations": [
-            (P, '    if not any(record.get("status") == "ok" for record in clip.values()):\n        return None\n', "",
+            (RP, '    if not any(record.get("status") == "ok" for record in clip.values()):\n        return None\n', "",
              "the duration chart includes clips no head could read"),
-            (P, 'sum(len(k["detections"]) for k in keyframes) / len(keyframes)', 'sum(len(k["detections"]) for k in keyframes)',
+            (RP, 'sum(len(k["detections"]) for k in keyframes) / len(keyframes)', 'sum(len(k["detections"]) for k in keyframes)',
              "detections-per-keyframe chart shows detections per clip"),
-            (P, 'if r["status"] in ("error", "rejected")]', 'if r["status"] == "error"]', "rejected members are not listed as failed"),
-            (P, 'decoded = any(r["status"] in ("ok", "skipped") for r in clip.values())', 'decoded = any(r["status"] == "ok" for r in clip.values())',
+            (RP, 'if r["status"] in ("error", "rejected")]', 'if r["status"] == "error"]', "rejected members are not listed as failed"),
+            (RP, 'decoded = any(r["status"] in ("ok", "skipped") for r in clip.values())', 'decoded = any(r["status"] == "ok" for r in clip.values())',
              "clips every head skipped are left out of the grid"),
-            (P, "if decoded and len(self.clips) < limit:", "if decoded and len(self.clips) <= limit:", "the grid holds limit + 1 clips"),
-            (P, 'count = len(boxes["keyframes"]) if boxes and boxes.get("keyframes") else 1', "count = 1",
+            (RP, "if decoded and len(self.clips) < limit:", "if decoded and len(self.clips) <= limit:", "the grid holds limit + 1 clips"),
+            (RP, 'count = len(boxes["keyframes"]) if boxes and boxes.get("keyframes") else 1', "count = 1",
              "the picture is not grounding_sam's first keyframe: its boxes are drawn on another frame"),
-            (P, "found[item.key] = (media.frames[0], media.frame_times[0])", "found[item.key] = (media.frames[-1], media.frame_times[-1])",
+            (RP, "found[item.key] = (media.frames[0], media.frame_times[0])", "found[item.key] = (media.frames[-1], media.frame_times[-1])",
              "the picture is the last keyframe, the boxes are the first's"),
-            (P, "max(1, round(picture.height * scale))", "max(1, picture.height)", "thumbnails are squashed (height not scaled)"),
-            (P, '            self.unfinished += [f"{head}/{stem}" for head in unfinished]\n', "",
+            (RP, "max(1, round(picture.height * scale))", "max(1, picture.height)", "thumbnails are squashed (height not scaled)"),
+            (RP, '            self.unfinished += [f"{head}/{stem}" for head in unfinished]\n', "",
              "the page does not say which shards are unfinished"),
-            (P, '"lags" if (record.get("offset_s") or 0) > 0 else "leads"', '"lags" if (record.get("offset_s") or 0) < 0 else "leads"',
+            (RP, '"lags" if (record.get("offset_s") or 0) > 0 else "leads"', '"lags" if (record.get("offset_s") or 0) < 0 else "leads"',
              "the audio offset's direction is said the wrong way round"),
-            (P, "{html.escape(record.get(\"error\") or \"\")}'", "{record.get(\"error\") or \"\"}'",
+            (RP, "{html.escape(record.get(\"error\") or \"\")}'", "{record.get(\"error\") or \"\"}'",
              "error text is put in the page unescaped (a '<' breaks it)"),
         ],
     },
     "probe": {
-        "tests": ["tests/test_probe.py",
-                  "tests/test_heads.py::test_audio_that_does_not_decode_fails_the_heads_that_need_it_only"],
+        "tests": ["tests/heads/test_probe.py",
+                  "tests/heads/test_heads.py::test_audio_that_does_not_decode_fails_the_heads_that_need_it_only"],
         "mutations": [
             (P, "np.abs(np.diff(luma, axis=0)).mean()", "np.diff(luma, axis=0).mean()",
              "motion_energy signed: a fade in then out reads as no motion"),
@@ -331,14 +331,14 @@ ROOMS: dict[str, dict] = {
         ],
     },
     "av_sync": {
-        "tests": ["tests/test_av_sync.py",
-                  "tests/test_synchformer.py::test_windows_are_laid_out_as_av_benchmark_does_for_desync",
-                  "tests/test_synchformer.py::test_audio_segments_follow_the_frames_on_one_clock",
-                  "tests/test_synchformer.py::test_the_offset_sign_and_desync",
-                  "tests/test_synchformer.py::test_sound_that_starts_late_in_the_container_reaches_the_model_late",
-                  "tests/test_synchformer.py::test_the_sound_is_laid_on_the_clock_of_the_fps_filters_frames",
-                  "tests/test_synchformer.py::test_options_the_method_would_ignore_and_bad_checkpoints_are_one_line_errors",
-                  "tests/test_heads.py::test_audio_that_does_not_decode_fails_the_heads_that_need_it_only"],
+        "tests": ["tests/heads/test_av_sync.py",
+                  "tests/models/test_synchformer.py::test_windows_are_laid_out_as_av_benchmark_does_for_desync",
+                  "tests/models/test_synchformer.py::test_audio_segments_follow_the_frames_on_one_clock",
+                  "tests/models/test_synchformer.py::test_the_offset_sign_and_desync",
+                  "tests/models/test_synchformer.py::test_sound_that_starts_late_in_the_container_reaches_the_model_late",
+                  "tests/models/test_synchformer.py::test_the_sound_is_laid_on_the_clock_of_the_fps_filters_frames",
+                  "tests/models/test_synchformer.py::test_options_the_method_would_ignore_and_bad_checkpoints_are_one_line_errors",
+                  "tests/heads/test_heads.py::test_audio_that_does_not_decode_fails_the_heads_that_need_it_only"],
         "mutations": [
             (AV, "rise = np.clip(np.diff(luma, axis=0), 0, None)", "rise = np.abs(np.diff(luma, axis=0))",
              "darkening counted as a visual onset"),
@@ -371,16 +371,16 @@ ROOMS: dict[str, dict] = {
         ],
     },
     "llava_video": {
-        "tests": ["tests/test_llava_video.py::test_end_to_end_records",
-                  "tests/test_llava_video.py::test_frames_reach_the_head_at_the_towers_size",
-                  "tests/test_llava_video.py::test_greedy_captions_do_not_depend_on_the_batch",
-                  "tests/test_llava_video.py::test_a_caption_ends_at_its_first_end_of_sequence_token",
-                  "tests/test_llava_video.py::test_the_users_question_is_in_the_prompt_after_the_frame_times",
-                  "tests/test_llava_video.py::test_frames_normalised_on_the_device_are_those_normalised_in_a_worker",
-                  "tests/test_llava_video.py::test_the_engine_gives_the_records_of_generate_run_clip_by_clip",
-                  "tests/test_llava_video.py::test_engine_and_slot_options_are_checked",
-                  "tests/test_llava_fidelity.py", "tests/test_convert_lmms_layout.py",
-                  "tests/test_heads.py::test_the_authors_presets_hold_the_authors_settings"],
+        "tests": ["tests/heads/test_llava_video.py::test_end_to_end_records",
+                  "tests/heads/test_llava_video.py::test_frames_reach_the_head_at_the_towers_size",
+                  "tests/heads/test_llava_video.py::test_greedy_captions_do_not_depend_on_the_batch",
+                  "tests/heads/test_llava_video.py::test_a_caption_ends_at_its_first_end_of_sequence_token",
+                  "tests/heads/test_llava_video.py::test_the_users_question_is_in_the_prompt_after_the_frame_times",
+                  "tests/heads/test_llava_video.py::test_frames_normalised_on_the_device_are_those_normalised_in_a_worker",
+                  "tests/heads/test_llava_video.py::test_the_engine_gives_the_records_of_generate_run_clip_by_clip",
+                  "tests/heads/test_llava_video.py::test_engine_and_slot_options_are_checked",
+                  "tests/heads/test_llava_fidelity.py", "tests/models/test_convert_lmms_layout.py",
+                  "tests/heads/test_heads.py::test_the_authors_presets_hold_the_authors_settings"],
         "mutations": [
             (LV, "fps = video.get(\"fps_header\") or video.get(\"fps\")", "fps = video.get(\"fps\") or video.get(\"fps_header\")",
              "frame times from the measured rate instead of the container's average rate"),
@@ -411,7 +411,7 @@ ROOMS: dict[str, dict] = {
         ],
     },
     "internvl": {
-        "tests": ["tests/test_internvl.py", "tests/test_internvl_fidelity.py"],
+        "tests": ["tests/heads/test_internvl.py", "tests/heads/test_internvl_fidelity.py"],
         "mutations": [
             (IV, "width * height > 0.5 * size * size * ratio[0] * ratio[1]", "width * height > 0.25 * size * size * ratio[0] * ratio[1]",
              "aspect-ratio ties broken towards larger grids for smaller images"),
@@ -440,7 +440,7 @@ ROOMS: dict[str, dict] = {
         ],
     },
     "grounding_sam": {
-        "tests": ["tests/test_grounding_sam.py", "tests/test_heads.py::test_the_authors_presets_hold_the_authors_settings"],
+        "tests": ["tests/heads/test_grounding_sam.py", "tests/heads/test_heads.py::test_the_authors_presets_hold_the_authors_settings"],
         "mutations": [
             (GS, "phrases = [\" \".join(p.lower().split()) for p in phrases]", "phrases = [\" \".join(p.split()) for p in phrases]",
              "labels not lowercased"),
@@ -465,7 +465,7 @@ ROOMS: dict[str, dict] = {
         ],
     },
     "audio_caption": {
-        "tests": ["tests/test_audio_caption.py"],
+        "tests": ["tests/heads/test_audio_caption.py", "tests/models/test_beats_conformer_bart.py"],
         "mutations": [
             (AC, "count = max(1, math.ceil(samples / (window_s * SAMPLE_RATE)))", "count = max(1, int(samples / (window_s * SAMPLE_RATE)))",
              "windows longer than window_s"),
@@ -490,12 +490,12 @@ ROOMS: dict[str, dict] = {
         ],
     },
     "heads-registry": {
-        "tests": ["tests/test_heads.py",
-                  "tests/test_llava_video.py::test_out_of_memory_batch_is_retried_in_halves",
-                  "tests/test_llava_video.py::test_engine_and_slot_options_are_checked",
-                  "tests/test_llava_video.py::test_the_engine_gives_the_records_of_generate_run_clip_by_clip",
-                  "tests/test_audio_caption.py::test_missing_files_are_one_clear_error",
-                  "tests/test_synchformer.py::test_options_the_method_would_ignore_and_bad_checkpoints_are_one_line_errors"],
+        "tests": ["tests/heads/test_heads.py",
+                  "tests/heads/test_llava_video.py::test_out_of_memory_batch_is_retried_in_halves",
+                  "tests/heads/test_llava_video.py::test_engine_and_slot_options_are_checked",
+                  "tests/heads/test_llava_video.py::test_the_engine_gives_the_records_of_generate_run_clip_by_clip",
+                  "tests/heads/test_audio_caption.py::test_missing_files_are_one_clear_error",
+                  "tests/models/test_synchformer.py::test_options_the_method_would_ignore_and_bad_checkpoints_are_one_line_errors"],
         "mutations": [
             (HR, "return isinstance(value, int) and not isinstance(value, bool)", "return isinstance(value, int)",
              "true/false accepted for a whole-number option"),
@@ -518,11 +518,11 @@ ROOMS: dict[str, dict] = {
         ],
     },
     "generation": {
-        "tests": ["tests/test_generation.py",
-                  "tests/test_llava_video.py::test_the_engine_gives_the_records_of_generate_run_clip_by_clip",
-                  "tests/test_llava_video.py::test_a_caption_ends_at_its_first_end_of_sequence_token",
-                  "tests/test_internvl.py::test_the_engine_gives_the_records_of_generate_run_keyframe_by_keyframe",
-                  "tests/test_internvl.py::test_end_to_end_records_and_features"],
+        "tests": ["tests/models/test_generation.py",
+                  "tests/heads/test_llava_video.py::test_the_engine_gives_the_records_of_generate_run_clip_by_clip",
+                  "tests/heads/test_llava_video.py::test_a_caption_ends_at_its_first_end_of_sequence_token",
+                  "tests/heads/test_internvl.py::test_the_engine_gives_the_records_of_generate_run_keyframe_by_keyframe",
+                  "tests/heads/test_internvl.py::test_end_to_end_records_and_features"],
         "mutations": [
             (GE, "free = torch.cuda.mem_get_info(self.device)[0] + held", "free = torch.cuda.mem_get_info(self.device)[0]",
              "the engine's own cache counted as used: fewer slots than memory holds"),

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from extract.bench import decoder_sizes, llava_floor
-from extract.random_models import QWEN2_7B, QWEN3_8B
+from extract.bench.floors import decoder_sizes, llava_floor
+from extract.models.random_models import QWEN2_7B, QWEN3_8B
 
 
 def _built(config: dict):

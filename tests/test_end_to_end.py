@@ -11,7 +11,7 @@ import pytest
 import webdataset as wds
 
 from conftest import REPO, make_clip, read_records, run_cli, write_shard
-from extract.records import BASE_FIELDS
+from extract.schema import BASE_FIELDS
 
 
 def _matroska_truncated() -> bytes:

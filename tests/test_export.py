@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from extract.export import export
-from extract.records import BaseRecord, head_record
-from extract.schema import arrow_type, card_features, conform
+from extract.records import head_record
+from extract.schema import BaseRecord, arrow_type, card_features, conform
 from extract.writer import OutputWriter
 
 

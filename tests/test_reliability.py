@@ -20,7 +20,7 @@ from processes import descendants, kill_tree, wait_gone
 from extract import data as data_module
 from extract.decode import decode_views
 from extract.runner import run
-from extract.records import BASE_FIELDS
+from extract.schema import BASE_FIELDS
 from extract.writer import OutputError, encode_record
 
 

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from extract.generation import qwen_chat_template
-from extract.random_models import (save_generative, tiny_qwen2_text_config, released_layout, random_released_state,
-                                   save_tiny_llava_video, tiny_bert_tokenizer, tiny_tokenizer)
+from extract.models.random_models import (released_layout, random_released_state, save_tiny_internvl, save_tiny_llava_video,
+                                          tiny_bert_tokenizer)
 
 __all__ = ["save_tiny_llava_video", "save_tiny_grounding_dino", "save_tiny_sam", "save_tiny_internvl", "save_tiny_audio_captioner",
            "TINY_CAPTIONER", "tiny_bart_tokenizer", "released_layout", "random_released_state"]
@@ -57,28 +56,6 @@ def save_tiny_sam(folder: str | Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     SamModel(config).eval().save_pretrained(folder)
     SamProcessor(image_processor=SamImageProcessor(size={"longest_edge": 64}, pad_size={"height": 64, "width": 64})).save_pretrained(folder)
-    return folder
-
-
-def save_tiny_internvl(folder: str | Path, seed: int = 0) -> Path:
-    """Native-transformers InternVL (InternViT-style vision + Qwen2 text) at toy size, with its processor."""
-    from transformers import GotOcr2ImageProcessor, InternVLConfig, InternVLForConditionalGeneration, InternVLProcessor, InternVLVideoProcessor
-
-    folder = Path(folder)
-    template = qwen_chat_template("<IMG_CONTEXT>")
-    tokenizer = tiny_tokenizer({"start_image_token": "<img>", "end_image_token": "</img>",
-                                "context_image_token": "<IMG_CONTEXT>", "video_token": "<video>"}, template)
-    config = InternVLConfig(
-        vision_config={"model_type": "internvl_vision", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-                       "num_attention_heads": 2, "image_size": [32, 32], "patch_size": [8, 8]},
-        text_config=tiny_qwen2_text_config(tokenizer),
-        image_token_id=tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>"), downsample_ratio=0.5,
-    )
-    save_generative(InternVLForConditionalGeneration, config, tokenizer, folder, seed)
-    size = {"height": 32, "width": 32}
-    InternVLProcessor(image_processor=GotOcr2ImageProcessor(size=size, crop_to_patches=False),
-                      video_processor=InternVLVideoProcessor(size=size), tokenizer=tokenizer,
-                      image_seq_length=4, chat_template=template).save_pretrained(folder)
     return folder
 
 
@@ -135,6 +112,6 @@ def save_tiny_audio_captioner(folder: str | Path, seed: int = 0) -> Path:
 
 
 def _beats_defaults() -> dict:
-    from extract.beats_conformer_bart import BEATS_CONFIG
+    from extract.models.beats_conformer_bart import BEATS_CONFIG
 
     return BEATS_CONFIG

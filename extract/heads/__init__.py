@@ -91,7 +91,7 @@ class Head:
 
 
 def register(cls: type[Head]) -> type[Head]:
-    from extract.records import BASE_FIELDS
+    from extract.schema import BASE_FIELDS
 
     clashes = sorted(set(cls.fields) & set(BASE_FIELDS))
     if clashes:
@@ -280,7 +280,7 @@ def end_tokens(model) -> set[int]:
 def generation_engine(head):
     """The head's generation engine over its model's language model and lm_head, made once and kept (its cache and
     captured steps serve every batch)."""
-    from extract.generation import GenerationEngine
+    from extract.models.generation import GenerationEngine
 
     if head.engine is None or head.engine.lm_head is not head.model.lm_head:
         head.engine = GenerationEngine(head.model.model.language_model, head.model.lm_head, end_tokens(head.model), head.max_slots,

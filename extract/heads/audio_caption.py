@@ -17,11 +17,11 @@ from typing import TypedDict
 import numpy as np
 import torch
 
-from extract.beats_conformer_bart import BEAM_SEARCH, SAMPLE_RATE, CheckpointMismatch, load_released, normalised_fbank
 from extract.decode import MediaSpec
 from extract.errors import ConfigError
-from extract.generation import summarise
 from extract.heads import Clip, Head, Result, checkpoint_error, register, resolve_dtype, split_on_oom, with_preset
+from extract.models.beats_conformer_bart import BEAM_SEARCH, SAMPLE_RATE, CheckpointMismatch, load_released, normalised_fbank
+from extract.models.generation import summarise
 
 CHECKPOINT_FILES = ("config.json", "pytorch_model.bin")
 PRESETS = {

@@ -6,7 +6,7 @@ within +-max_offset on a 1 ms grid, with parabolic refinement of the peak. Frame
 placed by their presentation times in the file, so an offset in the container counts as one in the
 content does. A positive offset means the audio lags the picture.
 
-Method `synchformer`: the learned model (extract/synchformer.py) over 4.8 s windows of 25 fps frames and
+Method `synchformer`: the learned model (extract/models/synchformer.py) over 4.8 s windows of 25 fps frames and
 16 kHz sound on the same clock; its input is made in the workers, the model runs on the device.
 """
 
@@ -18,9 +18,10 @@ from typing import TypedDict
 import numpy as np
 import torch
 
-from extract import synchformer
 from extract.decode import Media, MediaSpec, as_bt601, first_slot_time, time_origin
+from extract.errors import ConfigError
 from extract.heads import Clip, Head, Result, register, resolve_dtype, split_on_oom
+from extract.models import synchformer
 
 SAMPLE_RATE = 16000
 HOP = 80  # 5 ms
@@ -173,7 +174,10 @@ class AVSync(Head):
     def load(self, device: torch.device) -> None:
         if self.method == "synchformer":
             self.device = device
-            self.model = synchformer.load_synchformer(self.model_id, device, resolve_dtype(self.dtype_name, device))
+            try:
+                self.model = synchformer.load_synchformer(self.model_id, device, resolve_dtype(self.dtype_name, device))
+            except synchformer.CheckpointError as exc:
+                raise ConfigError(str(exc)) from None
 
     def prepare(self, clip: Clip) -> Result | dict:
         """In a worker: the whole onset method, or Synchformer's inputs (frames and spectrograms per segment)."""

@@ -27,10 +27,10 @@ import torch
 import torch.nn.functional as F
 
 from extract.decode import MediaSpec
-from extract.generation import Request, combined_confidence, greedy_generate, left_pad, summarise
 from extract.errors import ConfigError
 from extract.heads import (Clip, Head, Result, check_engine, end_tokens, generation_engine, load_config, load_model, load_tokenizer,
                            pick_attention, register, resolve_dtype, split_on_oom, with_preset)
+from extract.models.generation import Request, combined_confidence, greedy_generate, left_pad, summarise
 
 PRESETS = {
     "authors": {"max_tiles": 12, "max_new_tokens": 1024},

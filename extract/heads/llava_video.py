@@ -30,9 +30,9 @@ import torch
 import torch.nn.functional as F
 
 from extract.decode import MediaSpec
-from extract.generation import Request, greedy_generate, left_pad, summarise
 from extract.heads import (Clip, Head, Result, check_engine, end_tokens, generation_engine, load_config, load_model, load_tokenizer,
                            pick_attention, register, resolve_dtype, split_on_oom, with_preset)
+from extract.models.generation import Request, greedy_generate, left_pad, summarise
 
 PRESETS = {
     "authors": {"num_frames": 64, "max_new_tokens": 1024},

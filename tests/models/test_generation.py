@@ -9,7 +9,7 @@ import random
 import pytest
 import torch
 
-from extract.generation import GenerationEngine, Request
+from extract.models.generation import GenerationEngine, Request
 
 HIDDEN = 64
 
@@ -143,7 +143,7 @@ def test_out_of_memory_halves_the_slots_and_loses_no_request(monkeypatch):
 def test_the_slot_count_follows_free_memory(monkeypatch):
     """On CUDA the engine takes as many slots as free memory holds beside a prefill's reserve: computed here from
     the KV size of a request (layers x 2 x kv heads x head dim x tokens x bytes)."""
-    from extract import generation
+    from extract.models import generation
 
     model = _tiny_lm("qwen2")
     engine = _engine(model, [], 64)
@@ -172,8 +172,8 @@ def test_logprobs_are_normalised_over_the_kept_vocabulary_rows():
 
 
 def test_the_engine_counts_its_own_cache_as_free_when_it_sizes_the_next_one(monkeypatch):
-    from extract import generation
-    from extract.generation import SlotCache
+    from extract.models import generation
+    from extract.models.generation import SlotCache
 
     model = _tiny_lm("qwen2")
     engine = _engine(model, [], 64)
@@ -199,8 +199,8 @@ def test_a_kept_engine_grows_its_cache_for_longer_requests_and_holds_prompt_plus
 def test_what_a_caption_carries_by_hand():
     import math
 
-    from extract.generation import Generated, combined_confidence, summarise
-    from extract.random_models import tiny_tokenizer
+    from extract.models.generation import Generated, combined_confidence, summarise
+    from extract.models.random_models import tiny_tokenizer
 
     tokenizer = tiny_tokenizer()
     words = tokenizer("a dog", add_special_tokens=False)["input_ids"]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from extract.generation import QWEN_CHAT_TEMPLATE, qwen_chat_template
+from extract.models.generation import QWEN_CHAT_TEMPLATE, qwen_chat_template
 
 # Qwen2-7B, LLaVA-Video-7B-Qwen2's language model
 QWEN2_7B = {"model_type": "qwen2", "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
@@ -199,6 +199,28 @@ def save_tiny_llava_video(folder: str | Path, seed: int = 0) -> Path:
     return folder
 
 
+def save_tiny_internvl(folder: str | Path, seed: int = 0) -> Path:
+    """Native-transformers InternVL (InternViT-style vision + Qwen2 text) at toy size, with its processor."""
+    from transformers import GotOcr2ImageProcessor, InternVLConfig, InternVLForConditionalGeneration, InternVLProcessor, InternVLVideoProcessor
+
+    folder = Path(folder)
+    template = qwen_chat_template("<IMG_CONTEXT>")
+    tokenizer = tiny_tokenizer({"start_image_token": "<img>", "end_image_token": "</img>",
+                                "context_image_token": "<IMG_CONTEXT>", "video_token": "<video>"}, template)
+    config = InternVLConfig(
+        vision_config={"model_type": "internvl_vision", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                       "num_attention_heads": 2, "image_size": [32, 32], "patch_size": [8, 8]},
+        text_config=tiny_qwen2_text_config(tokenizer),
+        image_token_id=tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>"), downsample_ratio=0.5,
+    )
+    save_generative(InternVLForConditionalGeneration, config, tokenizer, folder, seed)
+    size = {"height": 32, "width": 32}
+    InternVLProcessor(image_processor=GotOcr2ImageProcessor(size=size, crop_to_patches=False),
+                      video_processor=InternVLVideoProcessor(size=size), tokenizer=tokenizer,
+                      image_seq_length=4, chat_template=template).save_pretrained(folder)
+    return folder
+
+
 LABEL_WORDS = ["person", "face", "hand", "car", "animal", "dog", "cat", "bird", "building", "tree", "sky", "text",
                "screen", "food", "vehicle", "ball", "table", "chair", "water", "road", "a", "the"]
 
@@ -327,7 +349,7 @@ def save_random_audio_captioner(folder: str | Path, seed: int = 0) -> Path:
 
     import torch
 
-    from extract.beats_conformer_bart import BEATS_CONFIG, CONFORMER_CONFIG
+    from extract.models.beats_conformer_bart import BEATS_CONFIG, CONFORMER_CONFIG
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

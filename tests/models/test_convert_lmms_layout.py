@@ -9,10 +9,10 @@ import torch
 from safetensors.torch import save_file
 
 from conftest import make_clip, ready
-from extract.convert import ConversionError, convert_llava_video
 from extract.decode import decode_media
 from extract.heads import Clip, build
-from extract.random_models import tiny_qwen2_text_config, tiny_tokenizer
+from extract.models.convert import ConversionError, convert_llava_video
+from extract.models.random_models import tiny_qwen2_text_config, tiny_tokenizer
 
 EXTRA_ROWS = 8  # lmms-lab's LLaVA-Video-7B: 152,064 rows for a tokenizer of 151,646
 TOWER = {"image_size": 44, "patch_size": 8}  # 5 x 5 patches cover 40 of its 44 px, as SigLIP's 27 x 14 = 378 of 384

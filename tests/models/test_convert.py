@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from extract.convert import ConversionError, convert_llava_video
+from extract.models.convert import ConversionError, convert_llava_video
 from tiny import save_tiny_llava_video
 
 # transformers' names -> LLaVA-NeXT's (LlavaQwenForCausalLM: Qwen2 `model.*`, SigLIP tower, mm_projector)

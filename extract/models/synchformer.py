@@ -29,8 +29,6 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from extract.errors import ConfigError
-
 CHECKPOINT_URL = "https://github.com/hkchengrex/MMAudio/releases/download/v0.1/synchformer_state_dict.pth"
 OFFSETS_S = np.linspace(-2.0, 2.0, 21)  # the class grid: audio taken this much later than the picture
 FPS, SAMPLE_RATE = 25, 16000
@@ -321,6 +319,10 @@ class Synchformer(nn.Module):
 # ---------------------------------------------------------------------------- loading
 
 
+class CheckpointError(ValueError):
+    """The checkpoint is missing, unreadable or not a Synchformer state dict; the message says how to fetch it."""
+
+
 def _count(state: dict, prefix: str) -> int:
     return len({key[len(prefix):].split(".")[0] for key in state if key.startswith(prefix)})
 
@@ -330,22 +332,22 @@ def load_synchformer(path: str | None, device: torch.device, dtype: torch.dtype)
     `weights_only=True` and mapped strictly: a tensor missing, left over or of another shape is an error naming it."""
     fetch = f"fetch it with `wget {CHECKPOINT_URL}` and pass model.av_sync.checkpoint=/path/to/synchformer_state_dict.pth"
     if not path:
-        raise ConfigError(f"av_sync method=synchformer needs its checkpoint, synchformer_state_dict.pth: {fetch}")
+        raise CheckpointError(f"av_sync method=synchformer needs its checkpoint, synchformer_state_dict.pth: {fetch}")
     if not Path(path).exists():
-        raise ConfigError(f"the Synchformer checkpoint {path} does not exist: {fetch}")
+        raise CheckpointError(f"the Synchformer checkpoint {path} does not exist: {fetch}")
     if not Path(path).is_file():
-        raise ConfigError(f"the Synchformer checkpoint {path} is a folder; give the file synchformer_state_dict.pth: {fetch}")
+        raise CheckpointError(f"the Synchformer checkpoint {path} is a folder; give the file synchformer_state_dict.pth: {fetch}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
-        raise ConfigError(f"{path} holds pickled Python objects, not only tensors, and is not read (weights_only=True): "
+        raise CheckpointError(f"{path} holds pickled Python objects, not only tensors, and is not read (weights_only=True): "
                           f"{fetch}") from None
     except Exception as exc:
-        raise ConfigError(f"{path} is not a PyTorch checkpoint ({type(exc).__name__}): {fetch}") from None
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint ({type(exc).__name__}): {fetch}") from None
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]  # the authors' training checkpoints keep it under "model"
     if not isinstance(state, dict) or "vproj.weight" not in state:
-        raise ConfigError(f"{path} is not a Synchformer state dict (no vproj.weight): {fetch}")
+        raise CheckpointError(f"{path} is not a Synchformer state dict (no vproj.weight): {fetch}")
     model = Synchformer(dim=state["vproj.weight"].shape[0], video_depth=_count(state, "vfeat_extractor.blocks."),
                         audio_depth=_count(state, "afeat_extractor.ast.encoder.layer."),
                         sync_depth=_count(state, "transformer.blocks."))
@@ -356,7 +358,7 @@ def load_synchformer(path: str | None, device: torch.device, dtype: torch.dtype)
                    for key in set(state) & set(expected) if state[key].shape != expected[key].shape)
     for problem, keys in (("missing", missing), ("left over", extra), ("of the wrong shape", wrong)):
         if keys:
-            raise ConfigError(f"Synchformer checkpoint {path}: {len(keys)} tensor(s) {problem}: "
+            raise CheckpointError(f"Synchformer checkpoint {path}: {len(keys)} tensor(s) {problem}: "
                               f"{', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}")
     model.load_state_dict(state, strict=True)
     return model.to(device=device, dtype=dtype).eval()

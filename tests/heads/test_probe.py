@@ -2,7 +2,7 @@ import subprocess
 
 import pytest
 
-from conftest import make_clip
+from conftest import MEDIA, make_clip
 from extract.decode import decode_media
 from extract.heads import Clip, build
 
@@ -112,9 +112,6 @@ def test_a_file_of_many_streams_says_which_stream_each_field_describes(tmp_path)
     assert decoded["num_frames"] == int(counted.stdout.strip())
     assert other["num_frames"] is None and other["fps"] is None and other["duration_s"] is None
     assert other["num_frames_header"] == next(int(s["nb_frames"]) for s in streams if s["index"] == other["index"])
-
-
-MEDIA = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "media"
 
 
 @pytest.mark.skipif(not MEDIA.is_dir(), reason="the real clips of ../shared/media are not beside this checkout")

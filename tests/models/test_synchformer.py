@@ -12,9 +12,9 @@ import torch
 from torch import einsum, nn
 
 from conftest import compose_cfg, ffmpeg_output, make_clip, read_records, write_shard
-from extract import synchformer
 from extract.decode import MediaSpec, decode_media
 from extract.errors import ConfigError
+from extract.models import synchformer
 from extract.runner import run
 
 DIM = 48  # divisible by the released head counts (12 and 8), so the tiny model keeps them
@@ -267,13 +267,13 @@ def test_the_loader_names_what_is_missing_left_over_or_misshapen(checkpoint, tmp
     for problem, broken in cases.items():
         path = tmp_path / f"{problem}.pth"
         torch.save(broken, path)
-        with pytest.raises(ConfigError) as error:
+        with pytest.raises(synchformer.CheckpointError) as error:
             synchformer.load_synchformer(str(path), torch.device("cpu"), torch.float32)
         named = {"missing": "transformer.off_head.bias", "left over": "transformer.extra.weight",
                  "wrong shape": "vfeat_extractor.temp_embed (1, 9, 48) (expected (1, 8, 48))"}[problem]
         assert named in str(error.value) and "\n" not in str(error.value)
     for path in (None, tmp_path / "absent.pth"):
-        with pytest.raises(ConfigError, match="synchformer_state_dict.pth") as error:
+        with pytest.raises(synchformer.CheckpointError, match="synchformer_state_dict.pth") as error:
             synchformer.load_synchformer(path and str(path), torch.device("cpu"), torch.float32)
         assert synchformer.CHECKPOINT_URL in str(error.value)
 
@@ -443,8 +443,8 @@ def test_av_sync_with_synchformer_end_to_end(checkpoint, tmp_path):
 
 
 def test_sound_that_starts_late_in_the_container_reaches_the_model_late():
+    from extract.bench.synthetic import flash_click_clip
     from extract.heads import Clip, build
-    from extract.synthetic import flash_click_clip
 
     head = build("av_sync", {"method": "synchformer"})
     def prepared(data):
@@ -463,8 +463,8 @@ def test_sound_that_starts_late_in_the_container_reaches_the_model_late():
 def test_the_sound_is_laid_on_the_clock_of_the_fps_filters_frames(tmp_path):
     """A picture that starts 0.03 s after its sound: ffmpeg's first 25 fps frame is slot 1 (0.04 s), so the sound
     the model hears with frame 0 starts 640 samples in. A 5 s clip holds one window."""
+    from extract.bench.synthetic import flash_click_clip
     from extract.heads import Clip, build
-    from extract.synthetic import flash_click_clip
 
     (tmp_path / "clip.mkv").write_bytes(flash_click_clip(25, 0.0, seconds=5.0))
     subprocess.run(["ffmpeg", "-v", "error", "-itsoffset", "0.03", "-i", str(tmp_path / "clip.mkv"), "-i", str(tmp_path / "clip.mkv"),
@@ -505,7 +505,7 @@ def test_options_the_method_would_ignore_and_bad_checkpoints_are_one_line_errors
     torch.save(nn.Linear(2, 2), tmp_path / "module.pth")
     for path, words in ((tmp_path / "empty.pth", "is not a PyTorch checkpoint"), (tmp_path / "text.pth", "is not a PyTorch checkpoint"),
                         (tmp_path, "is a folder"), (tmp_path / "module.pth", "pickled Python objects")):
-        with pytest.raises(ConfigError, match=words) as error:
+        with pytest.raises(synchformer.CheckpointError, match=words) as error:
             synchformer.load_synchformer(str(path), torch.device("cpu"), torch.float32)
         assert "model.av_sync.checkpoint=" in str(error.value) and "\n" not in str(error.value) and "\x1b" not in str(error.value)
 

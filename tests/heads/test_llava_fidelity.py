@@ -12,9 +12,9 @@ import torch
 from safetensors.torch import save_file
 
 from conftest import ffmpeg_output, make_clip, plain_mp4, ready
-from extract.convert import convert_llava_video
 from extract.decode import decode_media
 from extract.heads import Clip, build
+from extract.models.convert import convert_llava_video
 from tiny import save_tiny_llava_video
 
 IMAGE_TOKEN_INDEX = -200  # llava/constants.py

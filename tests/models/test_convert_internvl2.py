@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from extract.convert import ConversionError, convert_internvl2
+from extract.models.convert import ConversionError, convert_internvl2
 
 VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "image_size": 32,
           "patch_size": 8, "qkv_bias": True, "layer_norm_eps": 1e-6, "norm_type": "layer_norm", "qk_normalization": False}

@@ -15,8 +15,8 @@ from conftest import REPO, compose_cfg, ffmpeg_output, make_clip, plain_mp4, rea
 from extract import data as data_module
 from extract.decode import MediaSpec, decode_views
 from extract.heads import Head, Result, register
-from extract.records import BASE_FIELDS
 from extract.runner import run
+from extract.schema import BASE_FIELDS
 
 
 @register

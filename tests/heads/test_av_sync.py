@@ -1,13 +1,11 @@
-from pathlib import Path
-
 import pytest
 
-from conftest import ffmpeg_output, make_clip, read_records, write_shard
+from conftest import MEDIA, ffmpeg_output, make_clip, read_records, write_shard
+from extract.bench.synthetic import flash_click_clip
 from extract.decode import decode_media
 from extract.heads import Clip, build
 from extract.runner import run
-from extract.synthetic import flash_click_clip
-from extract.records import BASE_FIELDS
+from extract.schema import BASE_FIELDS
 from conftest import compose_cfg
 
 
@@ -75,9 +73,6 @@ def test_a_late_audio_stream_in_the_container_counts(content, container):
     assert media.audio_start == pytest.approx(container, abs=0.01)
     result = _estimate(data)
     assert result.status == "ok" and result.fields["offset_s"] == pytest.approx(content + container, abs=1 / 25)
-
-
-MEDIA = Path(__file__).resolve().parents[2] / "shared" / "media"
 
 
 @pytest.mark.skipif(not MEDIA.is_dir(), reason="the real clips of ../shared/media are not beside this checkout")
@@ -170,7 +165,7 @@ def test_too_few_frames_and_a_noisy_still_are_skipped():
 def test_synchformer_reads_the_frames_its_windows_use_and_skips_near_silence():
     import numpy as np
 
-    from extract.synthetic import flash_click_clip
+    from extract.bench.synthetic import flash_click_clip
 
     head = build("av_sync", {"method": "synchformer"})
     media = decode_media(flash_click_clip(25, 0.0, seconds=5.0), head.media_spec)
