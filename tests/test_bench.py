@@ -1,4 +1,4 @@
-"""The benchmark's analytic floor counts the same weights the real modules hold."""
+"""The benchmarks: the analytic floor counts the same weights the real modules hold, and the benchmarks run."""
 
 import pytest
 import torch
@@ -34,3 +34,33 @@ def test_decode_floor_is_the_weight_reads_when_bandwidth_bound():
     kv = sum(100 + step for step in range(10)) * sizes["layers"] * 2 * sizes["kv_dim"] * 2
     assert decode * 1e12 == pytest.approx(10 * weights + kv, rel=1e-9)
     assert prefill > 0
+
+
+def test_the_pipeline_benchmarks_stand_in_heads_caption_every_clip(tmp_path):
+    """The stand-in model answers what both generation paths of llava_video ask of a model (each clip `new_tokens`
+    copies of its token), so the benchmark's timings are of clips the head finished, not of errors."""
+    from conftest import make_clip, read_records, write_shard
+    from extract.bench.common import run_heads
+    from extract.bench.pipeline import _stand_in_llava_heads
+
+    shard = write_shard(tmp_path / "s-000.tar.gz", [(f"v{i} (0-1).mp4", make_clip(1.0, size="64x48", rate=8)) for i in range(3)])
+    for head in _stand_in_llava_heads(wait_per_clip_s=0.0):
+        _, summary = run_heads({head.name: {"checkpoint": "stand-in", "num_frames": 4, "engine": "generate"}}, [str(shard)],
+                               tmp_path / head.name, workers=0, batch_size=2)
+        records = read_records(tmp_path / head.name / head.name)
+        assert [(r["status"], r["error"]) for r in records] == [("ok", None)] * 3, head.name
+        assert all(r["num_tokens"] == 8 for r in records)  # StandInModel's 8 tokens, none of them an end token
+
+
+@pytest.mark.parametrize("benchmark", ["internvl", "llava_video"])
+def test_a_captioning_benchmark_runs_with_its_defaults_on_a_tiny_model(benchmark, monkeypatch, capsys):
+    """`python -m extract.bench internvl` (as `llava_video`) with its default --size tiny, on a tiny random model."""
+    import runpy
+    import sys
+
+    monkeypatch.setattr(sys, "argv", ["extract.bench", benchmark, "--batches", "1", "--new-tokens", "2",
+                                      *(["--generate-batches", "1"] if benchmark == "llava_video" else [])])
+    runpy.run_module("extract.bench", run_name="__main__", alter_sys=True)
+    printed = capsys.readouterr().out
+    assert "TINY random model" in printed
+    assert ("keyframes/s, engine against generate: 1 clips" if benchmark == "internvl" else "best clips/hour: engine") in printed

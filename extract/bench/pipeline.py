@@ -20,10 +20,10 @@ class StandInModel:
     """Stands in for a captioning model on the device: each call waits a fixed time per clip (the GPU's
     share, spent asleep so the process uses no CPU meanwhile), then says `new_tokens` tokens."""
 
-    def __init__(self, wait_per_clip_s: float, new_tokens: int, token_id: int, eos_id: int):
+    def __init__(self, wait_per_clip_s: float, new_tokens: int, token_id: int, eos_id: int, vocab_rows: int):
         from types import SimpleNamespace
 
-        self.wait_per_clip_s, self.new_tokens, self.token_id = wait_per_clip_s, new_tokens, token_id
+        self.wait_per_clip_s, self.new_tokens, self.token_id, self.vocab_rows = wait_per_clip_s, new_tokens, token_id, vocab_rows
         self.dtype = torch.float32
         self.config = SimpleNamespace(_commit_hash=None)
         self.generation_config = SimpleNamespace(eos_token_id=eos_id)
@@ -31,6 +31,11 @@ class StandInModel:
 
     def get_input_embeddings(self):
         return lambda ids: torch.zeros((*ids.shape, 8), device=ids.device)
+
+    def get_output_embeddings(self):  # the head's vocabulary rows, all of them: nothing to suppress
+        from types import SimpleNamespace
+
+        return SimpleNamespace(weight=torch.empty(self.vocab_rows, 0))
 
     def generate(self, inputs_embeds, max_new_tokens, **unused):
         from types import SimpleNamespace
@@ -63,7 +68,7 @@ def _stand_in_llava_heads(wait_per_clip_s: float):
             self._use(tokenizer, random_models.llava_video_config(tokenizer), torch.float32, device)
 
         def load(self, device):
-            self.model = StandInModel(wait_per_clip_s, 8, self.video_token, self.tokenizer.eos_token_id)
+            self.model = StandInModel(wait_per_clip_s, 8, self.video_token, self.tokenizer.eos_token_id, self.vocab_rows)
 
         def visual_tokens(self, pixel_values):
             return torch.zeros((len(pixel_values) * self.tokens_per_frame, 8), device=pixel_values.device)

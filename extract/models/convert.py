@@ -43,6 +43,17 @@ def rename(key: str, key_map) -> str:
     raise ConversionError(f"no rule for weight {key!r}")
 
 
+def read_source_config(source: Path) -> dict:
+    """The source checkpoint's config.json; a ConversionError when the folder has none or it is not JSON."""
+    path = Path(source) / "config.json"
+    if not path.is_file():
+        raise ConversionError(f"{source} is not a checkpoint folder: it has no config.json")
+    try:
+        return json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConversionError(f"{path} is not JSON ({exc})") from None
+
+
 def read_state_dict(folder: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
@@ -124,7 +135,7 @@ def convert_llava_video(source: Path, target: Path, vision_heads: int | None = N
     from transformers import (AutoTokenizer, LlavaOnevisionForConditionalGeneration, LlavaOnevisionImageProcessor,
                               LlavaOnevisionProcessor, LlavaOnevisionVideoProcessor)
 
-    original = json.loads((source / "config.json").read_text())
+    original = read_source_config(source)
     state = read_state_dict(source)
     tokenizer = AutoTokenizer.from_pretrained(source)
     # lmms-lab's tokenizers have no <image> or <video> (LLaVA-NeXT splices index -200 into the ids): the placeholders
@@ -244,7 +255,7 @@ def convert_internvl2(source: Path, target: Path, image_token: int | None = None
 
     from transformers import InternVLForConditionalGeneration
 
-    original = json.loads((source / "config.json").read_text())
+    original = read_source_config(source)
     if original.get("ps_version", "v2") != "v2":
         raise ConversionError("only pixel-shuffle v2 checkpoints (InternVL2 and later) map onto the native model")
     specials = _special_token_ids(source)

@@ -3,12 +3,14 @@ with no <image> or <video> token, more embedding rows than tokens, a tower whose
 converted by `extract.convert llava_video` and run by the head."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from conftest import make_clip, ready
+from conftest import REPO, make_clip, ready
 from extract.decode import decode_media
 from extract.heads import Clip, build
 from extract.models.convert import ConversionError, convert_llava_video
@@ -77,6 +79,27 @@ def test_the_conversion_keeps_the_towers_size_and_adds_the_placeholders_at_the_e
         convert_llava_video(tmp_path / "unnamed", tmp_path / "out", vision_heads=2)
     assert AutoConfig.from_pretrained(convert_llava_video(tmp_path / "unnamed", tmp_path / "out2", vision_heads=2, image_size=44)
                                       ).vision_config.image_size == 44
+
+
+def test_the_command_line_converts_and_says_how_to_use_the_folder(release, tmp_path):
+    source, _ = release
+    target = tmp_path / "converted"
+    command = [sys.executable, "-m", "extract.convert"]
+    done = subprocess.run([*command, "llava_video", str(source), str(target), "--vision-heads", "2"], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == f"wrote {target}; use it with +model=llava_video model.checkpoint={target}"
+    assert json.loads((target / "config.json").read_text())["architectures"] == ["LlavaOnevisionForConditionalGeneration"]
+    (tmp_path / "not-json").mkdir()
+    (tmp_path / "not-json" / "config.json").write_text("{broken")
+    for what in ("llava_video", "internvl2"):
+        for folder, words in ((tmp_path / "absent", "is not a checkpoint folder: it has no config.json"),
+                              (tmp_path / "not-json", "config.json is not JSON")):
+            refused = subprocess.run([*command, what, str(folder), str(tmp_path / "out")], cwd=REPO, capture_output=True,
+                                     text=True, timeout=300)
+            assert refused.returncode == 2 and refused.stderr.startswith(f"error: {folder}"), refused.stderr[-2000:]
+            assert words in refused.stderr and refused.stderr.count("\n") == 1
+    assert not (tmp_path / "out").exists()
 
 
 def _greedy_over_kept_rows(head, prepared: dict, kept: int, steps: int) -> tuple[list[int], float]:
