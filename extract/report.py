@@ -34,7 +34,7 @@ FAILURES_SHOWN = 500
 # (title, unit, the head it needs (None: any), where the value is in a clip's records)
 DISTRIBUTIONS = [
     ("Duration", "s", None, lambda r: _get(r, "probe", "duration_s_measured") or _window(r)),
-    ("Resolution (height)", "px", "probe", lambda r: _first_stream(r, "height")),
+    ("Resolution (height)", "px", "probe", lambda r: _decoded_stream(r.get("probe")).get("height")),
     ("Motion energy", "luma levels", "probe", lambda r: _get(r, "probe", "stats", "motion_energy")),
     ("Loudness", "dBFS", "probe", lambda r: _get(r, "probe", "stats", "audio_rms_dbfs")),
     ("Audio offset", "s", "av_sync", lambda r: _get(r, "av_sync", "offset_s")),
@@ -62,9 +62,11 @@ def _window(clip: dict):
     return record["end"] - record["start"] if record.get("start") is not None and record.get("end") is not None else None
 
 
-def _first_stream(clip: dict, name: str):
-    streams = _get(clip, "probe", "video_streams") or []
-    return streams[0].get(name) if streams else None
+def _decoded_stream(probe: dict | None) -> dict:
+    """The video stream probe decoded (`video_stream_index`, the one its measured fields describe), else the first."""
+    streams = (probe or {}).get("video_streams") or []
+    index = (probe or {}).get("video_stream_index")
+    return next((stream for stream in streams if stream.get("index") == index), streams[0] if streams else {})
 
 
 def _words(text):
@@ -240,7 +242,7 @@ def _said(head: str, record: dict) -> str:
             text += f'; DeSync {record["desync_s"]:.2f} s over {len(record.get("windows") or [])} window(s): {windows}'
         text += ")"
     elif head == "probe":
-        video = (record.get("video_streams") or [{}])[0]
+        video = _decoded_stream(record)
         text = (f'{record.get("container")}, {video.get("codec")} {video.get("width")}x{video.get("height")} at '
                 f'{video.get("fps")} fps, {record.get("duration_s_measured") or record.get("duration_s") or 0:.1f} s'
                 + ("" if record.get("has_audio") else ", no sound"))

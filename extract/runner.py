@@ -117,6 +117,9 @@ def chosen_heads(cfg: DictConfig) -> dict[str, Head]:
         raise ConfigError(f"choose heads with +model=<head> or +model=[<head>,<head>]; available: {', '.join(registry.available())}")
     heads = {}
     for name, node in cfg.model.items():
+        if node is not None and not OmegaConf.is_dict(node):  # a head YAML whose options landed beside the heads
+            raise ConfigError(f"model.{name}={node!r} is not a head's options: a conf/model/<head>.yaml must start with the "
+                              f"line '# @package model.<head>' (Hydra reads it only as the first line)")
         options = OmegaConf.to_container(node, resolve=True) if node is not None else {}
         batch_size = options.pop("batch_size", None)
         if batch_size is not None and not (registry.fits(batch_size, int) and batch_size >= 1):

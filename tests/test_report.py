@@ -123,6 +123,21 @@ def test_a_chart_of_a_head_with_no_values_says_so_and_bars_carry_their_counts(tm
     assert "<text" in chart and ">2</text>" in chart and ">1</text>" in chart  # the counts over the bars
 
 
+def test_a_file_of_many_streams_is_shown_by_the_stream_probe_decoded(tmp_path):
+    """The NASA clip's layout: a small stream first, the one ffmpeg (and probe) picks later; the card and the chart
+    describe the decoded one, as probe's measured fields do."""
+    streams = [{"index": 0, "codec": "h264", "width": 320, "height": 180, "fps": None},
+               {"index": 3, "codec": "h264", "width": 480, "height": 270, "fps": 29.97}]
+    record = _record("nasa", "probe", container="mp4 (isom)", duration_s=16.6, has_audio=True, video_streams=streams,
+                     video_stream_index=3)
+    assert _said("probe", record) == "<b>probe</b> mp4 (isom), h264 480x270 at 29.97 fps, 16.6 s"
+    _write(tmp_path, "probe", [record])
+    chart = render(RunView(tmp_path, limit=10), {}, "run").split("Resolution (height)")[1].split("</figure>")[0]
+    assert "<span>270</span>" in chart and "<span>180</span>" not in chart
+    no_index = {k: v for k, v in record.items() if k != "video_stream_index"}
+    assert "320x180" in _said("probe", no_index)  # a record from before the index was written: its first stream
+
+
 def _chromium() -> str:
     import shutil
 

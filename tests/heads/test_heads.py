@@ -303,3 +303,42 @@ def test_the_registrys_helpers_by_hand():
     for relative in ("./nowhere", "../nowhere", "~/nowhere"):
         assert f"the checkpoint folder {relative} does not exist" in str(checkpoint_error(relative, OSError("x")))
     assert "huggingface-cli download org/model" in str(checkpoint_error("org/model", OSError("x")))
+
+
+def test_the_readme_example_head_runs_as_written(tmp_path):
+    """README "Adding a head": its head file and its YAML, copied from the README as they are, give a record per clip."""
+    import re
+    import shutil
+
+    from hydra import compose, initialize_config_dir
+
+    from extract.errors import ConfigError
+    from extract.runner import run
+
+    section = (REPO / "README.md").read_text().split("## Adding a head")[1].split("\n## ")[0]
+    head_code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    head_yaml = re.search(r"```yaml\n(.*?)```", section, re.S).group(1)
+    assert "# extract/heads/brightness.py" in head_code and "conf/model/brightness.yaml" in head_yaml
+    exec(compile(head_code, "brightness.py", "exec"), {"__name__": "extract.heads.brightness"})  # registers the head
+    conf = tmp_path / "conf"
+    shutil.copytree(REPO / "conf", conf)
+    (conf / "model" / "brightness.yaml").write_text(head_yaml)
+    (tmp_path / "in").mkdir()
+    write_shard(tmp_path / "in" / "s-000.tar.gz", [(f"v{i} (0-1).mp4", make_clip(1.0, size="64x48", rate=8)) for i in range(2)])
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):  # the conf/ folder the head was added to
+        cfg = compose(config_name="config", overrides=["+model=brightness", f"tar_folder={tmp_path / 'in'}",
+                                                       f"output_dir={tmp_path / 'out'}", "num_workers=0", "wandb.mode=disabled"])
+    assert cfg.model.brightness.num_frames == 8  # the YAML's @package put its options under the head
+    run(cfg)
+    records = read_records(tmp_path / "out" / "brightness")
+    assert [r["status"] for r in records] == ["ok", "ok"]
+    assert all(0 < r["brightness"] < 255 and isinstance(r["brightness"], float) for r in records)
+
+    # the same YAML with its first two lines the other way round: Hydra ignores the @package line, which the run names
+    first, second, rest = head_yaml.split("\n", 2)
+    (conf / "model" / "brightness.yaml").write_text("\n".join([second, first, rest]))
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["+model=brightness", f"tar_folder={tmp_path / 'in'}",
+                                                       f"output_dir={tmp_path / 'out2'}", "wandb.mode=disabled"])
+    with pytest.raises(ConfigError, match=r"model.num_frames=8 is not a head's options: .* '# @package model.<head>'"):
+        run(cfg)
