@@ -591,3 +591,82 @@ ROOMS["launch"] = {
          "Ctrl-C under the launcher ends in torchrun's traceback"),
     ],
 }
+
+# the layout's new places: the bench package, the convert command, the models' own errors, the records and schema split
+BM, BCM, BP = "extract/bench/__main__.py", "extract/bench/common.py", "extract/bench/pipeline.py"
+CV, MC = "extract/convert.py", "extract/models/convert.py"
+ROOMS["bench"] = {
+    "tests": ["tests/test_bench.py", "tests/test_layout.py::test_the_readme_names_the_tools_and_benchmarks",
+              "tests/test_layout.py::test_every_benchmark_the_readme_writes_starts"],
+    "mutations": [
+        (BM, '    "run": (run.add_arguments, run.bench_run, "[probe,llava_video] through run(cfg) with the full-size random model attached"),\n',
+         "", "`python -m extract.bench run` is refused: invalid choice 'run'"),
+        (BM, "audio_caption.bench_audio_caption,", "synchformer.bench_synchformer,",
+         "`python -m extract.bench audio_caption` starts the synchformer benchmark, which fails"),
+        (BM, 'internvl.bench_internvl, "internvl keyframes/s per batch"', 'llava_video.bench_llava_video, "internvl keyframes/s per batch"',
+         "`python -m extract.bench internvl` runs llava_video's benchmark"),
+        (BM, '    "pipeline": (pipeline.add_arguments, pipeline.bench_pipeline,\n                 "one pass for several heads vs single runs; main-process time per clip"),\n',
+         "", "`python -m extract.bench pipeline` (named in the README) is refused"),
+        (BCM, '    if size == "full":\n        head.attach', '    if size != "tiny":\n        head.attach',
+         "--checkpoint ignored: the benchmark times a full-size random model instead of the given checkpoint"),
+        (BCM, 'parser.add_argument("--layers", type=int,', 'parser.add_argument("--layers",',
+         "--layers 4 arrives as the string '4': --size full --layers fails when the model is cut"),
+        (BP, "self.generation_config = SimpleNamespace(eos_token_id=eos_id)", "self.generation_config = SimpleNamespace(eos_token_id=token_id)",
+         "the stand-in model's every token is an end token: the pipeline benchmark times empty captions"),
+        (BP, "        time.sleep(self.wait_per_clip_s * rows)\n", "        time.sleep(self.wait_per_clip_s)\n",
+         "the stand-in waits per batch, not per clip, yet counts per clip: 'main own ms/clip' under-reported"),
+    ],
+}
+ROOMS["convert"] = {
+    "tests": ["tests/models/test_convert_lmms_layout.py::test_the_command_line_converts_and_says_how_to_use_the_folder",
+              "tests/models/test_convert_internvl2.py::test_the_command_line_names_the_head_that_runs_the_folder",
+              "tests/models/test_convert.py::test_a_weight_without_a_rule_or_a_missing_weight_stops_the_conversion"],
+    "mutations": [
+        (CV, "+model={'llava_video' if args.what == 'llava_video' else 'internvl'}", "+model={args.what}",
+         "after internvl2 the hint says +model=internvl2, a head that does not exist"),
+        (MC, "except (UnicodeDecodeError, json.JSONDecodeError) as exc:", "except json.JSONDecodeError as exc:",
+         "a binary (non-UTF-8) config.json ends in a UnicodeDecodeError traceback"),
+        (MC, "    if not path.is_file():\n        raise ConversionError", "    if False:\n        raise ConversionError",
+         "a folder without config.json ends in a FileNotFoundError traceback"),
+    ],
+}
+ROOMS["checkpoint"] = {
+    "tests": ["tests/models/test_synchformer.py::test_the_loader_names_what_is_missing_left_over_or_misshapen",
+              "tests/models/test_synchformer.py::test_options_the_method_would_ignore_and_bad_checkpoints_are_one_line_errors",
+              "tests/models/test_synchformer.py::test_a_missing_synchformer_checkpoint_is_one_line_before_any_work"],
+    "mutations": [
+        (SF, 'raise CheckpointError(f"the Synchformer checkpoint {path} does not exist: {fetch}")',
+         'raise FileNotFoundError(f"the Synchformer checkpoint {path} does not exist: {fetch}")',
+         "a checkpoint path that does not exist escapes av_sync's translation: a traceback, not one line"),
+        (AV, "            except synchformer.CheckpointError as exc:\n                raise ConfigError(str(exc)) from None\n",
+         "            except synchformer.CheckpointError:\n                raise\n",
+         "a missing or bad Synchformer checkpoint is a traceback instead of a one-line error"),
+    ],
+}
+ROOMS["records"] = {
+    "tests": ["tests/test_export.py", "tests/heads/test_heads.py::test_an_undeclared_field_is_that_clips_error",
+              "tests/heads/test_heads.py::test_a_field_named_as_a_base_field_is_refused",
+              "tests/heads/test_heads.py::test_the_base_fields_are_the_ones_the_readme_lists",
+              "tests/heads/test_heads.py::test_a_clip_that_cannot_be_read_is_an_error_in_every_heads_folder",
+              "tests/heads/test_heads.py::test_each_failure_of_a_head_is_that_clips_head_error_and_the_rest_is_written",
+              "tests/test_layout.py::test_the_schema_owns_the_record_types_and_imports_no_records"],
+    "mutations": [
+        (RE, "    if undeclared:\n        raise UndeclaredField", "    if False:\n        raise UndeclaredField",
+         "a field a head did not declare is silently dropped instead of being that clip's head_error"),
+        (RE, "            conformed[name] = conform(value, types[name])", "            conformed[name] = value",
+         "records are not conformed: an int for a float field written as int, 2.5 for an int field kept"),
+        (S, "BASE_FIELDS = tuple(f.name for f in fields(BaseRecord))", "BASE_FIELDS = tuple(f.name for f in fields(BaseRecord))[:-2]",
+         "a head may declare length_s/length_mismatch (no clash error); extract.select files them under each head"),
+        (S, "    arrays: list[str] = field(default_factory=list)", "    arrays: list[str] | None = None",
+         "records of clips that failed or were rejected have arrays null instead of []"),
+    ],
+}
+ROOMS["layout"] = {
+    "tests": ["tests/test_layout.py::test_a_model_imports_nothing_of_the_pipeline", "tests/test_layout.py::test_no_module_level_import_circle"],
+    "mutations": [
+        (GE, "import inspect\n", "import inspect\n\nfrom extract.errors import ConfigError\n",
+         "the generation engine imports the pipeline's errors: extract.models no longer stands alone"),
+        (SF, "import pickle\n", "import pickle\n\nfrom extract.data import ShardPlan\n",
+         "Synchformer imports the data module: a model needs the pipeline to load"),
+    ],
+}

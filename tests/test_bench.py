@@ -64,3 +64,56 @@ def test_a_captioning_benchmark_runs_with_its_defaults_on_a_tiny_model(benchmark
     printed = capsys.readouterr().out
     assert "TINY random model" in printed
     assert ("keyframes/s, engine against generate: 1 clips" if benchmark == "internvl" else "best clips/hour: engine") in printed
+
+
+def test_each_benchmark_runs_its_own_modules_measurement():
+    """`python -m extract.bench NAME` dispatches to extract/bench/NAME.py, and every module with options is a benchmark."""
+    import pkgutil
+
+    import extract.bench
+    from extract.bench.__main__ import BENCHMARKS
+
+    with_options = {m.name for m in pkgutil.iter_modules(extract.bench.__path__)
+                    if hasattr(__import__(f"extract.bench.{m.name}", fromlist=["_"]), "add_arguments")}
+    assert set(BENCHMARKS) == with_options
+    for name, (add_arguments, measure, _) in BENCHMARKS.items():
+        assert add_arguments.__module__ == measure.__module__ == f"extract.bench.{name}"
+        assert measure.__name__ == f"bench_{name}"
+
+
+def test_the_model_benchmarks_options_parse_to_their_types():
+    import argparse
+
+    from extract.bench.__main__ import BENCHMARKS
+
+    for name in ("llava_video", "internvl", "grounding_sam"):
+        parser = argparse.ArgumentParser()
+        BENCHMARKS[name][0](parser)
+        args = parser.parse_args(["--size", "full", "--layers", "2", "--batches", "1,2"])
+        assert (args.size, args.layers, args.batches) == ("full", 2, "1,2"), name
+
+
+def test_a_given_checkpoint_is_the_model_a_captioning_benchmark_times(tmp_path):
+    from types import SimpleNamespace
+
+    from extract.bench.common import captioning_head
+    from extract.models.random_models import save_tiny_llava_video
+
+    folder = str(save_tiny_llava_video(tmp_path / "given"))
+    args = SimpleNamespace(checkpoint=folder, size="tiny", layers=None)
+    never = lambda *unused: pytest.fail("built another model than the one given")  # noqa: E731
+    head, what = captioning_head("llava_video", args, str(tmp_path / "scratch"), torch.device("cpu"), never, "full", never,
+                                 "tiny", max_new_tokens=2)
+    assert what == folder and head.model_id == folder and not (tmp_path / "scratch").exists()
+
+
+def test_the_stand_in_model_waits_its_time_for_each_clip():
+    import time
+
+    from extract.bench.pipeline import StandInModel
+
+    model = StandInModel(wait_per_clip_s=0.02, new_tokens=3, token_id=7, eos_id=1, vocab_rows=10)
+    started = time.perf_counter()
+    out = model.generate(inputs_embeds=torch.zeros(4, 5, 8), max_new_tokens=3)
+    assert time.perf_counter() - started >= 4 * 0.02 and model.waited_s == pytest.approx(0.08)
+    assert out.sequences.tolist() == [[7, 7, 7]] * 4

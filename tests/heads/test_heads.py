@@ -67,12 +67,23 @@ def test_an_undeclared_field_is_that_clips_error(tmp_path, clip_bytes):
     assert "not_declared" not in record
 
 
-def test_a_field_named_as_a_base_field_is_refused():
-    with pytest.raises(TypeError, match="status"):
+@pytest.mark.parametrize("base_field", ["status", "arrays", "length_s", "length_mismatch"])
+def test_a_field_named_as_a_base_field_is_refused(base_field):
+    with pytest.raises(TypeError, match=base_field):
         @register
         class Clashes(Head):
             name = "test_clashes"
-            fields = {"status": str, "caption": str}
+            fields = {base_field: str, "caption": str}
+
+
+def test_the_base_fields_are_the_ones_the_readme_lists():
+    import re
+
+    table = (REPO / "README.md").read_text().split("| base field | type | meaning |")[1].split("\n\n")[0]
+    listed = [name for row in table.splitlines()[2:] for name in re.findall(r"`(\w+)`", row.split("|")[1])]
+    assert listed == ["key", "video_id", "start", "end", "duration", "in_csv", "length_s", "length_mismatch", "shard", "member",
+                      "head", "model", "status", "error_type", "error", "arrays", "sample"]
+    assert sorted(BASE_FIELDS) == sorted(listed)
 
 
 def test_several_heads_share_one_read_and_one_decode_per_clip(tmp_path, monkeypatch):
@@ -110,6 +121,7 @@ def test_a_clip_that_cannot_be_read_is_an_error_in_every_heads_folder(tmp_path, 
         readme = records["README.txt"]
         assert (readme["status"], readme["error_type"]) == ("rejected", "bad_name") and readme["key"].startswith("member_")
         assert (records["orphan.json"]["status"], records["orphan.json"]["error_type"]) == ("error", "no_media")
+        assert all(record["arrays"] == [] for record in records.values())  # none written, listed as none: never null
 
 
 def test_only_the_chosen_heads_need_their_packages(tmp_path, clip_bytes):

@@ -153,3 +153,17 @@ def test_the_folder_carries_the_tokenizer_files_the_template_and_the_end_token(s
     assert AutoConfig.from_pretrained(target).image_token_id == IMAGE_TOKEN
     assert GenerationConfig.from_pretrained(target).eos_token_id == 92542
     assert {"tokenizer.model", "tokenizer_config.json", "tokenization_internlm2.py"} <= {p.name for p in target.iterdir()}
+
+
+def test_the_command_line_names_the_head_that_runs_the_folder(source, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    folder, _ = source
+    target = tmp_path / "native"
+    done = subprocess.run([sys.executable, "-m", "extract.convert", "internvl2", str(folder), str(target), "--image-token-id",
+                           str(IMAGE_TOKEN)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == f"wrote {target}; use it with +model=internvl model.checkpoint={target}"

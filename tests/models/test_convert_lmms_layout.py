@@ -92,9 +92,11 @@ def test_the_command_line_converts_and_says_how_to_use_the_folder(release, tmp_p
     assert json.loads((target / "config.json").read_text())["architectures"] == ["LlavaOnevisionForConditionalGeneration"]
     (tmp_path / "not-json").mkdir()
     (tmp_path / "not-json" / "config.json").write_text("{broken")
+    (tmp_path / "not-text").mkdir()
+    (tmp_path / "not-text" / "config.json").write_bytes(b"\xff\xfe\x00binary")
     for what in ("llava_video", "internvl2"):
         for folder, words in ((tmp_path / "absent", "is not a checkpoint folder: it has no config.json"),
-                              (tmp_path / "not-json", "config.json is not JSON")):
+                              (tmp_path / "not-json", "config.json is not JSON"), (tmp_path / "not-text", "config.json is not JSON")):
             refused = subprocess.run([*command, what, str(folder), str(tmp_path / "out")], cwd=REPO, capture_output=True,
                                      text=True, timeout=300)
             assert refused.returncode == 2 and refused.stderr.startswith(f"error: {folder}"), refused.stderr[-2000:]
