@@ -670,3 +670,12 @@ ROOMS["layout"] = {
          "Synchformer imports the data module: a model needs the pipeline to load"),
     ],
 }
+# what a new user hit after the move
+ROOMS["runner"]["tests"].append("tests/heads/test_heads.py::test_the_readme_example_head_runs_as_written")
+ROOMS["runner"]["mutations"].append(
+    (R, "        if node is not None and not OmegaConf.is_dict(node):", "        if False:",
+     "a head YAML without its @package line first ends in a traceback, not one line naming it"))
+ROOMS["report"]["tests"].append("tests/test_report.py::test_a_file_of_many_streams_is_shown_by_the_stream_probe_decoded")
+ROOMS["report"]["mutations"].append(
+    (RP, 'next((stream for stream in streams if stream.get("index") == index), streams[0] if streams else {})',
+     '(streams[0] if streams else {})', "a file of many streams is shown by its first stream, not the one probe decoded"))
