@@ -341,7 +341,7 @@ def load_synchformer(path: str | None, device: torch.device, dtype: torch.dtype)
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         raise CheckpointError(f"{path} holds pickled Python objects, not only tensors, and is not read (weights_only=True): "
-                          f"{fetch}") from None
+                              f"{fetch}") from None
     except Exception as exc:
         raise CheckpointError(f"{path} is not a PyTorch checkpoint ({type(exc).__name__}): {fetch}") from None
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
@@ -359,7 +359,7 @@ def load_synchformer(path: str | None, device: torch.device, dtype: torch.dtype)
     for problem, keys in (("missing", missing), ("left over", extra), ("of the wrong shape", wrong)):
         if keys:
             raise CheckpointError(f"Synchformer checkpoint {path}: {len(keys)} tensor(s) {problem}: "
-                              f"{', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}")
+                                  f"{', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}")
     model.load_state_dict(state, strict=True)
     return model.to(device=device, dtype=dtype).eval()
 
