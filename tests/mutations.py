@@ -68,6 +68,8 @@ ROOMS: dict[str, dict] = {
              "output totals lose the keys: key-joined CSV rows are all listed as without clips"),
             (W, "fcntl.LOCK_EX | fcntl.LOCK_NB", "fcntl.LOCK_SH | fcntl.LOCK_NB",
              "a second live run on the same output is not refused (shared lock)"),
+            (W, "fcntl.LOCK_EX | fcntl.LOCK_NB", "fcntl.LOCK_EX",
+             "a second live run on the same output waits for the first's lock instead of being refused"),
             (W, "            for shard in self._open.values():\n                shard.file.flush()\n\n    def finish",
              "            for shard in self._open.values():\n                pass\n\n    def finish",
              "records are not flushed after each batch: a kill loses what sat in the buffer"),

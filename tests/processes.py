@@ -51,9 +51,9 @@ def alive(pids) -> set[int]:
     return living
 
 
-def kill_tree(pid: int) -> set[int]:
-    """Freeze `pid` and all its descendants (so none can start another or notice), then SIGKILL them all at
-    once, as a node failure would. Returns the pids killed."""
+def freeze_tree(pid: int) -> set[int]:
+    """SIGSTOP `pid` and all its descendants, top down until none is left running (so none can start another
+    or notice). Returns the pids frozen."""
     frozen: set[int] = set()
     todo = {pid}
     while todo:
@@ -64,11 +64,22 @@ def kill_tree(pid: int) -> set[int]:
                 pass
         frozen |= todo
         todo = set().union(*(descendants(p) for p in frozen)) - frozen
-    for p in frozen:
+    return frozen
+
+
+def signal_all(pids, signum: int) -> None:
+    for p in pids:
         try:
-            os.kill(p, signal.SIGKILL)
+            os.kill(p, signum)
         except ProcessLookupError:
             pass
+
+
+def kill_tree(pid: int) -> set[int]:
+    """Freeze `pid` and all its descendants, then SIGKILL them all at once, as a node failure would. Returns the
+    pids killed."""
+    frozen = freeze_tree(pid)
+    signal_all(frozen, signal.SIGKILL)
     return frozen
 
 

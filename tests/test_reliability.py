@@ -16,7 +16,7 @@ import time
 import pytest
 
 from conftest import REPO, compose_cfg, make_clip, read_records, run_cli, write_shard
-from processes import descendants, kill_tree, wait_gone
+from processes import descendants, freeze_tree, kill_tree, signal_all, wait_gone
 from extract import data as data_module
 from extract.decode import decode_views
 from extract.runner import run
@@ -121,7 +121,7 @@ def test_a_hung_decode_is_abandoned_and_the_run_goes_on(tmp_path, clip_bytes, mo
     statuses = {r["member"]: (r["status"], r["error_type"]) for r in read_records(tmp_path / "out" / "probe")}
     assert statuses == {"before (0-1).mp4": ("ok", None), "hangs (0-1).mp4": ("error", "decode_timeout"),
                         "after (0-1).mp4": ("ok", None)}
-    assert time.monotonic() - started < 60
+    assert time.monotonic() - started < 300  # the hung decode sleeps an hour: the run did not wait for it
 
 
 def test_member_and_decoded_size_limits(tmp_path, clip_bytes):
@@ -216,6 +216,10 @@ def _saved(out) -> dict[str, dict[str, set[str]]]:
                    "partial": set().union(*(_complete_keys(p) for p in (out / head).glob("*.tar.partial")))} for head in HEADS}
 
 
+def _partial_keys(out) -> set[str]:
+    return set().union(*(_complete_keys(p) for p in out.glob("*/*.tar.partial")))
+
+
 def _wait_for_partial_records(out, timeout: float = 300) -> None:  # a loaded 2-core machine takes minutes to start
     """Until a partial output tar holds a record it did not hold before: output is being written."""
     before = {p: _complete_keys(p) for p in out.glob("*/*.tar.partial")}
@@ -248,21 +252,28 @@ def _check_every_clip_once(out, names) -> None:
 def test_node_failures_mid_write_then_the_rerun_redoes_only_what_is_missing(tmp_path):
     """A node failure kills the agent, its ranks, their workers and decode children at once. The rerun must
     keep every record the partial tars hold, and read and decode only the clips some head still lacks."""
-    names, args = _kill_dataset(tmp_path)
+    names, args = _kill_dataset(tmp_path, clips=16)  # enough that three kills, each after a second or so, leave work
     out = tmp_path / "out"
     rng = random.Random(int(os.environ.get("EXTRACT_KILL_SEED", "0")))
-    for _ in range(int(os.environ.get("EXTRACT_KILLS", "3"))):
+    largest_kill, kills = 0, 0
+    # a kill just after a shard's tar was finished leaves nothing partial to resume: then one more kill, up to 3 more
+    while kills < int(os.environ.get("EXTRACT_KILLS", "3")) or (kills < 6 and not _partial_keys(out)):
+        kills += 1
         job = _launch(args)
         _wait_for_partial_records(out)
         time.sleep(rng.uniform(0.0, 0.5))
         killed = kill_tree(job.pid)
         job.wait()
-        assert len(killed) >= 5 and wait_gone(killed, timeout=10) == set()  # agent, 2 ranks, their workers, decode children
+        assert wait_gone(killed, timeout=10) == set()
+        largest_kill = max(largest_kill, len(killed))
         _check_complete_tars_read_to_the_end(out)
+    # one rank may still be starting, or be done with its part, at a kill; some kill must have hit the whole tree:
+    # the agent, 2 ranks, their workers, decode children
+    assert largest_kill >= 5, largest_kill
     assert list(out.glob("*/.locks/*.lock")), "the killed runs' lock files are there; they must not block the rerun"
 
     saved = _saved(out)
-    assert sum(len(s["partial"]) for s in saved.values()) > 0, "the kills left nothing to resume; the test proves nothing"
+    assert _partial_keys(out), "the kills left nothing to resume; the test proves nothing"
     job = _launch(args)
     _, stderr = job.communicate(timeout=300)
     assert job.returncode == 0, stderr.decode()[-3000:]
@@ -296,19 +307,22 @@ def test_ranks_stop_when_their_agent_is_killed_and_the_rerun_finishes(tmp_path):
 
 
 def test_a_second_run_on_the_same_output_is_refused_while_the_first_writes(tmp_path):
-    # long enough that the first still writes when the second, started on a busy machine, looks at the output
-    names, args = _kill_dataset(tmp_path, shards=4, clips=32, seconds=8)
+    names, args = _kill_dataset(tmp_path)
     out = tmp_path / "out"
     first = _launch(args)
     _wait_for_partial_records(out)
-    started = time.monotonic()
-    second = run_cli(*args)
-    assert first.poll() is None, "the first run ended before the second started: the test proves nothing"
-    assert second.returncode == 2 and time.monotonic() - started < 60
+    # the first is frozen mid-write, holding its locks, while the second looks: it cannot end in the meantime
+    # however slowly the second starts, and a second that waited for the lock would wait until the timeout
+    frozen = freeze_tree(first.pid)
+    try:
+        second = run_cli(*args, timeout=240)
+    finally:
+        signal_all(frozen, signal.SIGCONT)
+    assert second.returncode == 2, second.stderr
     [line] = second.stderr.strip().splitlines()
     assert line.startswith("error: ") and "is being written by another run" in line and f"pid {first.pid}" not in line
     _, stderr = first.communicate(timeout=300)
-    assert first.returncode == 0, stderr.decode()[-3000:]
+    assert first.returncode == 0, stderr.decode()[-3000:]  # the refused second run left the first's output alone
     _check_every_clip_once(out, names)
 
 

@@ -1,6 +1,7 @@
 """The writer's rules, on its own: one folder, one set of head options."""
 
 import json
+import threading
 
 import pytest
 
@@ -82,7 +83,19 @@ def test_a_shard_being_written_is_locked_against_a_second_writer(tmp_path):
     from extract.writer import OutputBusy, ShardLock
 
     lock = ShardLock(tmp_path / ".locks" / "s-000.lock")
-    with pytest.raises(OutputBusy, match="is being written by another run"):
-        ShardLock(tmp_path / ".locks" / "s-000.lock")
+    second: list[BaseException] = []
+
+    def take_it_again():
+        try:
+            ShardLock(tmp_path / ".locks" / "s-000.lock")
+        except BaseException as error:  # noqa: BLE001 - the test looks at what it was
+            second.append(error)
+
+    attempt = threading.Thread(target=take_it_again, daemon=True)  # a daemon: a lock that waits must not hang the suite
+    attempt.start()
+    attempt.join(timeout=30)
+    assert not attempt.is_alive(), "the second writer waits for the lock instead of being refused"
+    [refused] = second
+    assert isinstance(refused, OutputBusy) and "is being written by another run" in str(refused)
     lock.release()
     ShardLock(tmp_path / ".locks" / "s-000.lock").release()  # released: the next run takes it
