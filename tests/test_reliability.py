@@ -256,7 +256,7 @@ def test_node_failures_mid_write_then_the_rerun_redoes_only_what_is_missing(tmp_
     out = tmp_path / "out"
     rng = random.Random(int(os.environ.get("EXTRACT_KILL_SEED", "0")))
     largest_kill, kills = 0, 0
-    # a kill just after a shard's tar was finished leaves nothing partial to resume: then one more kill, up to 3 more
+    # a kill just after a shard's tar was finished leaves nothing partial to resume: then one more, up to 6 kills in all
     while kills < int(os.environ.get("EXTRACT_KILLS", "3")) or (kills < 6 and not _partial_keys(out)):
         kills += 1
         job = _launch(args)
@@ -316,6 +316,9 @@ def test_a_second_run_on_the_same_output_is_refused_while_the_first_writes(tmp_p
     frozen = freeze_tree(first.pid)
     try:
         second = run_cli(*args, timeout=240)
+    except BaseException:
+        kill_tree(first.pid)  # a failed test leaves no run behind
+        raise
     finally:
         signal_all(frozen, signal.SIGCONT)
     assert second.returncode == 2, second.stderr
