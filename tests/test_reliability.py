@@ -310,23 +310,24 @@ def test_a_second_run_on_the_same_output_is_refused_while_the_first_writes(tmp_p
     names, args = _kill_dataset(tmp_path)
     out = tmp_path / "out"
     first = _launch(args)
-    _wait_for_partial_records(out)
-    # the first is frozen mid-write, holding its locks, while the second looks: it cannot end in the meantime
-    # however slowly the second starts, and a second that waited for the lock would wait until the timeout
-    frozen = freeze_tree(first.pid)
     try:
-        second = run_cli(*args, timeout=240)
-    except BaseException:
-        kill_tree(first.pid)  # a failed test leaves no run behind
-        raise
+        _wait_for_partial_records(out)
+        # the first is frozen mid-write, holding its locks, while the second looks: it cannot end in the meantime
+        # however slowly the second starts, and a second that waited for the lock would wait until the timeout
+        frozen = freeze_tree(first.pid)
+        try:
+            second = run_cli(*args, timeout=240)
+        finally:
+            signal_all(frozen, signal.SIGCONT)
+        assert second.returncode == 2, second.stderr
+        [line] = second.stderr.strip().splitlines()
+        assert line.startswith("error: ") and "is being written by another run" in line and f"pid {first.pid}" not in line
+        _, stderr = first.communicate(timeout=300)
+        assert first.returncode == 0, stderr.decode()[-3000:]  # the refused second run left the first's output alone
+        _check_every_clip_once(out, names)
     finally:
-        signal_all(frozen, signal.SIGCONT)
-    assert second.returncode == 2, second.stderr
-    [line] = second.stderr.strip().splitlines()
-    assert line.startswith("error: ") and "is being written by another run" in line and f"pid {first.pid}" not in line
-    _, stderr = first.communicate(timeout=300)
-    assert first.returncode == 0, stderr.decode()[-3000:]  # the refused second run left the first's output alone
-    _check_every_clip_once(out, names)
+        if first.poll() is None:  # a failed test leaves no run behind
+            kill_tree(first.pid)
 
 
 def test_a_crashed_rank_is_restarted_by_torchrun_and_the_job_completes(tmp_path):
