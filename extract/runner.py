@@ -25,7 +25,7 @@ from extract.heads import Clip, Head, Result
 from extract.progress import Progress
 from extract.records import UndeclaredField, head_record
 from extract.schema import BaseRecord, dataset_card
-from extract.writer import OutputWriter, drop_cross_shard_duplicates, output_totals
+from extract.writer import OutputWriter, check_sources, drop_cross_shard_duplicates, output_totals
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +171,8 @@ def check_inputs(cfg: DictConfig) -> tuple[list[str], Catalog, dict[str, Head]]:
     clashes = [stem for stem, count in stems.items() if count > 1]
     if clashes:
         raise ConfigError(f"several input shards share the output name {clashes[0]!r}; rename them")
+    for name in heads:  # an output name that holds another shard's records would make this one look done
+        check_sources(Path(cfg.output_dir) / name, shards)
     catalog = Catalog.load(cfg.dataset_csv, cfg.csv_tolerance) if cfg.dataset_csv else Catalog.empty(cfg.csv_tolerance)
     return shards, catalog, heads
 

@@ -10,6 +10,7 @@ missing clips are redone. `<stem>.stats.json` beside each tar keeps its counts f
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import io
 import json
 import math
@@ -126,6 +127,55 @@ def salvage(partial: Path) -> tuple[int, ShardTally, set[str]]:
     return keep, tally, keys
 
 
+# how much of each end of an input shard identifies it: a gzip stream ends with the CRC-32 and length of all it holds
+SOURCE_SAMPLE_BYTES = 1 << 20
+
+
+def shard_source(url: str) -> dict:
+    """What identifies an input shard whatever folder it sits in: a local file's size and a hash of its first and last
+    MiB; anything else (a `pipe:` command, a URL) by its text, since it cannot be read twice cheaply."""
+    path = Path(url[len("file:"):] if url.startswith("file:") else url)
+    if not path.is_file():
+        return {"url": url}
+    size = path.stat().st_size
+    digest = hashlib.sha1()
+    with open(path, "rb") as f:
+        digest.update(f.read(SOURCE_SAMPLE_BYTES))
+        f.seek(max(0, size - SOURCE_SAMPLE_BYTES))
+        digest.update(f.read(SOURCE_SAMPLE_BYTES))
+    return {"size": size, "sha1_ends": digest.hexdigest()}
+
+
+def recorded_source(folder: Path, stem: str) -> tuple[dict, str] | None:
+    """(source, shard url) of the input an output shard of `folder` was made from, if it was recorded."""
+    for path in (folder / f"{stem}.stats.json", folder / ".sources" / f"{stem}.json"):
+        try:
+            written = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if written.get("source"):
+            return written["source"], written.get("shard")
+    return None
+
+
+def check_sources(folder: Path, urls: list[str]) -> None:
+    """Refuse, before any work, an input shard whose output name in `folder` holds the records of another shard: the
+    finished output would make it look done (a silent skip), a `.partial` would mix two shards. The same shard moved
+    to another folder is the same source and resumes."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    for url in urls:
+        stem = shard_stem(url)
+        if not any(p.exists() for p in (folder / f"{stem}.tar", folder / f"{stem}.tar.partial")):
+            continue
+        recorded = recorded_source(folder, stem)
+        if recorded is None or recorded[0] == shard_source(url):
+            continue
+        raise ConfigError(f"input shard {url} would write {folder / stem}.tar, which holds the records of another shard "
+                          f"({recorded[1]}, other content); give this run another output_dir, or rename the shard")
+
+
 class OutputError(Exception):
     """The output cannot be written (disk full, permissions); unfinished shards stay `.partial`."""
 
@@ -193,6 +243,7 @@ class OutputWriter:
         self._resume: dict[str, tuple[int, ShardTally]] = {}
         self._open: dict[str, _OpenShard] = {}
         self._locks: dict[str, ShardLock] = {}
+        self._sources: dict[str, dict] = {}
 
     def _claim(self, options: dict) -> None:
         """One folder, one set of head options: a run whose options differ from those that wrote the records here
@@ -230,11 +281,21 @@ class OutputWriter:
                 continue
             todo.append(url)
             done_keys[url] = set()
+            self._record_source(url)
             if partial.exists():
                 keep, tally, keys = salvage(partial)
                 self._resume[url] = (keep, tally)
                 done_keys[url] = keys
         return todo, done_keys, complete
+
+    def _record_source(self, url: str) -> None:
+        """Name the input this output shard is made from before anything of it is written (check_sources reads it)."""
+        path = self.folder / ".sources" / f"{shard_stem(url)}.json"
+        source = shard_source(url)
+        self._sources[url] = source
+        with _writing(path):
+            path.parent.mkdir(exist_ok=True)
+            _replace_bytes(path, encode_record({"shard": url, "source": source}))
 
     def _shard(self, url: str) -> _OpenShard:
         if url not in self._open:
@@ -278,7 +339,7 @@ class OutputWriter:
         shard.file.close()
         del self._open[url]
         stats = {
-            "shard": url, "output": final.name, "head": head, "records": sum(shard.tally.by_status.values()),
+            "shard": url, "source": self._sources.get(url) or shard_source(url), "output": final.name, "head": head, "records": sum(shard.tally.by_status.values()),
             "by_status": dict(shard.tally.by_status), "by_error_type": dict(shard.tally.by_error_type),
             "fault": fault, "duplicates": duplicates, "clips": shard.tally.clips, "keys": shard.tally.keys,
             "length_mismatches": shard.tally.length_mismatches,

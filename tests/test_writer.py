@@ -1,6 +1,7 @@
 """The writer's rules, on its own: one folder, one set of head options."""
 
 import json
+import tarfile
 import threading
 
 import pytest
@@ -99,3 +100,53 @@ def test_a_shard_being_written_is_locked_against_a_second_writer(tmp_path):
     assert isinstance(refused, OutputBusy) and "is being written by another run" in str(refused)
     lock.release()
     ShardLock(tmp_path / ".locks" / "s-000.lock").release()  # released: the next run takes it
+
+
+def test_a_different_shard_under_a_finished_shards_name_is_refused_and_the_same_shard_moved_resumes(tmp_path):
+    """Two folders each with part-00000.tar.gz into one output_dir: the second is not taken for done (a silent skip of
+    all its clips); the first, moved to another folder, is the same shard and is not redone."""
+    import shutil
+
+    from conftest import make_clip, run_cli, write_shard
+
+    first, second, moved = tmp_path / "A", tmp_path / "B", tmp_path / "moved"
+    for folder in (first, second, moved):
+        folder.mkdir()
+    clip = make_clip(seconds=1, tone=None)
+    write_shard(first / "part-00000.tar.gz", [("a (0-1).mp4", clip), ("b (0-1).mp4", clip)])
+    write_shard(second / "part-00000.tar.gz", [(f"other{i} (0-1).mp4", clip) for i in range(3)])
+    out = tmp_path / "out"
+    done = run_cli("+model=probe", f"tar_folder={first}", f"output_dir={out}", "num_workers=0")
+    assert done.returncode == 0, done.stderr
+
+    refused = run_cli("+model=probe", f"tar_folder={second}", f"output_dir={out}", "num_workers=0")
+    assert refused.returncode == 2
+    errors = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and str(second / "part-00000.tar.gz") in errors[0] and "another shard" in errors[0], refused.stderr
+    assert "Traceback" not in refused.stderr
+    with tarfile.open(out / "probe" / "part-00000.tar") as tar:
+        assert [json.loads(tar.extractfile(m).read())["video_id"] for m in tar.getmembers()] == ["a", "b"]  # untouched
+
+    shutil.move(first / "part-00000.tar.gz", moved / "part-00000.tar.gz")
+    again = run_cli("+model=probe", f"tar_folder={moved}", f"output_dir={out}", "num_workers=0")
+    assert again.returncode == 0, again.stderr
+    summary = json.loads((out / "probe" / "summary.json").read_text())
+    assert summary["this_run"]["records"] == 0 and summary["output_totals"]["records"] == 2
+
+
+def test_a_partial_shard_of_another_input_is_not_resumed_with_this_ones_clips(tmp_path):
+    from extract.errors import ConfigError
+    from extract.writer import OutputWriter, check_sources
+
+    first, second = tmp_path / "A" / "s.tar", tmp_path / "B" / "s.tar"
+    for path, content in ((first, b"one" * 100), (second, b"two" * 100)):
+        path.parent.mkdir()
+        path.write_bytes(content)
+    writer = OutputWriter(tmp_path / "out")
+    writer.plan([str(first)])
+    writer.write(str(first), {"key": "k", "status": "ok"}, {})
+    writer.close()  # killed mid-shard: a .partial is left
+    assert (tmp_path / "out" / "s.tar.partial").exists()
+    check_sources(tmp_path / "out", [str(first)])  # the same input resumes
+    with pytest.raises(ConfigError, match="holds the records of another shard"):
+        check_sources(tmp_path / "out", [str(second)])
