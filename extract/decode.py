@@ -14,6 +14,7 @@ goes on.
 from __future__ import annotations
 
 import ctypes
+import io
 import math
 import os
 import pickle
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Pipe
 from typing import Callable
 
+import av
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -196,15 +198,16 @@ def _video_decoder(data: bytes, stream_index: int | None = None):
         return VideoDecoder(data, seek_mode="exact", dimension_order="NHWC", stream_index=stream_index)._decoder
 
 
-def average_rate(stream) -> float | None:
-    """A video stream's average frame rate as ffprobe's avg_frame_rate and decord's get_avg_fps() give it: its frames
-    over its duration, from the header where both are there (what ffmpeg computes it from for mp4). torchcodec's
-    average_fps_from_header is the stream's r_frame_rate for such streams (30 for a variable-rate phone clip averaging
-    10.7, or the 90 kHz time base itself)."""
-    count, duration = stream.num_frames_from_header, stream.duration_seconds_from_header
-    if count and duration:
-        return _seconds(count / duration)
-    return _seconds(stream.average_fps_from_header)
+def average_rates(data: bytes) -> dict[int, float | None]:
+    """{stream index: average frame rate} of the video streams, exactly as ffprobe prints avg_frame_rate and decord's
+    get_avg_fps() returns it (FFmpeg's AVStream.avg_frame_rate, unrounded; None where FFmpeg has none). torchcodec
+    reports av_guess_frame_rate instead, mostly r_frame_rate: 30 for a variable-rate phone clip averaging 10.7. For mp4
+    FFmpeg takes it from the sample table, before the edit list, so a stream-copied cut keeps its source's rate."""
+    try:
+        with av.open(io.BytesIO(data)) as container:
+            return {stream.index: float(stream.average_rate) if stream.average_rate else None for stream in container.streams.video}
+    except Exception:  # PyAV's FFmpeg refuses what torchcodec's opened: no declared rate
+        return {}
 
 
 def _container_info(data: bytes) -> dict:
@@ -223,11 +226,12 @@ def _container_info(data: bytes) -> dict:
             raise DecodeFailure("decode_error", f"the {container} file cannot be read, truncated or corrupt ({_reason(exc)})") from exc
         raise DecodeFailure("not_media", _looks_like_text(data) or f"ffmpeg cannot read it as media ({_reason(exc)})") from exc
     video, audio, subtitles = [], [], []
+    rates = average_rates(data) if any(isinstance(s, codec_core.VideoStreamMetadata) for s in container.streams) else {}
     for stream in container.streams:
         if isinstance(stream, codec_core.VideoStreamMetadata):
             # fps, num_frames, duration_s and first_frame_s are measured when the stream is decoded (null for the others)
             video.append({"index": stream.stream_index, "codec": stream.codec, "width": stream.width, "height": stream.height,
-                          "fps": None, "fps_header": average_rate(stream), "num_frames": None,
+                          "fps": None, "fps_header": rates.get(stream.stream_index), "num_frames": None,
                           "num_frames_header": stream.num_frames_from_header, "duration_s": None,
                           "duration_s_header": _seconds(stream.duration_seconds_from_header),
                           "start_s": _seconds(stream.begin_stream_seconds_from_header), "first_frame_s": None,
@@ -504,12 +508,22 @@ def _decode_video(data: bytes, info: dict, specs: list[MediaSpec], max_decoded_b
 SOUNDFILE_CONTAINERS = ("wav", "flac", "ogg")
 
 
+def _all_samples(decoder):
+    """Every sample of the stream, sound before time 0 included (a negative-timestamp mkv, a codec's pre-roll kept by
+    the muxer): the ffmpeg command line the authors' loaders read through (librosa's audioread, Synchformer's
+    re-encode) writes all of them, while torchcodec's get_all_samples starts at 0."""
+    start = decoder.metadata.begin_stream_seconds_from_header
+    if start is not None and start < 0:
+        return decoder.get_samples_played_in_range(start_seconds=start - 1.0)
+    return decoder.get_all_samples()
+
+
 def _decode_audio(data: bytes, info: dict, sample_rate: int, resampler: str = "ffmpeg") -> tuple[np.ndarray, float]:
     """(mean of the channels at `sample_rate`, time of the first sample)."""
     if resampler == "ffmpeg":
-        samples = AudioDecoder(data, stream_index=info["audio_stream_index"], sample_rate=sample_rate).get_all_samples()
+        samples = _all_samples(AudioDecoder(data, stream_index=info["audio_stream_index"], sample_rate=sample_rate))
         return samples.data.mean(dim=0).numpy().astype(np.float32), float(samples.pts_seconds)
-    samples = AudioDecoder(data, stream_index=info["audio_stream_index"]).get_all_samples()  # at the file's own rate
+    samples = _all_samples(AudioDecoder(data, stream_index=info["audio_stream_index"]))  # at the file's own rate
     sound = samples.data.numpy().astype(np.float32)
     if info.get("container") not in SOUNDFILE_CONTAINERS:  # audioread's ffmpeg output: 16-bit, as ffmpeg rounds to it
         sound = np.clip(np.rint(sound * 32768.0), -32768, 32767).astype(np.float32) / 32768.0

@@ -1,5 +1,8 @@
 import struct
+from pathlib import Path
 import time
+
+import numpy as np
 
 import pytest
 
@@ -266,3 +269,66 @@ def test_a_small_video_is_never_scaled_up_and_the_measured_length_spans_every_st
     assert media.audio_start == pytest.approx(0.5, abs=0.01) and audio_end > video_end
     assert media.info["duration_s_measured"] == pytest.approx(audio_end - media.video["first_frame_s"], abs=1e-3)
     assert media.info["duration_s_measured"] == pytest.approx(2.5, abs=0.05)
+
+
+def _cuts_and_odd_rates(tmp: Path) -> dict[str, Path]:
+    """Files whose declared average rate is easy to get wrong: stream copies cut between keyframes (an mp4 edit list,
+    the commonest way clips are cut from long videos), NTSC rates, a 90 kHz phone clock, fragmented mp4, Matroska."""
+    import subprocess
+
+    def ffmpeg(*arguments):
+        subprocess.run(["ffmpeg", "-loglevel", "error", "-y", *map(str, arguments)], check=True)
+
+    long25, ntsc = tmp / "long25.mp4", tmp / "ntsc.mp4"
+    ffmpeg("-f", "lavfi", "-i", "testsrc=size=96x64:rate=25:duration=10", "-f", "lavfi", "-i", "sine=duration=10", "-c:v",
+           "libx264", "-g", "50", "-pix_fmt", "yuv420p", "-c:a", "aac", long25)
+    ffmpeg("-f", "lavfi", "-i", "testsrc=size=96x64:rate=30000/1001:duration=6", "-c:v", "libx264", "-g", "60",
+           "-pix_fmt", "yuv420p", ntsc)
+    files = {"copy cut mp4": tmp / "cut.mp4", "copy cut ntsc": tmp / "cutntsc.mp4", "copy cut mkv": tmp / "cut.mkv",
+             "fragmented": tmp / "frag.mp4", "phone clock": tmp / "phone.mp4"}
+    ffmpeg("-ss", "3.3", "-t", "3.14", "-i", long25, "-c", "copy", files["copy cut mp4"])
+    ffmpeg("-ss", "1.3", "-t", "2.2", "-i", ntsc, "-c", "copy", files["copy cut ntsc"])
+    ffmpeg("-ss", "2.5", "-t", "3", "-i", long25, "-c", "copy", files["copy cut mkv"])
+    ffmpeg("-i", long25, "-c", "copy", "-movflags", "frag_keyframe+empty_moov", files["fragmented"])
+    files["phone clock"].write_bytes(phone_like_clip())
+    return files
+
+
+def test_the_declared_rate_is_exactly_ffprobes_avg_frame_rate_on_cuts_and_odd_clocks(tmp_path):
+    import subprocess
+    from fractions import Fraction
+
+    for what, path in _cuts_and_odd_rates(tmp_path).items():
+        printed = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "stream=avg_frame_rate",
+                                  "-of", "default=nw=1:nk=1", str(path)], capture_output=True, check=True, text=True).stdout.strip()
+        media = decode_media(path.read_bytes(), MediaSpec(num_frames=4))
+        assert media.video["fps_header"] == float(Fraction(printed)), what  # unrounded: 30000/1001, not 29.97003
+
+
+def test_llava_videos_times_on_a_copy_cut_follow_the_average_rate(tmp_path):
+    """A 3.14 s stream copy of a 25 fps video: the frames are 1/25 s apart and the video lasts what it lasts (as decord's
+    get_avg_fps gives the rate), not 113 stored frames over the edited 3.2 s (35 fps, a clip squeezed to 2.3 s)."""
+    from extract.heads.llava_video import LlavaVideo
+
+    media = decode_media(_cuts_and_odd_rates(tmp_path)["copy cut mp4"].read_bytes(), MediaSpec(num_frames=8, sampling="linspace"))
+    times, length = LlavaVideo.frame_times(media)
+    assert times == [round(index / 25, 2) for index in media.frame_indices]
+    assert length == pytest.approx(3.14, abs=0.1)
+
+
+def test_sound_before_time_zero_is_kept_as_the_ffmpeg_command_line_writes_it(tmp_path):
+    """Audio muxed 0.5 s before the video (a negative start in Matroska): the authors' loaders read the sound through
+    the ffmpeg command line, which writes every sample; none of the first half second may be lost."""
+    import subprocess
+
+    path = tmp_path / "early.mkv"
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc=size=96x64:rate=25:duration=3", "-itsoffset",
+                    "-0.5", "-f", "lavfi", "-i", "sine=frequency=440:duration=3:sample_rate=48000", "-c:v", "libx264", "-c:a",
+                    "libopus", "-avoid_negative_ts", "disabled", "-shortest", str(path)], check=True)
+    written = np.frombuffer(subprocess.run(["ffmpeg", "-loglevel", "error", "-i", str(path), "-map", "0:a", "-ac", "1", "-ar",
+                                            "16000", "-f", "f32le", "-"], capture_output=True, check=True).stdout, np.float32)
+    assert len(written) == 48000  # 3 s: the command line keeps the early half second
+    for resampler in ("ffmpeg", "librosa"):
+        media = decode_media(path.read_bytes(), MediaSpec(audio=True, sample_rate=16000, audio_resampler=resampler))
+        assert abs(len(media.audio) - len(written)) <= 16, resampler
+        assert media.audio_start == pytest.approx(-0.5, abs=0.04)  # where the sound sits against the frames
