@@ -398,6 +398,9 @@ def decode_items(items, heads: dict, decode_timeout: float, memory_limit_bytes: 
                         view = views[heads[name].media_spec]
                         if isinstance(view, DecodeFailure):
                             item.failures[name] = view
+                        elif view.info.get("still_image") and heads[name].media_spec.wants_video and not heads[name].takes_still_images:
+                            item.failures[name] = DecodeFailure("still_image", f"the file is a {view.info['container'].upper()} "
+                                                                "image, not a video")
                         else:
                             item.media[name] = view
                             stream = view.video

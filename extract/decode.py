@@ -125,9 +125,23 @@ class DecodeFailure(Exception):
 # ---------------------------------------------------------------------------- what a member is
 
 
+# pictures FFmpeg opens as a one-frame "video" (ffprobe: jpeg_pipe, png_pipe, gif, webp_pipe); crawls save them as .mp4
+IMAGE_CONTAINERS = ("jpeg", "png", "gif", "webp", "bmp")
+
+
 def sniff_container(data: bytes) -> str:
     """The container format from its magic bytes (torchcodec does not report it)."""
     head = data[:64]
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head.startswith((b"GIF87a", b"GIF89a")):
+        return "gif"
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return "webp"
+    if head.startswith(b"BM") and len(head) >= 26 and head[6:10] == b"\x00\x00\x00\x00":
+        return "bmp"
     if head[4:8] == b"ftyp":
         brand = head[8:12].decode("ascii", "replace").strip()
         return "mov" if brand == "qt" else f"mp4 ({brand})"
@@ -244,7 +258,8 @@ def _container_info(data: bytes) -> dict:
             subtitles.append({"index": stream.stream_index, "codec": stream.codec})
     if not video and not audio:
         raise DecodeFailure("not_media", "the file has neither a video nor an audio stream")
-    return {"container": sniff_container(data), "duration_s": _seconds(container.duration_seconds_from_header),
+    kind = sniff_container(data)
+    return {"container": kind, "still_image": kind in IMAGE_CONTAINERS, "duration_s": _seconds(container.duration_seconds_from_header),
             "bit_rate": container.bit_rate_from_header, "video_streams": video, "audio_streams": audio,
             "subtitle_streams": subtitles, "video_stream_index": container.best_video_stream_index,
             "audio_stream_index": ffmpeg_default_audio(audio)}

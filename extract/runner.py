@@ -259,6 +259,8 @@ class HeadRunner:
         if item.status == "ok" and failure is not None:
             if item.audio_only and failure.error_type == "no_video_stream":  # a sound sample: nothing for a picture head
                 base = replace(base, status="skipped", error_type="no_video", error="the sample is audio only")
+            elif failure.error_type == "still_image":  # nothing wrong with the file; it is just not a video
+                base = replace(base, status="skipped", error_type=failure.error_type, error=failure.message)
             else:
                 base = replace(base, status="error", error_type=failure.error_type, error=failure.message)
         if item.status != "ok" or failure is not None or result is None:

@@ -134,3 +134,34 @@ def test_the_wb_thumbnail_is_the_middle_sampled_frame_letterboxed():
     width = round(80 * THUMBNAIL_HEIGHT / 60)  # 96 high, 128 wide, centred in the 172-wide box
     left = (THUMBNAIL_WIDTH - width) // 2
     assert np.all(thumbnail[:, left + 2 : left + width - 2] == 80) and np.all(thumbnail[:, : left] == 0)
+
+
+def test_pictures_named_as_videos_are_described_by_probe_and_skipped_by_heads_that_need_a_video(tmp_path):
+    """Crawls save thumbnails as .mp4 (three in video2dataset's own test shard): probe says what the file is, a head
+    that needs a video skips it with a reason; neither takes a picture for a one-frame 25 fps video."""
+    import subprocess
+
+    from conftest import make_clip, read_records, run_cli, write_shard
+
+    def picture(codec_args, suffix):
+        out = tmp_path / f"p.{suffix}"
+        subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-f", "lavfi", "-i", "testsrc=size=64x48:duration=1", "-frames:v",
+                        "1", *codec_args, str(out)], check=True)
+        return out.read_bytes()
+
+    pictures = {"jpeg": picture([], "jpg"), "png": picture([], "png"), "gif": picture([], "gif"),
+                "webp": picture(["-c:v", "libwebp"], "webp")}
+    members = [(f"{kind} still (0-1).mp4", data) for kind, data in pictures.items()] + [("a video (0-1).mp4", make_clip(seconds=1))]
+    (tmp_path / "in").mkdir()
+    write_shard(tmp_path / "in" / "s.tar", members, gz=False)
+    out = tmp_path / "out"
+    done = run_cli("+model=[probe,av_sync]", "model.av_sync.method=onset_xcorr", f"tar_folder={tmp_path / 'in'}",
+                   f"output_dir={out}", "num_workers=0")
+    assert done.returncode == 0, done.stderr
+    probe = {r["video_id"]: r for r in read_records(out / "probe")}
+    sync = {r["video_id"]: r for r in read_records(out / "av_sync")}
+    for kind in pictures:
+        assert probe[f"{kind} still"]["status"] == "ok" and probe[f"{kind} still"]["container"] == kind
+        assert sync[f"{kind} still"]["status"] == "skipped" and sync[f"{kind} still"]["error_type"] == "still_image"
+        assert kind.upper() in sync[f"{kind} still"]["error"]
+    assert probe["a video"]["container"].startswith("mp4") and sync["a video"]["error_type"] != "still_image"

@@ -75,6 +75,9 @@ class Head:
     frames_in_model_step: ClassVar[bool] = True
     # clips a model call on a GPU unless the head's batch_size is given (runner.batch_size_on); None: the run's batch_size
     device_batch_size: ClassVar[int | None] = None
+    # whether a picture named as a video (a JPEG saved as .mp4) is something the head describes; other heads that need
+    # frames skip it (`still_image`)
+    takes_still_images: ClassVar[bool] = False
 
     def open(self, device: torch.device) -> None:
         """CPU-side set-up that `prepare` needs (processor, tokenizer); runs before the workers start."""

@@ -60,6 +60,8 @@ class Probe(Head):
               "video_streams": list[VideoStream], "audio_streams": list[AudioStream], "subtitle_streams": list[SubtitleStream],
               "video_stream_index": int, "audio_stream_index": int, "has_audio": bool, "audio_error": str, "stats": Stats}
 
+    takes_still_images = True  # what a file is, pictures included, is the probe's to say
+
     def __init__(self, fps: float = 4.0, max_frames: int = 64, short_side: int = 128, cut_threshold: float = 0.5):
         if fps <= 0 or not 0 <= cut_threshold <= 1:
             raise ValueError("fps must be positive and cut_threshold within 0 to 1")
