@@ -637,8 +637,8 @@ ROOMS["checkpoint"] = {
               "tests/models/test_synchformer.py::test_options_the_method_would_ignore_and_bad_checkpoints_are_one_line_errors",
               "tests/models/test_synchformer.py::test_a_missing_synchformer_checkpoint_is_one_line_before_any_work"],
     "mutations": [
-        (SF, 'raise CheckpointError(f"the Synchformer checkpoint {path} does not exist: {fetch}")',
-         'raise FileNotFoundError(f"the Synchformer checkpoint {path} does not exist: {fetch}")',
+        (SF, 'raise CheckpointError(f"the Synchformer checkpoint {path} does not exist: {FETCH}")',
+         'raise FileNotFoundError(f"the Synchformer checkpoint {path} does not exist: {FETCH}")',
          "a checkpoint path that does not exist escapes av_sync's translation: a traceback, not one line"),
         (AV, "            except synchformer.CheckpointError as exc:\n                raise ConfigError(str(exc)) from None\n",
          "            except synchformer.CheckpointError:\n                raise\n",

@@ -184,7 +184,7 @@ def _kill_dataset(tmp_path, shards: int = 4, clips: int = 8, seconds: float = 3)
         write_shard(folder / f"s-{s:03d}.tar.gz", [(n, clip) for n in members])
         names += members
     # two heads in one pass; av_sync writes in batches of 3, so a kill leaves the heads at different points
-    args = [f"+model=[{','.join(HEADS)}]", f"tar_folder={folder}", f"output_dir={tmp_path / 'out'}", "batch_size=1",
+    args = [f"+model=[{','.join(HEADS)}]", "model.av_sync.method=onset_xcorr", f"tar_folder={folder}", f"output_dir={tmp_path / 'out'}", "batch_size=1",
             "model.av_sync.batch_size=3", "num_workers=1", "model.probe.fps=24", "wandb.mode=disabled"]
     return names, args
 

@@ -24,7 +24,7 @@ def finished(tmp_path_factory):
         write_shard(root / "in" / f"{name}.tar", clips, gz=name == "b")
     write_shard(root / "in" / "c.tar", [("000001.mp4", long), ("000001.json", json.dumps({"url": "u", "videoID": "vid1"}).encode()),
                                         ("000001.txt", b"A test pattern."), ("000002.mp4", short), ("000002.json", b"{}")], gz=False)
-    run(compose_cfg("+model=[probe,av_sync]", f"tar_folder={root / 'in'}", f"output_dir={root / 'out'}", "num_workers=1",
+    run(compose_cfg("+model=[probe,av_sync]", "model.av_sync.method=onset_xcorr", f"tar_folder={root / 'in'}", f"output_dir={root / 'out'}", "num_workers=1",
                     "wandb.mode=disabled"))
     return root, {name: dict(clips) for name, clips in members.items()} | {"c": {"000001.mp4": long, "000002.mp4": short}}
 

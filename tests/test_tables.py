@@ -34,7 +34,7 @@ def finished_run(tmp_path_factory):
     write_shard(root / "in" / "b-001.tar", [("empty b (0-1).mp4", b""), ("good.7 (0-1).mp4", good[0][1]), ("good.8 (0-1).mp4", good[1][1])],
                 gz=False)
     detector, segmenter = save_tiny_grounding_dino(root / "gd"), save_tiny_sam(root / "sam")
-    cfg = compose_cfg("+model=[probe,av_sync,grounding_sam]", f"model.grounding_sam.detector={detector}",
+    cfg = compose_cfg("+model=[probe,av_sync,grounding_sam]", "model.av_sync.method=onset_xcorr", f"model.grounding_sam.detector={detector}",
                       f"model.grounding_sam.segmenter={segmenter}", "model.grounding_sam.box_threshold=0.0",
                       "model.grounding_sam.text_threshold=0.0", "model.grounding_sam.max_detections=2",
                       f"tar_folder={root / 'in'}", f"output_dir={root / 'out'}", "num_workers=1", "batch_size=4",
@@ -204,7 +204,7 @@ def test_wandb_logs_a_sample_table_of_keyframes_and_what_the_heads_said(tmp_path
     (tmp_path / "in").mkdir()
     write_shard(tmp_path / "in" / "s.tar", [(f"v{i} (0-1).mp4", make_clip(seconds=1)) for i in range(3)])
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    result = subprocess.run([__import__("sys").executable, "-m", "extract", "+model=[probe,av_sync]", f"tar_folder={tmp_path / 'in'}",
+    result = subprocess.run([__import__("sys").executable, "-m", "extract", "+model=[probe,av_sync]", "model.av_sync.method=onset_xcorr", f"tar_folder={tmp_path / 'in'}",
                              f"output_dir={tmp_path / 'out'}", "num_workers=1", "wandb.mode=offline"],
                             cwd=str(__import__("conftest").REPO), capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -51,7 +51,7 @@ def shards(tmp_path_factory):
 def test_video2dataset_shards_give_one_record_per_sample_on_two_ranks(shards, tmp_path):
     folder, csv = shards
     out = tmp_path / "out"
-    result = run_cli("+model=[probe,av_sync]", f"tar_folder={folder}", f"dataset_csv={csv}", f"output_dir={out}",
+    result = run_cli("+model=[probe,av_sync]", "model.av_sync.method=onset_xcorr", f"tar_folder={folder}", f"dataset_csv={csv}", f"output_dir={out}",
                      "num_workers=2", "batch_size=2", torchrun=2)
     assert result.returncode == 0, result.stderr[-3000:]
     for head in ("probe", "av_sync"):
@@ -146,7 +146,7 @@ def test_a_killed_run_on_samples_resumes_them(tmp_path):
             keys.append(key)
         write_shard(folder / f"{s:05d}.tar", members, gz=False)
     out = tmp_path / "out"
-    args = ["+model=[probe,av_sync]", f"tar_folder={folder}", f"output_dir={out}", "batch_size=1", "model.av_sync.batch_size=3",
+    args = ["+model=[probe,av_sync]", "model.av_sync.method=onset_xcorr", f"tar_folder={folder}", f"output_dir={out}", "batch_size=1", "model.av_sync.batch_size=3",
             "num_workers=1", "model.probe.fps=24", "wandb.mode=disabled"]
     job = _launch(args)
     _wait_for_partial_records(out)

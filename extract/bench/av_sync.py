@@ -12,7 +12,7 @@ def bench_av_sync(args) -> None:
     from extract.bench.synthetic import flash_click_clip
     from extract.heads import Clip, build
 
-    head = build("av_sync", {})
+    head = build("av_sync", {"method": "onset_xcorr"})
     offsets = (-0.5, -0.25, -0.1, -0.03, 0.0, 0.03, 0.1, 0.25, 0.5)
     noise_levels = (-40.0, -20.0)
     print(f"# extract.bench av_sync: 6 s clips, 4 flashes with clicks at each offset in {offsets} s, "

@@ -106,7 +106,7 @@ def bench_pipeline(args) -> None:
               f"{time.strftime('%Y-%m-%d')}; llava_video here is a TINY random model (40x40 frames)")
         print(f"{'heads':<34}  {'single runs':>11}  {'one pass':>9}  {'one/single':>10}")
         for names in (("probe", "av_sync"), ("probe", "av_sync", "llava_video")):
-            options = {name: (llava if name == "llava_video" else {}) for name in names}
+            options = {name: {"llava_video": llava, "av_sync": {"method": "onset_xcorr"}}.get(name, {}) for name in names}
             singles = sum(run_heads({name: options[name]}, urls, scratch / f"single-{name}-{len(names)}", args.workers,
                                      args.batch_size)[0] for name in names)
             together, _ = run_heads(options, urls, scratch / f"pass-{len(names)}", args.workers, args.batch_size)

@@ -139,7 +139,7 @@ class AVSync(Head):
               "video_stream_index": int, "audio_stream_index": int}
     frames_in_model_step = False  # synchformer's frames travel as what `prepare` made of them
 
-    def __init__(self, method: str = "onset_xcorr", max_offset: float = 2.0, max_frames: int = 900,
+    def __init__(self, method: str = "synchformer", max_offset: float = 2.0, max_frames: int = 900,
                  short_side: int = 64, min_motion: float = 1.0, min_sound_dbfs: float = -60.0,
                  min_confidence: float | None = None, checkpoint: str | None = None, dtype: str = "float32",
                  max_seconds: float = 30.0, window_batch: int = 8):
@@ -170,6 +170,13 @@ class AVSync(Head):
         else:
             self.media_spec = MediaSpec(every_frame=True, max_frames=max_frames, short_side=short_side, audio=True,
                                         sample_rate=SAMPLE_RATE)
+
+    def open(self, device: torch.device) -> None:
+        if self.method == "synchformer":  # a missing checkpoint is one line before any work, not after the workers start
+            try:
+                synchformer.check_checkpoint_path(self.model_id)
+            except synchformer.CheckpointError as exc:
+                raise ConfigError(str(exc)) from None
 
     def load(self, device: torch.device) -> None:
         if self.method == "synchformer":

@@ -327,16 +327,25 @@ def _count(state: dict, prefix: str) -> int:
     return len({key[len(prefix):].split(".")[0] for key in state if key.startswith(prefix)})
 
 
+FETCH = (f"fetch it with `wget {CHECKPOINT_URL}` and pass model.av_sync.checkpoint=/path/to/synchformer_state_dict.pth "
+         "(or choose the model-free model.av_sync.method=onset_xcorr)")
+
+
+def check_checkpoint_path(path: str | None) -> None:
+    """What can be told of the checkpoint without reading it: given, there, a file."""
+    if not path:
+        raise CheckpointError(f"av_sync method=synchformer needs its checkpoint, synchformer_state_dict.pth: {FETCH}")
+    if not Path(path).exists():
+        raise CheckpointError(f"the Synchformer checkpoint {path} does not exist: {FETCH}")
+    if not Path(path).is_file():
+        raise CheckpointError(f"the Synchformer checkpoint {path} is a folder; give the file synchformer_state_dict.pth: {FETCH}")
+
+
 def load_synchformer(path: str | None, device: torch.device, dtype: torch.dtype) -> Synchformer:
     """The released state dict (or one of its shape with other widths or depths), read with
     `weights_only=True` and mapped strictly: a tensor missing, left over or of another shape is an error naming it."""
-    fetch = f"fetch it with `wget {CHECKPOINT_URL}` and pass model.av_sync.checkpoint=/path/to/synchformer_state_dict.pth"
-    if not path:
-        raise CheckpointError(f"av_sync method=synchformer needs its checkpoint, synchformer_state_dict.pth: {fetch}")
-    if not Path(path).exists():
-        raise CheckpointError(f"the Synchformer checkpoint {path} does not exist: {fetch}")
-    if not Path(path).is_file():
-        raise CheckpointError(f"the Synchformer checkpoint {path} is a folder; give the file synchformer_state_dict.pth: {fetch}")
+    check_checkpoint_path(path)
+    fetch = FETCH
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:

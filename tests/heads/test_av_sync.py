@@ -10,7 +10,7 @@ from conftest import compose_cfg
 
 
 def _estimate(data: bytes):
-    head = build("av_sync", {})
+    head = build("av_sync", {"method": "onset_xcorr"})
     [result] = head.infer([Clip("k", "v", 0.0, 6.0, decode_media(data, head.media_spec))])
     return result
 
@@ -56,7 +56,7 @@ def test_a_moving_picture_without_onsets_is_skipped_for_that_reason():
 def test_end_to_end_records(tmp_path):
     (tmp_path / "in").mkdir()
     write_shard(tmp_path / "in" / "a.tar", [("sync.test (0-6).mkv", flash_click_clip(30, 0.2))], gz=False)
-    cfg = compose_cfg("+model=av_sync", f"tar_folder={tmp_path / 'in'}", f"output_dir={tmp_path / 'out'}",
+    cfg = compose_cfg("+model=av_sync", "model.method=onset_xcorr", f"tar_folder={tmp_path / 'in'}", f"output_dir={tmp_path / 'out'}",
                       "num_workers=0", "wandb.mode=disabled")
     run(cfg)
     [record] = read_records(tmp_path / "out" / "av_sync")
@@ -69,7 +69,7 @@ def test_end_to_end_records(tmp_path):
 def test_a_late_audio_stream_in_the_container_counts(content, container):
     """The sound placed by its presentation time: audio muxed to start `container` s late plays that late."""
     data = flash_click_clip(25, content, audio_delay=container)
-    media = decode_media(data, build("av_sync", {}).media_spec)
+    media = decode_media(data, build("av_sync", {"method": "onset_xcorr"}).media_spec)
     assert media.audio_start == pytest.approx(container, abs=0.01)
     result = _estimate(data)
     assert result.status == "ok" and result.fields["offset_s"] == pytest.approx(content + container, abs=1 / 25)
@@ -107,7 +107,7 @@ def test_offsets_are_exact_to_a_few_milliseconds_at_high_frame_rates():
     for fps, offset in ((50, 0.1), (60, -0.2), (50, 0.0)):
         result = _estimate(flash_click_clip(fps, offset, seed=fps))
         assert result.fields["offset_s"] == pytest.approx(offset, abs=0.004), (fps, offset)
-        times = decode_media(flash_click_clip(fps, offset, seed=fps), build("av_sync", {}).media_spec).frame_times
+        times = decode_media(flash_click_clip(fps, offset, seed=fps), build("av_sync", {"method": "onset_xcorr"}).media_spec).frame_times
         assert result.fields["fps"] == pytest.approx((len(times) - 1) / (times[-1] - times[0]), abs=1e-3)
         assert result.fields["fps"] == pytest.approx(fps, rel=2e-3)
 

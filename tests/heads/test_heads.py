@@ -97,7 +97,7 @@ def test_several_heads_share_one_read_and_one_decode_per_clip(tmp_path, monkeypa
     (tmp_path / "in").mkdir()
     names = [f"v{i} (0-1).mp4" for i in range(3)]
     write_shard(tmp_path / "in" / "s.tar", [(n, make_clip(seconds=1)) for n in names])
-    cfg = compose_cfg("+model=[probe,av_sync]", f"tar_folder={tmp_path / 'in'}", f"output_dir={tmp_path / 'out'}",
+    cfg = compose_cfg("+model=[probe,av_sync]", "model.av_sync.method=onset_xcorr", f"tar_folder={tmp_path / 'in'}", f"output_dir={tmp_path / 'out'}",
                       "num_workers=0", "decode_timeout=0", "wandb.mode=disabled")
     run(cfg)
     assert len(calls) == 3 and all(len(specs) == 2 for specs in calls)  # one decode per clip, each head's view in it
@@ -110,7 +110,7 @@ def test_a_clip_that_cannot_be_read_is_an_error_in_every_heads_folder(tmp_path, 
     write_shard(tmp_path / "in" / "s.tar", [("good (0-1).mp4", clip_bytes), ("bad (0-1).mp4", b"\x00\x01" * 5000),
                                              ("README.md", b"hello"), ("README.txt", b"how this shard was made"),
                                              ("orphan.json", b'{"url": "x"}')])
-    cfg = compose_cfg("+model=[probe,av_sync]", f"tar_folder={tmp_path / 'in'}", f"output_dir={tmp_path / 'out'}",
+    cfg = compose_cfg("+model=[probe,av_sync]", "model.av_sync.method=onset_xcorr", f"tar_folder={tmp_path / 'in'}", f"output_dir={tmp_path / 'out'}",
                       "num_workers=1", "wandb.mode=disabled")
     run(cfg)
     for head in ("probe", "av_sync"):
@@ -157,7 +157,7 @@ def test_audio_that_does_not_decode_fails_the_heads_that_need_it_only(tmp_path, 
     garbage = ffmpeg_output("-c", "copy", "-bsf:a", "noise=amount=2", suffix=".mkv", source=plain_mp4())
     (tmp_path / "in").mkdir()
     write_shard(tmp_path / "in" / "s.tar", [("garbage audio (0-2).mkv", garbage), ("fine (0-1).mp4", clip_bytes)])
-    run(compose_cfg("+model=[probe,av_sync]", f"tar_folder={tmp_path / 'in'}", f"output_dir={tmp_path / 'out'}",
+    run(compose_cfg("+model=[probe,av_sync]", "model.av_sync.method=onset_xcorr", f"tar_folder={tmp_path / 'in'}", f"output_dir={tmp_path / 'out'}",
                     "num_workers=1", "wandb.mode=disabled"))
     probe = {r["member"]: r for r in read_records(tmp_path / "out" / "probe")}["garbage audio (0-2).mkv"]
     assert probe["status"] == "ok" and probe["video_streams"][0]["num_frames"] == 24 and probe["has_audio"]

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import einsum, nn
 
-from conftest import compose_cfg, ffmpeg_output, make_clip, read_records, write_shard
+from conftest import REPO, compose_cfg, ffmpeg_output, make_clip, read_records, write_shard
 from extract.decode import MediaSpec, decode_media
 from extract.errors import ConfigError
 from extract.models import synchformer
@@ -483,18 +483,28 @@ def test_a_missing_synchformer_checkpoint_is_one_line_before_any_work(tmp_path):
 
     (tmp_path / "in").mkdir()
     write_shard(tmp_path / "in" / "a.tar", [("tone (0-6).mp4", make_clip(6.0, tone=440, size="96x64", rate=25))])
-    result = run_cli("+model=av_sync", "model.method=synchformer", f"tar_folder={tmp_path / 'in'}",
-                     f"output_dir={tmp_path / 'out'}", "wandb.mode=disabled")
-    assert result.returncode != 0
+    # synchformer is the default method: +model=av_sync alone needs the checkpoint, and says how to get it or do without
+    result = run_cli("+model=av_sync", f"tar_folder={tmp_path / 'in'}", f"output_dir={tmp_path / 'out'}", "wandb.mode=disabled")
+    assert result.returncode == 2
     lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
-    assert lines[-1].startswith("error: ") and synchformer.CHECKPOINT_URL in lines[-1], result.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and synchformer.CHECKPOINT_URL in lines[0], result.stderr[-2000:]
+    assert "model.av_sync.checkpoint" in lines[0] and "method=onset_xcorr" in lines[0]
+    assert not (tmp_path / "out" / "av_sync").exists() or not any((tmp_path / "out" / "av_sync").glob("*.tar*"))
+    # the launcher finds it once, before any rank starts
+    import subprocess
+    import sys
+
+    launched = subprocess.run([sys.executable, "-m", "extract.launch", "--standalone", "--nproc_per_node", "2", "--",
+                               "+model=av_sync", f"tar_folder={tmp_path / 'in'}", f"output_dir={tmp_path / 'out2'}"],
+                              capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert launched.returncode == 2 and launched.stderr.count("error:") == 1 and synchformer.CHECKPOINT_URL in launched.stderr
 
 
 def test_options_the_method_would_ignore_and_bad_checkpoints_are_one_line_errors(tmp_path):
     from extract.heads import build
 
     for options, words in (({"method": "synchformer", "max_offset": 0.5}, "max_offset is for method=onset_xcorr"),
-                           ({"checkpoint": "x.pth"}, "checkpoint is for method=synchformer"),
+                           ({"method": "onset_xcorr", "checkpoint": "x.pth"}, "checkpoint is for method=synchformer"),
                            ({"method": "synchformer", "max_seconds": 1.0}, "shorter than one Synchformer window"),
                            ({"method": "synchformer", "window_batch": 0}, "window_batch=0"),
                            ({"method": "synchformer", "dtype": "foo"}, "dtype='foo'")):
