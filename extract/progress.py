@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
+from pathlib import Path
 
 from tqdm import tqdm
 
@@ -12,22 +14,51 @@ log = logging.getLogger(__name__)
 
 
 class Progress:
-    """Clips done (every head it needed has written its record), each head's errors, and the rank's shards done."""
+    """The whole job's progress, shown on rank 0: clips done (every head it needed has written its record), each head's
+    errors, and shards done out of all the job's shards (those complete before this run count as done). Each rank
+    counts its own; `share` (several ranks) publishes them and reads the others' (`RankCounts`)."""
 
     def __init__(self, enabled: bool, wandb_cfg: dict | None, run_config: dict, output_dir: str, every_s: float = 10.0,
-                 label: str = "clips", shards: int = 0):
+                 label: str = "done", shards: int = 0, shards_done: int = 0, share: "RankCounts | None" = None,
+                 share_every_s: float = 1.0):
         self.enabled = enabled
-        self.records = self.errors = self.clips = self.shards_done = 0
-        self.shards = shards
+        self.records = self.errors = self.clips = 0
+        self.shards, self.shards_done = shards, shards_done
+        self.share, self.share_every_s, self._last_share = share, share_every_s, 0.0
+        self.others: dict = {}  # the other ranks' counts, as they last published them
         self.waiting: dict[str, int] = {}  # key -> records still to come for it
         self.head_errors: dict[str, int] = {}
         self.started = time.monotonic()
         self.every_s = every_s
         self._last_log = 0.0
-        self.bar = tqdm(desc=label, unit="clip", dynamic_ncols=True, disable=not enabled)
+        # "12 clips [00:04, 3.1 clips/s, shards 3/6, errors: none]", never "0clip"
+        self.bar = tqdm(desc=label, unit=" clips", dynamic_ncols=True, disable=not enabled,
+                        bar_format="{desc}: {n_fmt}{unit} [{elapsed}, {rate_fmt}{postfix}]")
         self.wandb = self._start_wandb(wandb_cfg or {}, run_config, output_dir) if enabled else None
         self.pictures: dict[str, object] = {}  # key -> thumbnail, until the clip's records arrive
         self.samples: list[list] = []  # rows of W&B's sample table
+        self._postfix()
+
+    def counts(self) -> dict:
+        return {"clips": self.clips, "shards_done": self.shards_done, "head_errors": self.head_errors}
+
+    def job(self) -> dict:
+        """This rank's counts plus the others' last published ones."""
+        mine = self.counts()
+        every = [mine, *self.others.values()]
+        errors: dict[str, int] = {}
+        for counts in every:
+            for head, count in counts["head_errors"].items():
+                errors[head] = errors.get(head, 0) + count
+        return {"clips": sum(c["clips"] for c in every), "shards_done": sum(c["shards_done"] for c in every), "head_errors": errors}
+
+    def _exchange(self, force: bool = False) -> None:
+        if self.share is None or not (force or time.monotonic() - self._last_share >= self.share_every_s):
+            return
+        self._last_share = time.monotonic()
+        self.share.publish(self.counts())
+        if self.enabled:
+            self.others = self.share.others()
 
     @staticmethod
     def _start_wandb(cfg: dict, run_config: dict, output_dir: str):
@@ -48,7 +79,7 @@ class Progress:
             # console capture wraps stdout/stderr, which breaks in the processes forked for decoding
             settings = wandb.Settings(init_timeout=60, silent=True, console="off")
             return wandb.init(project=cfg.get("project", "extract"), entity=cfg.get("entity"), mode=mode,
-                              dir=output_dir, config=run_config, settings=settings)
+                              dir=os.environ["WANDB_DIR"], config=run_config, settings=settings)
         except Exception as exc:
             log.warning("W&B is off for this run (%s: %s)", type(exc).__name__, exc)
             return None
@@ -65,14 +96,37 @@ class Progress:
 
     def shard_done(self) -> None:
         self.shards_done += 1
-        self._postfix()
+        self._exchange(force=True)
+        self._show()
 
     def _postfix(self) -> None:
         if not self.enabled:
             return
-        errors = ", ".join(f"{head} {count}" for head, count in sorted(self.head_errors.items())) or "none"
-        shards = f"{self.shards_done}/{self.shards}" if self.shards else str(self.shards_done)
+        job = self.job()
+        errors = ", ".join(f"{head} {count}" for head, count in sorted(job["head_errors"].items())) or "none"
+        shards = f"{job['shards_done']}/{self.shards}" if self.shards else str(job["shards_done"])
         self.bar.set_postfix_str(f"shards {shards}, errors: {errors}", refresh=False)
+
+    def _show(self) -> None:
+        if not self.enabled:
+            return
+        self._postfix()
+        self.bar.update(self.job()["clips"] - self.bar.n)
+        self.bar.refresh()
+
+    def finish(self, reports: list[dict]) -> None:
+        """The job's final counts, from every rank's report (the ranks have met): the bar ends on what was done."""
+        self.others = {}
+        self.clips = sum(r["clips_read"] for r in reports)
+        self.shards_done = sum(r["shards"] - r["shards_to_do"] + len(set().union(*r["shards_finished"].values()))
+                               for r in reports)
+        self.head_errors = {}
+        for report in reports:
+            for head, counts in report["by_status"].items():
+                failed = counts.get("error", 0) + counts.get("rejected", 0)
+                if failed:
+                    self.head_errors[head] = self.head_errors.get(head, 0) + failed
+        self._show()
 
     def update(self, records: list[dict]) -> None:
         """Records just written (every head's)."""
@@ -90,10 +144,12 @@ class Progress:
                 else:
                     self.waiting[record["key"]] = left - 1
         self.clips += done
-        if not self.enabled or not records:
+        if not records:
             return
-        self._postfix()
-        self.bar.update(done)
+        self._exchange()
+        if not self.enabled:
+            return
+        self._show()
         elapsed = time.monotonic() - self.started
         if self.wandb is None:
             return
@@ -131,6 +187,48 @@ class Progress:
                 self.wandb.finish()
             except Exception as exc:
                 log.warning("W&B did not close cleanly (%s)", exc)
+
+
+class RankCounts:
+    """Each rank's progress counts in the rendezvous store (no collective: a rank never waits on another for them)."""
+
+    def __init__(self, store, rank: int, world: int):
+        self.store, self.rank, self.world = store, rank, world
+
+    def publish(self, counts: dict) -> None:
+        try:
+            self.store.set(f"progress/{self.rank}", json.dumps(counts))
+        except Exception as exc:  # progress is never worth a failed run
+            log.debug("progress not shared (%s)", exc)
+
+    def others(self) -> dict[int, dict]:
+        found = {}
+        for rank in range(self.world):
+            key = f"progress/{rank}"
+            try:
+                if rank != self.rank and self.store.check([key]):
+                    found[rank] = json.loads(self.store.get(key))
+            except Exception as exc:
+                log.debug("progress of rank %d not read (%s)", rank, exc)
+        return found
+
+
+def totals_line(summaries: dict[str, dict]) -> str:
+    """What a run did, in one line per run: each head's records by status, the clips resumed, shard faults, the summary."""
+    parts, faults, nothing = [], set(), True
+    for head, summary in summaries.items():
+        this_run = summary["this_run"]
+        statuses = ", ".join(f"{status} {count}" for status, count in sorted(this_run["by_status"].items()))
+        parts.append(f"{head} {this_run['records']} records" + (f" ({statuses})" if statuses else "")
+                     + (f", {this_run['clips_resumed']} resumed" if this_run["clips_resumed"] else ""))
+        faults |= set(summary["output_totals"]["shard_faults"])
+        nothing &= this_run["records"] == 0
+    first = next(iter(summaries.values()))
+    where = str(Path(first["output"]).parent / "<head>" / "summary.json") if len(summaries) > 1 else str(Path(first["output"]) / "summary.json")
+    if nothing:
+        total = sum(s["output_totals"]["records"] for s in summaries.values())
+        return f"nothing to do: every shard is complete ({total} records already in {Path(first['output']).parent}); summary: {where}"
+    return f"this run: {'; '.join(parts)}; shard faults: {len(faults)}; summary: {where}"
 
 
 def said(record: dict) -> str:

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from collections import Counter
@@ -22,7 +23,7 @@ from extract.catalog import Catalog
 from extract.data import ClipItem, ShardEnd, ShardPlan, make_loader, resolve_shards, shard_stem
 from extract.errors import ConfigError
 from extract.heads import Clip, Head, Result
-from extract.progress import Progress
+from extract.progress import Progress, RankCounts, totals_line
 from extract.records import UndeclaredField, head_record
 from extract.schema import BaseRecord, dataset_card
 from extract.writer import OutputWriter, check_sources, drop_cross_shard_duplicates, output_totals
@@ -78,6 +79,7 @@ class Distributed:
     world: int
     local_rank: int
     device: torch.device
+    store: dist.Store | None = None  # the rendezvous store (several ranks): where they share their progress
 
     @classmethod
     def start(cls, device_choice: str, timeout_s: float) -> "Distributed":
@@ -90,11 +92,13 @@ class Distributed:
         device = torch.device(f"cuda:{local_rank}") if use_cuda else torch.device("cpu")
         if use_cuda:
             torch.cuda.set_device(device)
+        store = None
         if world > 1 and not dist.is_initialized():
             # ranks meet only at the end (the summary): the timeout must outlast the slowest rank's work
-            dist.init_process_group("nccl" if use_cuda else "gloo", store=_attempt_store(rank, world), rank=rank,
+            store = _attempt_store(rank, world)
+            dist.init_process_group("nccl" if use_cuda else "gloo", store=store, rank=rank,
                                     world_size=world, timeout=datetime.timedelta(seconds=timeout_s))
-        return cls(rank, world, local_rank, device)
+        return cls(rank, world, local_rank, device, store)
 
     def gather(self, obj) -> list:
         if self.world == 1:
@@ -311,8 +315,9 @@ def run(cfg: DictConfig) -> dict:
         for head in heads.values():
             head.load(ranks.device)
         progress = Progress(ranks.rank == 0, OmegaConf.to_container(cfg.wandb, resolve=True), OmegaConf.to_container(cfg, resolve=True),
-                            str(output_dir), cfg.log_every_s, "clips" if ranks.world == 1 else f"rank 0 of {ranks.world}: clips",
-                            shards=len(mine))
+                            str(output_dir), cfg.log_every_s, "done" if ranks.world == 1 else f"done on {ranks.world} ranks",
+                            shards=len(shards), shards_done=len(mine) - len(plan.urls),
+                            share=RankCounts(ranks.store, ranks.rank, ranks.world) if ranks.store is not None else None)
         shard_faults, clips_read, waiting = {}, 0, 0.0
         loop_started, cpu_started = time.perf_counter(), time.process_time()
         # no autocast: each head runs in the precision its authors run it in (its dtype), not a mix autocast would choose
@@ -351,7 +356,10 @@ def run(cfg: DictConfig) -> dict:
             for name, runner in runners.items():
                 summaries[name] = write_summary(runner.writer.folder, runner.head, catalog, reports, wall)
                 log.info("%s: %s (summary %s)", name, runner.writer.folder, runner.writer.folder / "summary.json")
+            progress.finish(reports)
         progress.close({name: s["this_run"] for name, s in summaries.items()})
+        if summaries:
+            print(totals_line(summaries), file=sys.stderr, flush=True)
         progress = None
         return (summaries[next(iter(summaries))] if len(summaries) == 1 else summaries) if summaries else rank_report
     finally:

@@ -176,3 +176,64 @@ def test_the_summary_adds_up_every_ranks_clips_and_a_shards_fault_is_reported(tm
     summary = write_summary(tmp_path / "captioner", head, Catalog.empty(), reports, wall=2.0)
     assert summary["this_run"]["clips_read"] == 7 and summary["this_run"]["clips_resumed"] == 3
     assert summary["this_run"]["records"] == 1 and summary["output_totals"]["shard_faults"] == {url: "gzip stream ends early"}
+
+
+def test_rank_zeros_bar_counts_every_ranks_clips_errors_and_shards():
+    import torch.distributed as dist
+
+    from extract.progress import Progress, RankCounts
+
+    store = dist.HashStore()  # what the ranks share: torchrun's store in a run
+    zero = Progress(True, {"mode": "disabled"}, {}, "unused", shards=6, shards_done=1, share=RankCounts(store, 0, 2),
+                    share_every_s=0)
+    one = Progress(False, {"mode": "disabled"}, {}, "unused", shards=6, shards_done=2, share=RankCounts(store, 1, 2),
+                   share_every_s=0)
+    for key in ("a", "b", "c"):
+        one.read(key, 1)
+    one.update([{"key": "a", "head": "probe", "status": "ok"}, {"key": "b", "head": "probe", "status": "error"},
+                {"key": "c", "head": "probe", "status": "ok"}])
+    one.shard_done()
+    zero.read("z", 1)
+    zero.update([{"key": "z", "head": "probe", "status": "rejected"}])
+    assert zero.bar.n == 4  # 1 here and 3 on rank 1
+    assert zero.bar.postfix == "shards 4/6, errors: probe 2"  # 1 + 2 complete before the run, 1 finished on rank 1
+    zero.close()
+    one.close()
+
+
+def test_every_run_ends_with_its_totals_and_the_bar_counts_the_whole_job(tmp_path):
+    """Two ranks over 5 shards: the bar ends on every rank's clips and all 5 shards, then one totals line; a complete
+    rerun says there was nothing to do; a rerun with one shard missing ends on 5/5 too."""
+    import json
+    import re
+
+    from conftest import make_clip, run_cli, write_shard
+
+    (tmp_path / "in").mkdir()
+    clip = make_clip(seconds=1, tone=None)
+    for shard in range(5):
+        write_shard(tmp_path / "in" / f"s-{shard}.tar", [(f"v{shard}_{i} (0-1).mp4", clip) for i in range(2 + shard)], gz=False)
+    args = ["+model=probe", f"tar_folder={tmp_path / 'in'}", f"output_dir={tmp_path / 'out'}", "num_workers=1"]
+
+    def final_bar(stderr: str) -> str:
+        return [part for part in re.split(r"[\r\n]", stderr) if part.startswith("done")][-1]
+
+    first = run_cli(*args, torchrun=2)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert re.match(r"done on 2 ranks: 20 clips \[.*shards 5/5, errors: none\]", final_bar(first.stderr)), first.stderr[-1500:]
+    totals = [line for line in first.stderr.splitlines() if line.startswith("this run:")]
+    assert totals == [f"this run: probe 20 records (ok 20); shard faults: 0; summary: {tmp_path / 'out' / 'probe' / 'summary.json'}"]
+
+    again = run_cli(*args)
+    assert again.returncode == 0 and "0clip" not in again.stderr
+    assert re.match(r"done: 0 clips \[.*shards 5/5", final_bar(again.stderr))
+    assert [line for line in again.stderr.splitlines() if line.startswith("nothing to do")] == [
+        f"nothing to do: every shard is complete (20 records already in {tmp_path / 'out'}); "
+        f"summary: {tmp_path / 'out' / 'probe' / 'summary.json'}"]
+
+    for leftover in (tmp_path / "out" / "probe").glob("s-4.*"):
+        leftover.unlink()
+    resumed = run_cli(*args, torchrun=2)
+    assert re.match(r"done on 2 ranks: 6 clips \[.*shards 5/5", final_bar(resumed.stderr)), resumed.stderr[-1500:]
+    assert "this run: probe 6 records (ok 6); shard faults: 0" in resumed.stderr
+    assert json.loads((tmp_path / "out" / "probe" / "summary.json").read_text())["output_totals"]["records"] == 20
