@@ -268,3 +268,18 @@ def test_the_generic_webdataset_loader_reads_a_run_with_the_projects_features(fi
     for example in loaded:
         record = records[example["__key__"]]
         assert example["json"]["status"] == record["status"] and example["json"]["stats"] == record["stats"]
+
+
+def test_wandbs_own_dir_variable_wins_over_the_output_folder(tmp_path):
+    """README: a run writes nothing outside output_dir unless W&B's own variables say so; when WANDB_DIR says so, the
+    run goes there."""
+    (tmp_path / "in").mkdir()
+    write_shard(tmp_path / "in" / "s.tar", [("v (0-1).mp4", make_clip(seconds=1))])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")} | {"WANDB_DIR": str(tmp_path / "mine")}
+    (tmp_path / "mine").mkdir()
+    result = subprocess.run([__import__("sys").executable, "-m", "extract", "+model=probe", f"tar_folder={tmp_path / 'in'}",
+                             f"output_dir={tmp_path / 'out'}", "num_workers=0", "wandb.mode=offline"],
+                            cwd=str(__import__("conftest").REPO), capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert list((tmp_path / "mine" / "wandb").glob("offline-run-*"))
+    assert not list((tmp_path / "out").glob("**/offline-run-*"))
