@@ -37,9 +37,18 @@ def head_folders(output_dir: Path) -> dict[str, Path]:
     """The heads of a run: the folders of `output_dir` that hold output tars."""
     if not output_dir.is_dir():
         raise ConfigError(f"{output_dir} is not a folder")
-    heads = {p.name: p for p in sorted(output_dir.iterdir())
-             if p.is_dir() and (any(p.glob("*.tar")) or any(p.glob("*.tar.partial")))}
+    from extract.heads import available
+
+    with_tars = {p.name: p for p in sorted(output_dir.iterdir())
+                 if p.is_dir() and (any(p.glob("*.tar")) or any(p.glob("*.tar.partial")))}
+    heads = {name: path for name, path in with_tars.items() if name in available()}
     if not heads:
+        shards = sorted(p.name for suffix in ("*.tar", "*.tar.gz", "*.tgz") for p in output_dir.glob(suffix))
+        shards += [f"{name}/" for name in with_tars]
+        if shards:  # an input folder given by mistake: its shards are not any head's records
+            raise ConfigError(f"{output_dir} holds shards ({', '.join(shards[:3])}) but no head's records: it looks like an "
+                              f"input folder; give the output_dir of a run, whose <head>/ folders ({', '.join(available())}) "
+                              "hold NAME.tar")
         raise ConfigError(f"{output_dir} holds no head's output (<head>/NAME.tar)")
     return heads
 

@@ -1,14 +1,17 @@
 """From table to training set: the clips a query chooses, written as WebDataset shards with their metadata.
 
     python -m extract.select OUTPUT_DIR --where "SQL" --out DIR [--shard-size N | --shard-bytes B]
-                             [--caption HEAD] [--arrays] [--input-root DIR]
+                             [--caption HEAD|sample] [--media-ext EXT] [--arrays] [--input-root DIR]
 
 The query is DuckDB SQL over the run's table (`OUTPUT_DIR/clips.parquet`, written by `extract.export`
-first when it is not there), e.g. `"probe.duration_s" > 4 and "av_sync.status" = 'ok'`. Each chosen
-clip becomes one sample, in the layout video2dataset writes: `{key}.<ext>` (its media bytes exactly
-as they were in the input shard, no re-encode), `{key}.json` (its base fields and every head's
-fields), `{key}.txt` (a caption: `--caption HEAD`, by default llava_video's where that head ran, else
-the input sample's own caption), and with `--arrays` each head's arrays as `{key}.<head>.<name>.npy`.
+first when it is not there), e.g. `"probe.duration_s" > 4 and "av_sync.status" = 'ok'` (column names
+hold dots: double quotes). Each chosen clip becomes one sample with the same members as every other,
+in the layout video2dataset writes: `{key}.mp4` (its media bytes exactly as they were in the input
+shard, no re-encode, whatever the container: `--media-ext` names another suffix, and the json keeps
+the original member name and format), `{key}.json` (its base fields, every head's fields, `media`,
+`caption_source`), `{key}.txt` (empty when there is no caption: by default the input sample's own
+caption where it has one, else llava_video's where that head ran; `--caption HEAD` or `--caption
+sample` chooses), and with `--arrays` each head's arrays as `{key}.<head>.<name>.npy`.
 Keys stay the clips' keys. Output shards are `000000.tar`, `000001.tar`, ...
 
 Each input shard is read once, in order, streaming; an output shard is written as `NAME.tar.partial`
@@ -43,7 +46,12 @@ def chosen_clips(table: Path, where: str) -> dict[str, dict[str, str]]:
     try:
         rows = duckdb.sql(f"select key, shard, member from read_parquet('{table}') where {where}").fetchall()
     except duckdb.Error as exc:
-        raise ConfigError(f"the query does not run: {' '.join(str(exc).split())}") from None
+        said = " ".join(str(exc).split())
+        hint = ""
+        if "Referenced table" in said or ("not found" in said and "." in where):  # probe.status read as table.column
+            hint = ("; the table's column names hold dots and are written in double quotes, strings in single ones: "
+                    "--where '\"probe.status\" = \'ok\''")
+        raise ConfigError(f"the query does not run: {said}{hint}") from None
     chosen: dict[str, dict[str, str]] = {}
     for key, shard, member in rows:
         chosen.setdefault(shard, {})[key] = member
@@ -61,6 +69,17 @@ def _missing(url: str) -> bool:
     return "://" not in url and not url.startswith("pipe:") and not Path(url).is_file()
 
 
+def _member_bytes(info: tarfile.TarInfo) -> int:
+    """What one member takes in a PAX tar: its header blocks (more for a long or non-ASCII name) and its padded data."""
+    return len(info.tobuf(tarfile.PAX_FORMAT, tarfile.ENCODING, "surrogateescape")) + -(-info.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+
+
+def _tar_bytes(members: int) -> int:
+    """The size of a closed tar whose members take `members` bytes: two zero blocks end it, and tarfile pads the whole
+    to a multiple of its record size."""
+    return -(-(members + 2 * tarfile.BLOCKSIZE) // tarfile.RECORDSIZE) * tarfile.RECORDSIZE
+
+
 class _Shards:
     """Output shards of at most `size` samples or `max_bytes` bytes, each written as `.partial` and renamed when
     full. On a rerun the shards that are already complete are counted, not written again."""
@@ -75,16 +94,19 @@ class _Shards:
         return self.folder / f"{self.index:06d}.tar"
 
     def add(self, members: list[tuple[str, bytes]]) -> None:
-        size = sum(512 + -(-len(data) // 512) * 512 for _, data in members)
-        if self.count and (self.count >= self.size or (self.max_bytes and self.bytes + size > self.max_bytes)):
+        infos = []
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode = len(data), 0, 0o644
+            infos.append((info, data))
+        size = sum(_member_bytes(info) for info, _ in infos)
+        if self.count and (self.count >= self.size or (self.max_bytes and _tar_bytes(self.bytes + size) > self.max_bytes)):
             self.close_shard()
         if self.count == 0 and not self._path().exists():
             self.file = open(self._path().with_name(self._path().name + ".partial"), "wb")
             self.tar = tarfile.open(fileobj=self.file, mode="w", format=tarfile.PAX_FORMAT)
         if self.tar is not None:
-            for name, data in members:
-                info = tarfile.TarInfo(name)
-                info.size, info.mtime, info.mode = len(data), 0, 0o644
+            for info, data in infos:
                 self.tar.addfile(info, io.BytesIO(data))
         self.count, self.bytes = self.count + 1, self.bytes + size
 
@@ -98,7 +120,7 @@ class _Shards:
             self.file.close()
             os.replace(self.file.name, self._path())
             self.tar = self.file = None
-        self.written.append({"shard": self._path().name, "clips": self.count, "bytes": self.bytes})
+        self.written.append({"shard": self._path().name, "clips": self.count, "bytes": _tar_bytes(self.bytes)})
         self.index, self.count, self.bytes = self.index + 1, 0, 0
 
 
@@ -127,8 +149,24 @@ def _sample_json(records: dict[str, dict], base_fields: tuple[str, ...]) -> dict
     return out
 
 
+SAMPLE_CAPTION = "sample"  # --caption sample: the input WebDataset sample's own .txt
+CAPTIONING_HEADS = ("llava_video", "vlm_caption", "audio_caption")  # the default's choice where the input has no caption
+
+
+def caption_of(records: dict[str, dict], sample: dict | None, caption: str | None, heads: dict) -> tuple[str | None, str | None]:
+    """(the caption for {key}.txt, where it came from). `caption` None: the input sample's own caption where it has one
+    (a dataset's captions are not replaced unasked), else the first captioning head of the run."""
+    own = (sample or {}).get("caption")
+    if caption == SAMPLE_CAPTION or (caption is None and own):
+        return own, SAMPLE_CAPTION if own is not None else None
+    head = caption or next((name for name in CAPTIONING_HEADS if name in heads), None)
+    text = (records.get(head) or {}).get("caption") if head else None
+    return text, head if text is not None else None
+
+
 def select(output_dir: Path, where: str, out: Path, shard_size: int = SHARD_SIZE, shard_bytes: int | None = None,
-           caption: str | None = None, arrays: bool = False, input_root: Path | None = None, progress: bool = True) -> dict:
+           caption: str | None = None, arrays: bool = False, input_root: Path | None = None, progress: bool = True,
+           media_ext: str = "mp4") -> dict:
     from extract.clips import parse_member_name
     from extract.data import ClipItem, ShardPlan, read_members, shard_stem
     from extract.export import export, head_folders, shard_records
@@ -138,9 +176,11 @@ def select(output_dir: Path, where: str, out: Path, shard_size: int = SHARD_SIZE
     if shard_size < 1 or (shard_bytes is not None and shard_bytes < 1):
         raise ConfigError("--shard-size and --shard-bytes must be at least 1")
     folders = head_folders(output_dir)
-    if caption is not None and caption not in folders:
-        raise ConfigError(f"--caption {caption}: that head did not run here (heads: {', '.join(folders)})")
-    caption = caption or ("llava_video" if "llava_video" in folders else None)
+    if caption is not None and caption != SAMPLE_CAPTION and caption not in folders:
+        raise ConfigError(f"--caption {caption}: that head did not run here (heads: {', '.join(folders)}, or "
+                          f"{SAMPLE_CAPTION}: the input sample's own)")
+    if not media_ext or not all(c.isalnum() for c in media_ext):
+        raise ConfigError(f"--media-ext {media_ext!r}: give a file suffix such as mp4")
     table = output_dir / "clips.parquet"
     if not table.exists():
         export(output_dir, table, progress=False)
@@ -151,7 +191,7 @@ def select(output_dir: Path, where: str, out: Path, shard_size: int = SHARD_SIZE
         hint = "" if input_root else "; if the shards moved, give --input-root DIR"
         raise ConfigError(f"input shard {missing[0]} is not there ({len(missing)} missing){hint}")
     query = {"where": where, "run": str(output_dir.resolve()), "caption": caption, "arrays": arrays, "shard_size": shard_size,
-             "shard_bytes": shard_bytes}
+             "shard_bytes": shard_bytes, "media_ext": media_ext}
     _claim(out, query)
 
     shards = _Shards(out, shard_size, shard_bytes)
@@ -169,11 +209,14 @@ def select(output_dir: Path, where: str, out: Path, shard_size: int = SHARD_SIZE
             found.add(item.key)
             by_head = {head: recs[item.key] for head, recs in records.items() if item.key in recs}
             suffix = parse_member_name(item.member).ext if item.sample is None else item.member.partition(".")[2]
-            members = [(f"{item.key}.{suffix.lower()}", bytes(item.data)),
-                       (f"{item.key}.json", json.dumps(_sample_json(by_head, BASE_FIELDS), ensure_ascii=False).encode())]
-            text = (by_head.get(caption) or {}).get("caption") if caption else (item.sample or {}).get("caption")
-            if text:
-                members.append((f"{item.key}.txt", text.encode()))
+            text, source = caption_of(by_head, item.sample, caption, folders)
+            about = _sample_json(by_head, BASE_FIELDS) | {"media": {"member": item.member, "format": suffix.lower()},
+                                                         "caption_source": source}
+            # one media suffix for every sample (the bytes are as they were; decoders read the container from them), and
+            # a .txt for every sample, empty when there is no caption: a loader's to_tuple("mp4", "txt") reads them all
+            members = [(f"{item.key}.{media_ext}", bytes(item.data)),
+                       (f"{item.key}.json", json.dumps(about, ensure_ascii=False).encode()),
+                       (f"{item.key}.txt", (text or "").encode())]
             for head, per_key in head_arrays.items():
                 members += [(f"{item.key}.{head}.{name}.npy", data) for name, data in sorted(per_key.get(item.key, {}).items())]
             shards.add(members)
@@ -216,12 +259,16 @@ def main(argv: list[str] | None = None) -> None:
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--shard-size", type=int, default=SHARD_SIZE, help=f"clips per output shard (default {SHARD_SIZE})")
     size.add_argument("--shard-bytes", type=int, help="bytes per output shard, at most (a clip larger alone gets one)")
-    parser.add_argument("--caption", help="the head whose caption goes to {key}.txt (default: llava_video where it ran)")
+    parser.add_argument("--caption", help="what goes to {key}.txt: a head's caption (llava_video, ...) or 'sample', the input "
+                        "sample's own .txt (default: the sample's own where it has one, else llava_video's where it ran; "
+                        "an empty .txt when there is none)")
+    parser.add_argument("--media-ext", default="mp4", help="the suffix of every sample's media member, whatever its container "
+                        "(default mp4, so to_tuple('mp4', 'txt') reads every sample; the json keeps the original name)")
     parser.add_argument("--arrays", action="store_true", help="also write each head's arrays as {key}.<head>.<name>.npy")
     parser.add_argument("--input-root", type=Path, help="the folder the input shards are in now, when they moved")
     args = parser.parse_args(argv)
     done = or_exit(lambda: select(args.output_dir, args.where, args.out, args.shard_size if args.shard_bytes is None else 1 << 62,
-                                  args.shard_bytes, args.caption, args.arrays, args.input_root))
+                                  args.shard_bytes, args.caption, args.arrays, args.input_root, media_ext=args.media_ext))
     print(f"wrote {done['clips_written']} of {done['clips_chosen']} chosen clips into {len(done['output_shards'])} shard(s) in "
           f"{args.out}" + (f"; {done['clips_not_found']} not found in their input shards" if done["clips_not_found"] else ""))
 

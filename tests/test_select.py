@@ -138,11 +138,117 @@ def run_cli_select(*args):
                           timeout=120)
 
 
-def test_each_clip_keeps_its_own_container(tmp_path):
+def test_every_sample_has_the_same_members_whatever_its_container_and_a_standard_loader_reads_them(tmp_path):
+    """Clips in Matroska, WebM and mp4 and a sample without a caption: each output sample is {key}.mp4 (the bytes as
+    they were), .json and .txt (empty when there is no caption), so to_tuple("mp4", "txt") reads every one."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
     (tmp_path / "in").mkdir()
-    write_shard(tmp_path / "in" / "a.tar", [("m (0-1).mkv", make_clip(seconds=1, fmt="matroska")), ("p (0-1).mp4", make_clip(seconds=1))])
+    clips = {"m (0-1).mkv": make_clip(seconds=1, fmt="matroska"), "p (0-1).mp4": make_clip(seconds=1),
+             "w (0-1).webm": make_clip(seconds=1, fmt="webm", tone=None)}
+    write_shard(tmp_path / "in" / "a.tar", [*clips.items(), ("000009.webm", clips["w (0-1).webm"]), ("000009.json", b"{}")])
     run(compose_cfg("+model=probe", f"tar_folder={tmp_path / 'in'}", f"output_dir={tmp_path / 'out'}", "num_workers=0",
                     "wandb.mode=disabled"))
-    select(tmp_path / "out", "true", tmp_path / "chosen", progress=False)
-    samples = {json.loads(s["json"])["video_id"]: s for s in _samples(tmp_path / "chosen")}
-    assert "mkv" in samples["m"] and "mp4" not in samples["m"] and "mp4" in samples["p"]
+    chosen = tmp_path / "chosen"
+    done = subprocess.run([sys.executable, "-m", "extract.select", str(tmp_path / "out"), "--where", "true", "--out", str(chosen)],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert done.returncode == 0, done.stderr
+    samples = _samples(chosen)
+    assert len(samples) == 4 and all(set(s) - {"__key__", "__url__", "__local_path__"} == {"mp4", "json", "txt"} for s in samples)
+    read = list(wds.WebDataset(str(chosen / "000000.tar"), shardshuffle=False).to_tuple("mp4", "txt", "json"))
+    assert len(read) == 4
+    by_member = {json.loads(meta)["media"]["member"]: (media, text, json.loads(meta)) for media, text, meta in read}
+    for member, data in clips.items():
+        media, text, meta = by_member[member]
+        assert media == data and meta["media"]["format"] == member.rsplit(".", 1)[1] and text == b""
+    assert by_member["000009.webm"][0] == clips["w (0-1).webm"] and by_member["000009.webm"][2]["caption_source"] is None
+
+    named = tmp_path / "named"
+    select(tmp_path / "out", "true", named, media_ext="video", progress=False)
+    assert all("video" in s and "mp4" not in s for s in _samples(named))
+    with pytest.raises(ConfigError, match="--media-ext"):
+        select(tmp_path / "out", "true", tmp_path / "bad", media_ext="../x", progress=False)
+
+
+def test_the_input_samples_own_caption_is_kept_unless_another_is_asked_for(finished, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    root, _ = finished
+    for args in ([], ["--caption", "sample"]):
+        out = tmp_path / f"c{len(args)}"
+        done = subprocess.run([sys.executable, "-m", "extract.select", str(root / "out"), "--where", "key = '000001'", "--out",
+                               str(out), *args], capture_output=True, text=True, cwd=REPO, timeout=300)
+        assert done.returncode == 0, done.stderr
+        [sample] = _samples(out)
+        meta = json.loads(sample["json"])
+        assert sample["txt"] == b"A test pattern." and meta["caption_source"] == "sample"
+        assert meta["sample"]["caption"] == "A test pattern."  # and the json keeps it
+
+
+def test_which_caption_goes_to_the_txt():
+    from extract.select import caption_of
+
+    llava = {"llava_video": {"caption": "A dog runs."}, "probe": {}}
+    heads = {"probe": None, "llava_video": None}
+    assert caption_of(llava, {"caption": "Own words."}, None, heads) == ("Own words.", "sample")  # not replaced unasked
+    assert caption_of(llava, {"caption": "Own words."}, "llava_video", heads) == ("A dog runs.", "llava_video")
+    assert caption_of(llava, None, None, heads) == ("A dog runs.", "llava_video")  # a clip named with its window
+    assert caption_of(llava, {"caption": None}, None, heads) == ("A dog runs.", "llava_video")
+    assert caption_of(llava, {"caption": "Own words."}, "sample", heads) == ("Own words.", "sample")
+    assert caption_of(llava, None, "sample", heads) == (None, None)
+    assert caption_of({"probe": {}}, None, None, {"probe": None}) == (None, None)
+    assert caption_of({"llava_video": {"status": "error", "caption": None}}, None, None, heads) == (None, None)
+
+
+@pytest.mark.parametrize("where", ["probe.status = 'ok'", "probe.duration_s > 1"])
+def test_a_dotted_column_written_without_quotes_is_one_line_that_says_to_quote_it(finished, tmp_path, where):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    root, _ = finished
+    done = subprocess.run([sys.executable, "-m", "extract.select", str(root / "out"), "--where", where, "--out",
+                           str(tmp_path / "x")], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "double quotes" in done.stderr and '"probe.status"' in done.stderr
+
+
+def test_an_output_shard_is_never_larger_than_shard_bytes_unless_one_clip_alone_is():
+    """Every member's header blocks (PAX headers for long or non-ASCII names), padding, the end blocks and tarfile's
+    record padding count: the file on disk is what --shard-bytes limits."""
+    import tempfile
+    from pathlib import Path
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from extract.select import _Shards
+
+    names = st.text(alphabet=st.characters(min_codepoint=48, max_codepoint=0x4FF, blacklist_categories=("Cs", "Cc")),
+                    min_size=1, max_size=150)
+    clips = st.lists(st.tuples(names, st.integers(0, 40_000)), min_size=1, max_size=12)
+
+    @settings(max_examples=40, deadline=None)
+    @given(clips=clips, limit=st.integers(1, 120_000))
+    def check(clips, limit):
+        with tempfile.TemporaryDirectory() as tmp:
+            shards = _Shards(Path(tmp), 1 << 30, limit)
+            for i, (name, size) in enumerate(clips):
+                shards.add([(f"k{i}{name}.mp4", b"x" * size), (f"k{i}{name}.json", b"{}"), (f"k{i}{name}.txt", b"")])
+            shards.close_shard()
+            assert sum(s["clips"] for s in shards.written) == len(clips)
+            for written in shards.written:
+                on_disk = (Path(tmp) / written["shard"]).stat().st_size
+                assert on_disk == written["bytes"]  # the manifest says what is on disk
+                assert on_disk <= limit or written["clips"] == 1
+                with tarfile.open(Path(tmp) / written["shard"]) as tar:
+                    assert len(tar.getmembers()) == 3 * written["clips"]
+
+    check()
