@@ -38,8 +38,12 @@ def check_command(arguments: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
+    before = argv[: argv.index("--")] if "--" in argv else argv
+    if "-h" in before or "--help" in before:
+        print(__doc__.strip() + "\n\ntorchrun options: python -m torch.distributed.run --help; extract arguments: python -m extract --help")
+        return
     if "--" not in argv:
-        _fail("usage: python -m extract.launch [torchrun options] -- [extract arguments]", 2)
+        _fail("usage: python -m extract.launch [torchrun options] -- [extract arguments] (--help says more)", 2)
     split = argv.index("--")
     launcher, arguments = argv[:split], argv[split + 1:]
     try:

@@ -184,3 +184,55 @@ def test_a_sweeps_output_pattern_is_not_made_as_a_folder(tmp_path, monkeypatch):
     assert not (tmp_path / "out").exists() and not (tmp_path / "a,b").exists()
     entry.check_arguments(["+model=probe", "output_dir=plain"])
     assert (tmp_path / "plain").is_dir()
+
+
+def test_help_says_how_to_use_it_heads_options_and_examples():
+    import re
+
+    from conftest import CONF
+
+    result = run_cli("--help")
+    assert result.returncode == 0
+    text = result.stdout
+    assert "powered by Hydra" not in text and "+model=<head>" in text and "tar_folder=DIR" in text
+    heads = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
+    assert f"model: {', '.join(heads)}" in text  # every head, from conf/model
+    for key in ("output_dir", "dataset_csv", "batch_size", "num_workers", "device", "decode_timeout", "wandb"):
+        assert re.search(rf"^{key}:", text, re.M), key  # and every option with its default
+    import shlex
+
+    from extract.cli import normalise_overrides
+
+    section = text.split("Examples:")[1].split("\n\n")[0]
+    examples = [shlex.split(line) for line in section.splitlines() if line.strip().startswith("python -m extract ")]
+    assert len(examples) >= 3  # each is a command the checker accepts, as a user types it
+    for example in examples:
+        normalise_overrides(example[3:])
+
+
+def test_the_launchers_help_exits_zero_and_a_bad_call_says_where_help_is():
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    shown = subprocess.run([sys.executable, "-m", "extract.launch", "--help"], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert shown.returncode == 0 and "--nproc_per_node" in shown.stdout and " -- " in shown.stdout and not shown.stderr
+    wrong = subprocess.run([sys.executable, "-m", "extract.launch", "+model=probe"], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert wrong.returncode == 2 and wrong.stderr.count("\n") == 1 and "--help" in wrong.stderr
+
+
+def test_export_and_report_pointed_at_an_input_folder_say_so(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO, make_clip
+
+    write_shard(tmp_path / "part-00000.tar.gz", [("a (0-1).mp4", make_clip(seconds=1))])
+    (tmp_path / "shards").mkdir()
+    write_shard(tmp_path / "shards" / "s.tar", [("a (0-1).mp4", make_clip(seconds=1))])
+    for tool in ("extract.export", "extract.report"):
+        for folder in (tmp_path, tmp_path / "shards"):
+            done = subprocess.run([sys.executable, "-m", tool, str(folder)], capture_output=True, text=True, cwd=REPO, timeout=120)
+            assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+            assert "looks like an input folder" in done.stderr and "unknown head" not in done.stderr
