@@ -192,8 +192,9 @@ def load_tokenizer(checkpoint: str, revision: str | None = None, trust_remote_co
     tokenizer code a checkpoint ships (InternLM2's), only when the user asks for it."""
     from transformers import AutoTokenizer
 
+    folder = local_checkpoint(checkpoint, revision, option)
     try:
-        return AutoTokenizer.from_pretrained(checkpoint, revision=revision, trust_remote_code=trust_remote_code)
+        return AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
         hint = "; its tokenizer is code shipped with the checkpoint: allow it with trust_remote_code=true" \
             if "trust_remote_code" in str(exc) else ""
@@ -203,8 +204,9 @@ def load_tokenizer(checkpoint: str, revision: str | None = None, trust_remote_co
 def load_config(checkpoint: str, revision: str | None = None, option: str | None = None):
     from transformers import AutoConfig
 
+    folder = local_checkpoint(checkpoint, revision, option)
     try:
-        return AutoConfig.from_pretrained(checkpoint, revision=revision)
+        return AutoConfig.from_pretrained(folder)
     except (OSError, ValueError) as exc:
         raise checkpoint_error(checkpoint, exc, option=option) from exc
 
@@ -213,7 +215,7 @@ def checkpoint_error(checkpoint: str, exc: Exception, hint: str = "", fetch: str
     """One line that names a checkpoint that would not load, the option that names it (`model.<head>.checkpoint`), and
     how to fetch it (`fetch`: the head's own recipe)."""
     where = option or "the head's checkpoint option"
-    if checkpoint.startswith(("/", "./", "../", "~")) and not Path(checkpoint).expanduser().exists():
+    if _looks_like_a_path(checkpoint) and not Path(checkpoint).expanduser().exists():
         return ConfigError(f"the checkpoint folder {checkpoint} does not exist{hint}; "
                            f"{fetch or f'point {where} at a folder in transformers format, or at a hub id'}")
     if fetch:
@@ -221,9 +223,28 @@ def checkpoint_error(checkpoint: str, exc: Exception, hint: str = "", fetch: str
                            f"{str(exc).splitlines()[0][:200] if str(exc) else ''}){hint}. {fetch}")
     return ConfigError(
         f"cannot load checkpoint {checkpoint!r} ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}){hint}. "
-        f"Fetch it first with `huggingface-cli download {checkpoint}` (then run with HF_HUB_OFFLINE=1), "
-        f"or point {where} at a local folder in transformers format"
+        f"Fetch it first with `hf download {checkpoint}`, or point {where} at a local folder in transformers format"
     )
+
+
+def _looks_like_a_path(checkpoint: str) -> bool:
+    return checkpoint.startswith(("/", "./", "../", "~"))
+
+
+def local_checkpoint(checkpoint: str, revision: str | None = None, option: str | None = None, fetch: str = "") -> str:
+    """The folder a checkpoint is read from: a local folder as it is, a hub id as its snapshot in the Hugging Face
+    cache. Nothing is downloaded at run time (eight ranks fetching one checkpoint at once, or a node without a way
+    out retrying for half a minute): a checkpoint on neither is one line at once, saying how to fetch it."""
+    if Path(checkpoint).expanduser().exists():
+        return str(Path(checkpoint).expanduser())
+    if _looks_like_a_path(checkpoint):
+        raise checkpoint_error(checkpoint, FileNotFoundError(checkpoint), fetch=fetch, option=option)
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(checkpoint, revision=revision, local_files_only=True)
+    except Exception as exc:  # not in the cache, or not a hub id at all
+        raise checkpoint_error(checkpoint, exc, fetch=fetch, option=option) from None
 
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -240,8 +261,9 @@ def load_processor(checkpoint: str, revision: str | None = None, processor_class
     """A checkpoint's processor (CPU only, light): what `prepare` runs in the workers."""
     from transformers import AutoProcessor
 
+    folder = local_checkpoint(checkpoint, revision, option)
     try:
-        return (processor_class or AutoProcessor).from_pretrained(checkpoint, revision=revision)
+        return (processor_class or AutoProcessor).from_pretrained(folder)
     except (OSError, ValueError) as exc:
         raise checkpoint_error(checkpoint, exc, option=option) from exc
 
@@ -249,8 +271,9 @@ def load_processor(checkpoint: str, revision: str | None = None, processor_class
 def load_model(model_class, checkpoint: str, device: torch.device, dtype: torch.dtype, revision: str | None = None,
                option: str | None = None, **model_options):
     """A model from a hub id or a local folder, on `device` in eval mode; one clear error if absent."""
+    folder = local_checkpoint(checkpoint, revision, option)
     try:
-        model = model_class.from_pretrained(checkpoint, revision=revision, dtype=dtype, **model_options)
+        model = model_class.from_pretrained(folder, dtype=dtype, **model_options)
     except (OSError, ValueError) as exc:
         raise checkpoint_error(checkpoint, exc, option=option) from exc
     return model.to(device).eval()

@@ -19,7 +19,8 @@ import torch
 
 from extract.decode import MediaSpec
 from extract.errors import ConfigError
-from extract.heads import Clip, Head, Result, checkpoint_error, register, resolve_dtype, split_on_oom, with_preset
+from extract.heads import (Clip, Head, Result, checkpoint_error, local_checkpoint, register, resolve_dtype, split_on_oom,
+                           with_preset)
 from extract.models.beats_conformer_bart import BEAM_SEARCH, SAMPLE_RATE, CheckpointMismatch, load_released, normalised_fbank
 from extract.models.generation import summarise
 
@@ -35,20 +36,13 @@ MIN_SAMPLES = 400 + 15 * 160  # one 16-frame patch column: the shortest audio th
 
 
 def fetch_checkpoint(checkpoint: str, revision: str | None) -> Path:
-    """A local folder as is; a hub id downloaded (or found in the cache) with just the files the loader reads."""
-    if Path(checkpoint).is_dir():
-        return Path(checkpoint)
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(checkpoint, revision=revision, allow_patterns=list(CHECKPOINT_FILES)))
-    except Exception as exc:  # offline, unknown repo, no access: all one message
-        raise checkpoint_error(checkpoint, exc, fetch=FETCH) from exc
+    """A local folder as is; a hub id as its snapshot in the Hugging Face cache (never downloaded at run time)."""
+    return Path(local_checkpoint(checkpoint, revision, option="model.audio_caption.checkpoint", fetch=FETCH))
 
 
-FETCH = ("Fetch it first with `huggingface-cli download slseanwu/beats-conformer-bart-audio-captioner config.json "
-         "pytorch_model.bin` and `huggingface-cli download facebook/bart-base` (its tokenizer), then run with HF_HUB_OFFLINE=1, "
-         "or point model.checkpoint at a folder holding config.json and pytorch_model.bin")
+FETCH = ("Fetch it first with `hf download slseanwu/beats-conformer-bart-audio-captioner config.json pytorch_model.bin` and "
+         "`hf download facebook/bart-base` (its tokenizer), or point model.audio_caption.checkpoint at a folder holding "
+         "config.json and pytorch_model.bin")
 
 
 def clean_caption(text: str) -> str:
@@ -96,16 +90,22 @@ class AudioCaption(Head):
 
     def open(self, device: torch.device) -> None:
         self.fbank_device = device if device.type == "cpu" else None  # CPU work belongs in the workers; a GPU does it in the model step
+        self._files()  # a missing checkpoint or tokenizer is one line before any work
 
-    def load(self, device: torch.device) -> None:
-        from transformers import AutoTokenizer
-
+    def _files(self) -> tuple[Path, str]:
+        """The checkpoint's folder with the files the loader reads, and the tokenizer's folder."""
         folder = fetch_checkpoint(self.model_id, self.revision)
         missing = [name for name in CHECKPOINT_FILES if not (folder / name).is_file()]
         if missing:
             raise checkpoint_error(self.model_id, FileNotFoundError(f"{', '.join(missing)} not in {folder}"), fetch=FETCH)
+        return folder, local_checkpoint(self.tokenizer_id, option="model.audio_caption.tokenizer")
+
+    def load(self, device: torch.device) -> None:
+        from transformers import AutoTokenizer
+
+        folder, tokenizer = self._files()
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_id)
+            self.tokenizer = AutoTokenizer.from_pretrained(tokenizer)
         except (OSError, ValueError) as exc:
             raise checkpoint_error(self.tokenizer_id, exc, option="model.audio_caption.tokenizer") from exc
         try:

@@ -42,10 +42,15 @@ def test_windows_are_equal_and_cover_the_audio():
 
 
 def test_missing_files_are_one_clear_error(checkpoint, tmp_path):
-    with pytest.raises(ConfigError, match=r"cannot load checkpoint .*huggingface-cli download slseanwu/.*config.json pytorch_model.bin.*bart-base"):
+    with pytest.raises(ConfigError, match=r"cannot load checkpoint .*`hf download slseanwu/.*config.json pytorch_model.bin` and `hf download facebook/bart-base`"):
         _head(tmp_path)  # an empty folder
     with pytest.raises(ConfigError, match=r"the checkpoint folder /nonexistent-tokenizer does not exist"):
         build("audio_caption", {"checkpoint": str(checkpoint), "tokenizer": "/nonexistent-tokenizer"}).load(torch.device("cpu"))
+    # found by open(), which the runner and the launcher call before any work, not only when the weights load
+    with pytest.raises(ConfigError, match="model.audio_caption.tokenizer"):
+        build("audio_caption", {"checkpoint": str(checkpoint), "tokenizer": "/nonexistent-tokenizer"}).open(torch.device("cpu"))
+    with pytest.raises(ConfigError, match="pytorch_model.bin not in"):
+        build("audio_caption", {"checkpoint": str(tmp_path)}).open(torch.device("cpu"))
 
 
 # ---------------------------------------------------------------------------- head

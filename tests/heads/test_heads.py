@@ -314,7 +314,7 @@ def test_the_registrys_helpers_by_hand():
     assert end_tokens(SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=[7, 9]))) == {7, 9}
     for relative in ("./nowhere", "../nowhere", "~/nowhere"):
         assert f"the checkpoint folder {relative} does not exist" in str(checkpoint_error(relative, OSError("x")))
-    assert "huggingface-cli download org/model" in str(checkpoint_error("org/model", OSError("x")))
+    assert "`hf download org/model`" in str(checkpoint_error("org/model", OSError("x")))
 
 
 def test_the_readme_example_head_runs_as_written(tmp_path):
