@@ -10,6 +10,7 @@ import signal
 import sys
 import threading
 import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -297,7 +298,8 @@ def run(cfg: DictConfig) -> dict:
     started = time.monotonic()
     shards, catalog, heads = check_inputs(cfg)
     output_dir = Path(cfg.output_dir)
-    run_of = time.strftime("%Y-%m-%dT%H:%M:%S")
+    # the card names the run, and `datasets` keys its cache on the card: a run id, since two runs can share a second
+    run_of = f"{time.strftime('%Y-%m-%dT%H:%M:%S')}, {uuid.uuid4().hex[:12]}"
     runners = {name: HeadRunner(head, OutputWriter(output_dir / name, dataset_card(head, f"{(output_dir / name).resolve()} (run of {run_of})"),
                                                    head.options), catalog) for name, head in heads.items()}
     ranks = Distributed.start(cfg.device, cfg.dist_timeout_s)

@@ -163,19 +163,6 @@ def card_features(head) -> list[dict]:
     return features
 
 
-def datasets_features(head: str):
-    """`datasets.Features` of a head's output tars, for the generic WebDataset loader, which otherwise guesses the
-    types from the first rows and fails on a column whose first values are null:
-
-        load_dataset("webdataset", data_files=sorted(glob("out/probe/*.tar")), features=datasets_features("probe"))
-    """
-    import datasets
-
-    from extract.heads import head_class
-
-    return datasets.Features._from_yaml_list(card_features(head_class(head)))
-
-
 def dataset_card(head, origin: str = "") -> str:
     """The dataset card (README.md) of a head's output folder: which files, and every field's type. `origin` (the
     folder and the run writing it) goes into the config's description, which `datasets` hashes into its cache

@@ -51,8 +51,9 @@ def test_the_schema_owns_the_record_types_and_imports_no_records():
     assert "extract.schema.BaseRecord" in _imports(MODULES["extract.records"])
 
 
-def test_no_module_level_import_circle():
-    graph = {name: {imported for imported in _imports(path, top_level_only=True) if imported in MODULES and imported != name}
+@pytest.mark.parametrize("top_level_only", [True, False], ids=["module level", "inside functions too"])
+def test_no_import_circle(top_level_only):
+    graph = {name: {imported for imported in _imports(path, top_level_only=top_level_only) if imported in MODULES and imported != name}
              for name, path in MODULES.items()}
     done, path = set(), []
 

@@ -55,10 +55,13 @@ def test_datasets_reads_every_head_of_a_run_errors_and_all(finished_run, tmp_pat
         assert errors["empty (0-1).mp4"] and (head == "av_sync" or errors["good.0 (0-1).mp4"] is None)
 
 
-def test_datasets_reads_each_runs_own_records_through_one_cache(tmp_path):
+def test_datasets_reads_each_runs_own_records_through_one_cache(tmp_path, monkeypatch):
     """`datasets` caches a local folder by what its card says: runs in two folders, and a rerun that added a shard,
-    each read back their own rows from one shared cache."""
+    each read back their own rows from one shared cache, even when every run falls in the same second."""
+    import time
+
     datasets = pytest.importorskip("datasets")
+    monkeypatch.setattr(time, "strftime", lambda *args: "2026-01-01T00:00:00")  # one second for all three runs
 
     def probe_run(folder, shard, clips):
         (tmp_path / folder).mkdir(exist_ok=True)
@@ -258,7 +261,7 @@ def test_the_generic_webdataset_loader_reads_a_run_with_the_projects_features(fi
     from glob import glob
 
     datasets = pytest.importorskip("datasets")
-    from extract.schema import datasets_features
+    from extract.heads import datasets_features
 
     files = sorted(glob(str(finished_run / "probe" / "*.tar")))
     loaded = datasets.load_dataset("webdataset", data_files=files, features=datasets_features("probe"), split="train",

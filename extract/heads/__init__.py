@@ -326,3 +326,16 @@ def split_on_oom(run, items: list) -> list:
         log.warning("out of GPU memory on a batch of %d; retrying in halves", len(items))
         half = len(items) // 2
         return split_on_oom(run, items[:half]) + split_on_oom(run, items[half:])
+
+
+def datasets_features(head: str):
+    """`datasets.Features` of a head's output tars, for the generic WebDataset loader, which otherwise guesses the
+    types from the first rows and fails on a column whose first values are null:
+
+        load_dataset("webdataset", data_files=sorted(glob("out/probe/*.tar")), features=datasets_features("probe"))
+    """
+    import datasets
+
+    from extract.schema import card_features
+
+    return datasets.Features._from_yaml_list(card_features(head_class(head)))
