@@ -10,8 +10,10 @@ the ranks and says so in one line (exit 130); the same command resumes. `launch/
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
+from extract.__main__ import LAUNCHED_BY
 from extract.errors import ConfigError
 
 
@@ -56,6 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     from torch.distributed.run import parse_args, run
 
     logging.getLogger("torch.distributed.elastic").setLevel(logging.ERROR)  # its notes on shutting ranks down
+    os.environ[LAUNCHED_BY] = "1"  # on Ctrl-C every rank stops quietly and this process says it once
     try:
         run(parse_args([*launcher, "-m", "extract", *arguments]))
     except (KeyboardInterrupt, SignalException):
