@@ -169,3 +169,45 @@ def test_the_page_fits_a_desktop_and_a_phone_whatever_the_captions(tmp_path, wid
                          timeout=120).stdout
     scroll, inner = (int(v) for v in dom.split("<p id=\"measured\">")[1].split("<")[0].split())
     assert inner == width and scroll <= inner, (scroll, inner)
+
+
+def _chart(page: str, title: str) -> str:
+    start = page.index(f"<figcaption>{title}")
+    return page[start: page.index("</figure>", start)]
+
+
+def test_each_chart_plots_its_own_quantity_with_its_unit_count_and_median(tmp_path):
+    """Three clips with values set by hand: each chart counts the clips that have its quantity, says its unit and the
+    median, and its axis runs from the least to the greatest value."""
+    def probe(key, duration, height, motion, loudness):
+        return _record(key, "probe", duration_s_measured=duration, video_stream_index=0, stats={"motion_energy": motion,
+                       "audio_rms_dbfs": loudness}, video_streams=[{"index": 0, "height": height}])
+
+    _write(tmp_path, "probe", [probe("a", 1.0, 240, 0.5, -30.0), probe("b", 2.0, 480, 1.5, -20.0), probe("c", 4.0, 1080, 9.5, None)])
+    _write(tmp_path, "av_sync", [_record("a", "av_sync", offset_s=0.25), _record("b", "av_sync", "skipped", offset_s=None),
+                                 _record("c", "av_sync", offset_s=-0.75)])
+    _write(tmp_path, "llava_video", [_record("a", "llava_video", caption="one two three"), _record("b", "llava_video", caption="x"),
+                                     _record("c", "llava_video", "error", caption=None)])
+    page = render(RunView(tmp_path, 10), {}, "t")
+    expected = {"Duration": ("s", 3, "2", 1.0, 4.0), "Resolution (height)": ("px", 3, "480", 240, 1080),
+                "Motion energy": ("luma levels", 3, "1.5", 0.5, 9.5), "Loudness": ("dBFS", 2, "-25", -30, -20),
+                "Audio offset": ("s", 2, "-0.25", -0.75, 0.25), "Caption length (llava_video)": ("words", 2, "2", 1, 3)}
+    for title, (unit, clips, median, low, high) in expected.items():
+        chart = _chart(page, title)
+        assert f"({unit}; {clips} clips, median {median})" in chart, chart[:200]
+        ticks = [float(part.split("</span>")[0]) for part in chart.split('<div class="axis">')[1].split("<span>")[1:]]
+        spacing = (high - low) / (len(ticks) - 1)
+        assert len(ticks) == 5 and ticks == sorted(ticks), title
+        assert abs(ticks[0] - low) <= spacing / 2 and abs(ticks[-1] - high) <= spacing / 2, (title, ticks)
+        assert sum(int(c) for c in __import__("re").findall(r"<text[^>]*>(\d+)</text>", chart)) == clips  # every clip in a bar
+
+
+def test_boxes_are_drawn_where_the_detections_are_on_the_scaled_picture():
+    from extract.report import _cell
+
+    frame = np.zeros((360, 640, 3), np.uint8)  # shown 320 wide: half size
+    clip = {"grounding_sam": _record("k", "grounding_sam", keyframes=[{"time": 0.5, "detections": [
+        {"label": "dog", "score": 0.9, "box": [10.0, 20.0, 110.0, 70.0], "mask": None, "area": 100}]}])}
+    cell = _cell(clip, (frame, 0.5))
+    assert '<rect x="5.0" y="10.0" width="50.0" height="25.0"><title>dog 0.90</title></rect>' in cell
+    assert 'width="320" height="180"' in cell and "at 0.50s" in cell
