@@ -29,6 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,32 @@ class EngineStats:
     slot_steps: int = 0  # slots advanced, summed over steps (busy slots only)
     slots: int = 0  # slot count of the last run
     graphs: bool = False  # whether decode steps replayed a CUDA graph
+    capture_error: str | None = None  # why a decode step could not be captured (it then ran eagerly)
+    attention: str = "slot_decode_attention (SDPA, key-head groups folded into the query length)"  # the decode kernel
+
+
+SLOT_ATTENTION = "extract_slot_decode"  # the name decode steps register their attention under (transformers' interface)
+
+
+def slot_decode_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None,
+                          **kwargs):
+    """Decode attention over the slot cache: queries [slots, q_heads, 1, d] against each slot's keys and values as they
+    are stored, [slots, kv_heads, capacity, d], never expanded to the query heads (transformers' sdpa path repeats them
+    for every query head when there is a mask: 7 copies of the cache for LLaVA-Video's 28 over 4 heads). The query
+    heads that share a key head are folded into the query length, so SDPA is plain multi-head attention over the
+    kv_heads, reading each slot's keys and values once; the slot mask [slots, 1, 1, capacity] limits every query to
+    its slot's past. Query head h uses key head h // group, as repeat_kv pairs them."""
+    slots, q_heads, _, dim = query.shape
+    kv_heads = key.shape[1]
+    grouped = query.reshape(slots, kv_heads, q_heads // kv_heads, dim)
+    out = F.scaled_dot_product_attention(grouped, key, value, attn_mask=attention_mask, scale=scaling)
+    return out.reshape(slots, q_heads, 1, dim).transpose(1, 2), None
+
+
+def _register_slot_attention() -> None:
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(SLOT_ATTENTION, slot_decode_attention)
 
 
 class SlotCache:
@@ -116,6 +143,7 @@ class GenerationEngine:
         self.graphs: dict[int, tuple] = {}  # active slot count -> (graph, its static buffers)
         self.graph_pool = None
         self.stats = EngineStats()
+        _register_slot_attention()
 
     # ------------------------------------------------------------------------------------------------ sizing
 
@@ -131,13 +159,23 @@ class GenerationEngine:
         """layers x (K and V) x kv heads x head dim x bytes per value."""
         return len(self.layers) * 2 * self.kv_heads * self.head_dim * torch.finfo(self.dtype).bits // 8
 
+    def decode_bytes_per_slot(self, capacity: int) -> int:
+        """What one slot's decode step needs beside its cache, at most, in one layer at a time (the step's memory is
+        reused layer after layer, and kept in the captured graph's pool): the attention scores and weights in float32
+        over the capacity for every query head, the mask, and the float32 logits over the vocabulary."""
+        heads = self.config.num_attention_heads
+        vocab = self.vocab_rows or self.lm_head.weight.shape[0]
+        return 2 * heads * capacity * 4 + capacity + 2 * vocab * 4
+
     def slot_count(self, requests: list[Request], capacity: int) -> int:
-        """As many slots as requests, at most `max_slots`, and on CUDA as many as free memory holds beside a prefill."""
+        """As many slots as requests, at most `max_slots`, and on CUDA as many as free memory holds beside a prefill:
+        each slot's cache and what its decode step needs beyond it."""
         slots = min(self.max_slots, len(requests))
         if self.device.type == "cuda":
             held = self.cache.slots * self.cache.capacity * self.kv_bytes_per_token() if self.cache else 0
             free = torch.cuda.mem_get_info(self.device)[0] + held
-            fits = int((free - PREFILL_RESERVE_BYTES) // (capacity * self.kv_bytes_per_token()))
+            per_slot = capacity * self.kv_bytes_per_token() + self.decode_bytes_per_slot(capacity)
+            fits = int((free - PREFILL_RESERVE_BYTES) // per_slot)
             slots = min(slots, max(fits, 1))
         return max(slots, 1)
 
@@ -258,15 +296,13 @@ class GenerationEngine:
 
     @contextmanager
     def _sdpa(self):
-        """Decode steps attend through SDPA with the slot mask (a flash-attention-2 kernel would ignore a 4D mask)."""
+        """Decode steps attend through `slot_decode_attention` with the slot mask, whatever the model's prefill uses."""
         before = self.config._attn_implementation
-        if before not in ("sdpa", "eager"):
-            self.config._attn_implementation = "sdpa"
+        self.config._attn_implementation = SLOT_ATTENTION
         try:
             yield
         finally:
-            if self.config._attn_implementation != before:
-                self.config._attn_implementation = before
+            self.config._attn_implementation = before
 
     def _decode_step_for(self, slots: int) -> Callable:
         """The decode step for `slots` slots: eager, or a CUDA graph captured once and replayed."""
@@ -281,8 +317,9 @@ class GenerationEngine:
         if slots not in self.graphs:
             try:
                 self.graphs[slots] = self._capture(slots)
-            except Exception as exc:  # a model whose step cannot be captured still runs, eagerly
-                log.warning("decode step not captured as a CUDA graph (%s: %s); running it eagerly", type(exc).__name__, exc)
+            except Exception as exc:  # a model whose step cannot be captured still runs, eagerly, and says so
+                self.stats.capture_error = f"{type(exc).__name__}: {exc}"[:300]
+                log.warning("decode step not captured as a CUDA graph (%s); running it eagerly, slower", self.stats.capture_error)
                 self.use_graphs = False
                 return self._decode_step_for(slots)
         graph, static_tokens, static_positions, outputs = self.graphs[slots]
@@ -310,7 +347,9 @@ class GenerationEngine:
         graph = torch.cuda.CUDAGraph()
         if self.graph_pool is None:
             self.graph_pool = torch.cuda.graph_pool_handle()
-        with torch.cuda.graph(graph, pool=self.graph_pool):
+        # thread-local capture: the DataLoader's pin-memory thread allocates pinned memory meanwhile, which the default
+        # global mode forbids (the capture fails, or that thread is poisoned and the run dies on its next batch)
+        with torch.cuda.graph(graph, pool=self.graph_pool, capture_error_mode="thread_local"):
             outputs = self._decode(static_tokens, static_positions)
         return graph, static_tokens, static_positions, outputs
 

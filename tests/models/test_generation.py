@@ -151,10 +151,50 @@ def test_the_slot_count_follows_free_memory(monkeypatch):
     assert engine.kv_bytes_per_token() == per_token
     requests = [Request(torch.zeros(100, HIDDEN), 100, 156)] * 100  # 256 tokens a request
     monkeypatch.setattr(type(engine), "device", property(lambda self: torch.device("cuda")))
-    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (generation.PREFILL_RESERVE_BYTES + 10 * 256 * per_token, 0))
+    # a decode step's own memory per slot beside its cache, at most, in one layer: float32 scores and weights over the
+    # capacity for each of the 4 query heads, the bool mask, float32 logits and log-probabilities over 97 tokens
+    step = 2 * 4 * 256 * 4 + 256 + 2 * 97 * 4
+    per_slot = 256 * per_token + step
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (generation.PREFILL_RESERVE_BYTES + 10 * per_slot, 0))
     assert engine.slot_count(requests, 256) == 10
     engine.max_slots = 4
     assert engine.slot_count(requests, 256) == 4
+    engine.max_slots = 64  # the caches of 10 fit, but not their steps
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (generation.PREFILL_RESERVE_BYTES + 10 * 256 * per_token, 0))
+    assert engine.slot_count(requests, 256) == 9
+
+
+@pytest.mark.parametrize("kind", ["qwen2", "qwen3"])
+def test_a_decode_step_allocates_nothing_as_large_as_one_layers_key_cache(kind):
+    """Grouped-query heads share their keys: the step reads the cache as stored and never copies it per query head
+    (transformers' masked sdpa path made 7 copies a layer for LLaVA-Video). Every tensor an op makes during a step is
+    recorded; none may reach the size of one layer's K cache, [slots, kv heads, capacity, head dim]."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    model = _tiny_lm(kind)
+    engine = _engine(model, [], 8)
+    prompts = _prompts(8, seed=5)
+    engine.generate([Request(p, len(p), 2) for p in prompts])  # sizes the cache: 8 slots
+    cache = engine.cache
+    key_cache_bytes = cache.keys[0].numel() * cache.keys[0].element_size()
+    assert key_cache_bytes == 8 * 2 * cache.capacity * engine.head_dim * 4  # by hand: slots, kv heads, capacity, dim, float32
+
+    class Largest(TorchDispatchMode):
+        largest = (0, None)
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for tensor in out if isinstance(out, (tuple, list)) else [out]:
+                if isinstance(tensor, torch.Tensor) and tensor.untyped_storage().data_ptr() not in stored:
+                    size = tensor.numel() * tensor.element_size()
+                    if size > self.largest[0]:
+                        self.largest = (size, func)
+            return out
+
+    stored = {t.untyped_storage().data_ptr() for t in cache.keys + cache.values}  # writes into the cache are views of it
+    with torch.inference_mode(), Largest() as watch:
+        engine._decode(torch.zeros(8, dtype=torch.long), torch.full((8,), 30, dtype=torch.long))
+    assert watch.largest[0] < key_cache_bytes, watch.largest
 
 
 def test_logprobs_are_normalised_over_the_kept_vocabulary_rows():
@@ -180,7 +220,9 @@ def test_the_engine_counts_its_own_cache_as_free_when_it_sizes_the_next_one(monk
     per_token = engine.kv_bytes_per_token()
     engine.cache = SlotCache(2, 10, 2, 16, 256, torch.float32, torch.device("cpu"))  # 10 slots of 256 held already
     monkeypatch.setattr(type(engine), "device", property(lambda self: torch.device("cuda")))
-    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (generation.PREFILL_RESERVE_BYTES + 2 * 256 * per_token, 0))
+    step = 2 * 4 * 256 * 4 + 256 + 2 * 97 * 4  # a slot's decode step beside its cache (as in the test above)
+    free = generation.PREFILL_RESERVE_BYTES + 2 * 256 * per_token + 12 * step
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free, 0))
     assert engine.slot_count([Request(None, 100, 156)] * 64, 256) == 12  # 2 free + the 10 it holds
 
 
