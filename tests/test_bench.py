@@ -64,6 +64,22 @@ def test_a_captioning_benchmark_runs_with_its_defaults_on_a_tiny_model(benchmark
     printed = capsys.readouterr().out
     assert "TINY random model" in printed
     assert ("keyframes/s, engine against generate: 1 clips" if benchmark == "internvl" else "best clips/hour: engine") in printed
+    # the engine's rows say whether graphs ran, its slots, its decode steps and its attention kernel
+    import re
+
+    assert re.search(r"engine: CUDA graphs no \(eager: no CUDA\), slots \d+, decode steps \d+, prefills \d+, attention "
+                     r"slot_decode_attention", printed), printed[-1500:]
+
+
+def test_the_generation_benchmark_says_how_its_engine_ran(monkeypatch, capsys):
+    import runpy
+    import sys
+
+    monkeypatch.setattr(sys, "argv", ["extract.bench", "generation", "--requests", "4", "--slots", "2", "--cap", "6"])
+    runpy.run_module("extract.bench", run_name="__main__", alter_sys=True)
+    printed = capsys.readouterr().out
+    steps = int(printed.split("engine, 2 slots")[1].split()[0])
+    assert f"engine: CUDA graphs no (eager: no CUDA), slots 2, decode steps {steps}, prefills " in printed
 
 
 def test_each_benchmark_runs_its_own_modules_measurement():

@@ -78,6 +78,7 @@ def bench_generation(args) -> None:
         sync(device)
         engine_s = time.perf_counter() - started
         engine_steps = engine.stats.decode_steps
+        engine_line = engine.stats.describe()
         del engine
         sync(device)
         started = time.perf_counter()
@@ -91,6 +92,7 @@ def bench_generation(args) -> None:
         print(f"{name:<34}  {steps:>12}  {steps / args.requests:>13.1f}  {seconds:>8.2f}  {3600 * args.requests / seconds:>13.0f}")
     print(f"engine/generate: decode steps {engine_steps / static_steps:.2f}, wall time {engine_s / static_s:.2f}; "
           f"same tokens on {same} of {args.requests} requests")
+    print(engine_line)
 
 
 def _generation_model(args, device: torch.device):

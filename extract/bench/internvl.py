@@ -32,6 +32,8 @@ def bench_internvl(args) -> None:
             head.max_slots = max(int(b) for b in args.batches.split(",")) * head.media_spec.num_frames
             print(f"engine={engine}")
             rates[engine] = time_keyframes(head, device, args.batches)
+            if engine == "continuous" and head.engine is not None:
+                print(head.engine.stats.describe())
         print("keyframes/s, engine against generate: " + ", ".join(
             f"{batch} clips {rates['continuous'][batch] / rates['generate'][batch]:.2f} times"
             for batch in rates["generate"] if batch in rates["continuous"]))

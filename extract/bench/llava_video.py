@@ -77,6 +77,8 @@ def _time_llava(head, device: torch.device, args, peaks) -> None:
                 floor = sum(llava_floor(head.model.config, batch, prompt_tokens, head.num_frames, args.new_tokens, peaks))
                 row += f"  {3600 * batch / floor:>13.0f}  {floor / total:>8.2f}"
             print(row)
+            if engine == "continuous" and head.engine is not None:
+                print(f"{'':<10}  {head.engine.stats.describe()}")
     best = {engine: max((v for (e, _), v in clips_per_hour.items() if e == engine), default=None) for engine in ("generate", "continuous")}
     if all(best.values()):
         print(f"best clips/hour: engine {best['continuous']:.0f} against generate {best['generate']:.0f} "

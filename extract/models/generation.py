@@ -65,6 +65,13 @@ class EngineStats:
     attention: str = "slot_decode_attention (SDPA, key-head groups folded into the query length)"  # the decode kernel
 
 
+    def describe(self) -> str:
+        """One line for a benchmark table: did graphs run, with how many slots, how many steps, through which kernel."""
+        graphs = "yes" if self.graphs else f"no ({self.capture_error})" if self.capture_error else "no (eager: no CUDA)"
+        return (f"engine: CUDA graphs {graphs}, slots {self.slots}, decode steps {self.decode_steps}, prefills {self.prefills}, "
+                f"attention {self.attention}")
+
+
 SLOT_ATTENTION = "extract_slot_decode"  # the name decode steps register their attention under (transformers' interface)
 
 

@@ -257,3 +257,19 @@ def test_what_a_caption_carries_by_hand():
     parts = [Generated("a", 1, math.exp(-1), -1.0, "eos"), Generated("b c d", 3, math.exp(-3), -3.0, "eos"), Generated("", 0, 0.0, float("-inf"), "eos")]
     confidence, mean = combined_confidence(parts)
     assert mean == pytest.approx(-2.5) and confidence == pytest.approx(math.exp(-2.5))  # weighted by tokens
+
+
+def test_a_step_that_cannot_be_captured_runs_eagerly_and_says_why(monkeypatch, caplog):
+    model = _tiny_lm("qwen2")
+    engine = _engine(model, [], 2)
+    monkeypatch.setattr(type(engine), "device", property(lambda self: torch.device("cuda")))
+
+    def refuse(slots):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(engine, "_capture", refuse)
+    with caplog.at_level("WARNING"):
+        engine._decode_step_for(2)
+    assert engine.stats.capture_error == "RuntimeError: operation not permitted when stream is capturing"
+    assert not engine.stats.graphs and "not captured as a CUDA graph" in caplog.text and "stream is capturing" in caplog.text
+    assert "CUDA graphs no (RuntimeError: operation not permitted" in engine.stats.describe()
