@@ -516,6 +516,8 @@ def _decode_video(data: bytes, info: dict, specs: list[MediaSpec], max_decoded_b
         count, duration = timeline.count, None
     stream.update(num_frames=count, first_frame_s=round(first_pts, 6), duration_s=_seconds(duration),
                   fps=round(1 / spacing, 3) if spacing else stream["fps_header"])
+    if info.get("still_image"):  # a picture has no rate and no length: FFmpeg's 25 fps and 0.04 s are its defaults
+        stream.update(fps=None, fps_header=None, duration_s=None, duration_s_header=None)
     return outcome
 
 

@@ -57,7 +57,12 @@ def main(argv: list[str] | None = None) -> None:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.ERROR)  # its notes on shutting ranks down
+    # torchrun's notes on shutting ranks down ("Received 2 death signal"): each of its modules sets its own level
+    for name in [*logging.root.manager.loggerDict, "torch.distributed.elastic"]:
+        if name.startswith("torch.distributed.elastic"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+    # torchrun sets one thread per rank and prints a banner saying so; the same setting without the banner
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ[LAUNCHED_BY] = "1"  # on Ctrl-C every rank stops quietly and this process says it once
     try:
         run(parse_args([*launcher, "-m", "extract", *arguments]))

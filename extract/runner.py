@@ -334,6 +334,8 @@ def run(cfg: DictConfig) -> dict:
                     if isinstance(item, ShardEnd):
                         records = [r for runner in runners.values() for r in runner.flush()]
                         finish_shard(runners, plan, item, shard_faults)
+                        progress.update(records)  # the shard's last clips are done before the shard is
+                        records = []
                         progress.shard_done()
                     else:
                         clips_read += 1

@@ -28,6 +28,7 @@ import argparse
 import io
 import json
 import os
+import sys
 import tarfile
 import time
 from pathlib import Path
@@ -49,8 +50,8 @@ def chosen_clips(table: Path, where: str) -> dict[str, dict[str, str]]:
         said = " ".join(str(exc).split())
         hint = ""
         if "Referenced table" in said or ("not found" in said and "." in where):  # probe.status read as table.column
-            hint = ("; the table's column names hold dots and are written in double quotes, strings in single ones: "
-                    "--where '\"probe.status\" = \'ok\''")
+            hint = ("; the table's column names hold dots and are written in double quotes, strings in single ones, "
+                    "as in the SQL \"probe.status\" = 'ok', which a shell takes as --where \"\\\"probe.status\\\" = 'ok'\"")
         raise ConfigError(f"the query does not run: {said}{hint}") from None
     chosen: dict[str, dict[str, str]] = {}
     for key, shard, member in rows:
@@ -63,6 +64,12 @@ def locate(shard: str, input_root: Path | None) -> str:
     if input_root is not None:
         return str(input_root / Path(shard).name)
     return shard
+
+
+def _older_than_the_records(table: Path, folders: dict[str, Path]) -> bool:
+    written = table.stat().st_mtime
+    return any(path.stat().st_mtime > written for folder in folders.values()
+               for pattern in ("*.tar", "*.tar.partial", "*.stats.json") for path in folder.glob(pattern))
 
 
 def _missing(url: str) -> bool:
@@ -182,7 +189,9 @@ def select(output_dir: Path, where: str, out: Path, shard_size: int = SHARD_SIZE
     if not media_ext or not all(c.isalnum() for c in media_ext):
         raise ConfigError(f"--media-ext {media_ext!r}: give a file suffix such as mp4")
     table = output_dir / "clips.parquet"
-    if not table.exists():
+    if not table.exists() or _older_than_the_records(table, folders):  # a run since the export: its clips count too
+        if table.exists() and progress:
+            print(f"note: {table} is older than the run's records; exporting it again", file=sys.stderr)
         export(output_dir, table, progress=False)
     chosen = chosen_clips(table, where)
     located = {shard: locate(shard, input_root) for shard in chosen}

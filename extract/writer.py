@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from extract.data import shard_stem
+from extract.data import SHARD_SUFFIXES, shard_stem
 from extract.errors import ConfigError
 
 
@@ -135,6 +135,10 @@ def shard_source(url: str) -> dict:
     """What identifies an input shard whatever folder it sits in: a local file's size and a hash of its first and last
     MiB; anything else (a `pipe:` command, a URL) by its text, since it cannot be read twice cheaply."""
     path = Path(url[len("file:"):] if url.startswith("file:") else url)
+    if url.startswith("pipe:"):  # `pipe:cat /data/s-000.tar` reads a local file: that file is the input
+        words = url[len("pipe:"):].split()
+        files = [Path(w) for w in words[1:] if w.endswith(SHARD_SUFFIXES) and Path(w).is_file()]
+        path = files[-1] if files else path
     if not path.is_file():
         return {"url": url}
     size = path.stat().st_size

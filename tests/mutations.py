@@ -515,7 +515,7 @@ ROOMS: dict[str, dict] = {
             (HR, "    for package in cls.requires:\n        if importlib.util.find_spec(package) is None:\n            raise _missing_package(name, package)\n",
              "", "a missing optional package not reported before the run"),
             (HR, "clashes = sorted(set(cls.fields) & set(BASE_FIELDS))", "clashes = []", "a head field named as a base field accepted"),
-            (HR, "if checkpoint.startswith((\"/\", \"./\", \"../\", \"~\"))", "if checkpoint.startswith((\"/\",))",
+            (HR, "return checkpoint.startswith((\"/\", \"./\", \"../\", \"~\"))", "return checkpoint.startswith((\"/\",))",
              "a missing relative checkpoint folder gets the hub message"),
         ],
     },
@@ -563,11 +563,13 @@ ROOMS["select"] = {
         (SE, "            os.replace(self.file.name, self._path())\n", "", "a finished output shard stays .partial"),
         (SE, "        if self.count == 0 and not self._path().exists():", "        if self.count == 0:",
          "a rerun rewrites output shards that were already complete"),
-        (SE, "(f\"{item.key}.{suffix.lower()}\", bytes(item.data))", "(f\"{item.key}.mp4\", bytes(item.data))",
-         "every clip's media is named .mp4 whatever its container"),
-        (SE, 'text = (by_head.get(caption) or {}).get("caption") if caption else (item.sample or {}).get("caption")',
-         'text = (by_head.get(caption) or {}).get("caption") if caption else None',
-         "a sample's own caption is not written when no captioning head ran"),
+        (SE, "members = [(f\"{item.key}.{media_ext}\", bytes(item.data)),", "members = [(f\"{item.key}.{suffix}\", bytes(item.data)),",
+         "each clip's media keeps its own suffix: a loader's to_tuple('mp4', 'txt') misses the mkv and webm samples"),
+        (SE, "    if caption == SAMPLE_CAPTION or (caption is None and own):", "    if caption == SAMPLE_CAPTION:",
+         "a WebDataset sample's own caption is replaced by llava's unasked"),
+        (SE, "(f\"{item.key}.txt\", (text or \"\").encode())]", "]", "samples without a caption have no .txt"),
+        (SE, "(self.max_bytes and _tar_bytes(self.bytes + size) > self.max_bytes)", "(self.max_bytes and self.bytes + size > self.max_bytes)",
+         "shards pass --shard-bytes by the tar's end blocks and padding"),
         (SE, "    if missing:\n        hint", "    if False:\n        hint", "a missing input shard is found only mid-way"),
         (SE, "        if {k: before.get(k) for k in query} != query:", "        if False:",
          "another query's shards are mixed into the folder"),
@@ -576,7 +578,8 @@ ROOMS["select"] = {
     ],
 }
 ROOMS["progress"] = {
-    "tests": ["tests/test_runner.py::test_progress_counts_clips_done_and_each_heads_errors"],
+    "tests": ["tests/test_runner.py::test_progress_counts_clips_done_and_each_heads_errors",
+              "tests/test_runner.py::test_rank_zeros_bar_counts_every_ranks_clips_errors_and_shards"],
     "mutations": [
         (PR, "                if left <= 1:", "                if left <= 2:", "a clip counts as done before every head wrote it"),
         (PR, 'if record["status"] in ("error", "rejected"):', 'if record["status"] == "error":', "rejected members are not counted as errors"),
@@ -640,9 +643,11 @@ ROOMS["checkpoint"] = {
         (SF, 'raise CheckpointError(f"the Synchformer checkpoint {path} does not exist: {FETCH}")',
          'raise FileNotFoundError(f"the Synchformer checkpoint {path} does not exist: {FETCH}")',
          "a checkpoint path that does not exist escapes av_sync's translation: a traceback, not one line"),
-        (AV, "            except synchformer.CheckpointError as exc:\n                raise ConfigError(str(exc)) from None\n",
-         "            except synchformer.CheckpointError:\n                raise\n",
-         "a missing or bad Synchformer checkpoint is a traceback instead of a one-line error"),
+        (AV, "device, resolve_dtype(self.dtype_name, device))\n            except synchformer.CheckpointError as exc:\n                raise ConfigError(str(exc)) from None\n",
+         "device, resolve_dtype(self.dtype_name, device))\n            except synchformer.CheckpointError:\n                raise\n",
+         "a bad Synchformer checkpoint is a traceback instead of a one-line error"),
+        (AV, "                synchformer.check_checkpoint_path(self.model_id)\n", "                pass\n",
+         "a missing Synchformer checkpoint is found only after the workers start, not before any work"),
     ],
 }
 ROOMS["records"] = {
@@ -664,7 +669,7 @@ ROOMS["records"] = {
     ],
 }
 ROOMS["layout"] = {
-    "tests": ["tests/test_layout.py::test_a_model_imports_nothing_of_the_pipeline", "tests/test_layout.py::test_no_module_level_import_circle"],
+    "tests": ["tests/test_layout.py::test_a_model_imports_nothing_of_the_pipeline", "tests/test_layout.py::test_no_import_circle"],
     "mutations": [
         (GE, "import inspect\n", "import inspect\n\nfrom extract.errors import ConfigError\n",
          "the generation engine imports the pipeline's errors: extract.models no longer stands alone"),

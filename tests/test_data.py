@@ -162,6 +162,9 @@ def test_pictures_named_as_videos_are_described_by_probe_and_skipped_by_heads_th
     sync = {r["video_id"]: r for r in read_records(out / "av_sync")}
     for kind in pictures:
         assert probe[f"{kind} still"]["status"] == "ok" and probe[f"{kind} still"]["container"] == kind
+        [stream] = probe[f"{kind} still"]["video_streams"]  # a picture has no rate and no length, not FFmpeg's 25 fps
+        assert (stream["fps"], stream["fps_header"], stream["duration_s"]) == (None, None, None), stream
+        assert probe[f"{kind} still"]["length_s"] is None and probe[f"{kind} still"]["length_mismatch"] is None
         assert sync[f"{kind} still"]["status"] == "skipped" and sync[f"{kind} still"]["error_type"] == "still_image"
         assert kind.upper() in sync[f"{kind} still"]["error"]
     assert probe["a video"]["container"].startswith("mp4") and sync["a video"]["error_type"] != "still_image"

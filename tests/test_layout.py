@@ -90,12 +90,13 @@ def test_the_readme_names_the_tools_and_benchmarks():
 @pytest.mark.parametrize("command", [c for c in _readme_commands() if len(c) == 1], ids=" ".join)
 def test_every_tool_the_readme_writes_starts(command):
     result = subprocess.run([sys.executable, "-m", *command, "--help"], cwd=REPO, capture_output=True, text=True, timeout=300)
-    # extract.launch answers --help with its usage on stderr and exit 2, as for any command line it cannot take
-    expected_code = 2 if command == ["extract.launch"] else 0
-    assert result.returncode == expected_code, result.stderr[-2000:]
-    assert f"usage: python -m {command[0]}" in result.stdout + result.stderr or command == ["extract"], result.stdout[:500]
-    if command == ["extract"]:
-        assert "powered by Hydra" in result.stdout
+    assert result.returncode == 0, result.stderr[-2000:]
+    if command == ["extract"]:  # Hydra's help, with the page written for this program (test_cli says what it holds)
+        assert result.stdout.startswith("extract: ") and "Usage:" in result.stdout
+    elif command == ["extract.launch"]:
+        assert result.stdout.startswith("`python -m extract.launch [torchrun options] -- [extract arguments]`")
+    else:
+        assert f"usage: python -m {command[0]}" in result.stdout, result.stdout[:500]
 
 
 @pytest.mark.parametrize("command", [c for c in _readme_commands() if len(c) == 2], ids=" ".join)

@@ -218,6 +218,25 @@ def test_a_dotted_column_written_without_quotes_is_one_line_that_says_to_quote_i
                            str(tmp_path / "x")], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert "double quotes" in done.stderr and '"probe.status"' in done.stderr
+    import shlex
+
+    advised = shlex.split(done.stderr.split("a shell takes as ")[1])  # pasted into a shell as the message writes it
+    assert advised[0] == "--where"
+    pasted = subprocess.run([sys.executable, "-m", "extract.select", str(root / "out"), *advised, "--out", str(tmp_path / "y")],
+                            capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert pasted.returncode == 0, pasted.stderr
+
+
+def test_a_table_older_than_the_runs_records_is_exported_again(tmp_path):
+    """select reads the run's table; a rerun that added clips after the last export must not leave them out."""
+    (tmp_path / "in").mkdir()
+    write_shard(tmp_path / "in" / "a.tar", [("first (0-1).mp4", make_clip(seconds=1))])
+    args = ("+model=probe", f"tar_folder={tmp_path / 'in'}", f"output_dir={tmp_path / 'out'}", "num_workers=0", "wandb.mode=disabled")
+    run(compose_cfg(*args))
+    assert select(tmp_path / "out", "true", tmp_path / "one", progress=False)["clips_written"] == 1
+    write_shard(tmp_path / "in" / "b.tar", [("second (0-1).mp4", make_clip(seconds=1))])
+    run(compose_cfg(*args))
+    assert select(tmp_path / "out", "true", tmp_path / "two", progress=False)["clips_written"] == 2
 
 
 def test_an_output_shard_is_never_larger_than_shard_bytes_unless_one_clip_alone_is():

@@ -241,9 +241,14 @@ def local_checkpoint(checkpoint: str, revision: str | None = None, option: str |
         raise checkpoint_error(checkpoint, FileNotFoundError(checkpoint), fetch=fetch, option=option)
     from huggingface_hub import snapshot_download
 
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
     try:
         return snapshot_download(checkpoint, revision=revision, local_files_only=True)
-    except Exception as exc:  # not in the cache, or not a hub id at all
+    except LocalEntryNotFoundError:
+        raise checkpoint_error(checkpoint, FileNotFoundError("not on this machine: neither a folder nor in the Hugging Face "
+                                                             "cache"), fetch=fetch, option=option) from None
+    except Exception as exc:  # not a hub id at all
         raise checkpoint_error(checkpoint, exc, fetch=fetch, option=option) from None
 
 
