@@ -53,10 +53,23 @@ def _paths(node: dict, prefix: str = "") -> list[str]:
     return out
 
 
+# Hydra's own flags that take the next word as their value (`--cfg job` shows the composed config)
+FLAGS_WITH_A_VALUE = {"--cfg", "-c", "--package", "-p", "--info", "-i", "--config-path", "-cp", "--config-name", "-cn",
+                      "--config-dir", "-cd", "--experimental-rerun"}
+
+
 def normalise_overrides(arguments: list[str]) -> list[str]:
     """Check the overrides against the configs and expand the one-head shorthand; ConfigError on one line."""
-    flags = [a for a in arguments if a.startswith("-")]
-    overrides = [a for a in arguments if not a.startswith("-")]
+    flags, overrides, after_flag = [], [], False
+    for argument in arguments:
+        if after_flag:  # the value of Hydra's `--cfg job`, `--package x`, `--info config`...
+            flags.append(argument)
+            after_flag = False
+        elif argument.startswith("-"):
+            flags.append(argument)
+            after_flag = argument in FLAGS_WITH_A_VALUE
+        else:
+            overrides.append(argument)
     parsed = _parse(overrides)
     heads, swept = _selected_heads(parsed)
     names = head_names()

@@ -42,6 +42,9 @@ def head_folders(output_dir: Path) -> dict[str, Path]:
     with_tars = {p.name: p for p in sorted(output_dir.iterdir())
                  if p.is_dir() and (any(p.glob("*.tar")) or any(p.glob("*.tar.partial")))}
     heads = {name: path for name, path in with_tars.items() if name in available()}
+    if not heads and output_dir.name in available() and list(output_dir.glob("*.stats.json")):
+        raise ConfigError(f"{output_dir} is the folder of one head ({output_dir.name}); give the run's output_dir, the folder "
+                          f"above it: {output_dir.parent}")
     if not heads:
         shards = sorted(p.name for suffix in ("*.tar", "*.tar.gz", "*.tgz") for p in output_dir.glob(suffix))
         shards += [f"{name}/" for name in with_tars]
@@ -51,6 +54,21 @@ def head_folders(output_dir: Path) -> dict[str, Path]:
                               "hold NAME.tar")
         raise ConfigError(f"{output_dir} holds no head's output (<head>/NAME.tar)")
     return heads
+
+
+def current_location(shard: str, folders: dict[str, Path]) -> str:
+    """Where an input shard is now: where its records say it was read, else where a later run found it (the same shard
+    moved to another folder resumes, and its output's `.sources/NAME.json` says where it went)."""
+    from extract.data import shard_stem
+    from extract.writer import recorded_source
+
+    if "://" in shard or shard.startswith("pipe:") or Path(shard).is_file():
+        return shard
+    for folder in folders.values():
+        recorded = recorded_source(folder, shard_stem(shard))
+        if recorded is not None and recorded[1] and Path(recorded[1]).is_file():
+            return recorded[1]
+    return shard
 
 
 def declared_fields(head: str) -> dict:

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from extract.errors import or_exit
-from extract.export import head_folders, shard_records, shard_stems
+from extract.export import current_location, head_folders, shard_records, shard_stems
 
 THUMB_WIDTH = 320
 FAILURES_SHOWN = 500
@@ -123,7 +123,7 @@ class RunView:
 # ---------------------------------------------------------------------------- pictures from the input shards
 
 
-def keyframes(clips: list[dict]) -> dict[str, tuple[np.ndarray, float] | None]:
+def keyframes(clips: list[dict], folders: dict[str, Path] | None = None) -> dict[str, tuple[np.ndarray, float] | None]:
     """{key: (frame, time)} for the grid's clips: grounding_sam's first keyframe where it ran (its boxes are drawn on it),
     else the middle of the clip; decoded from the input shards the records name."""
     from extract.data import ClipItem, ShardPlan, read_members
@@ -137,9 +137,10 @@ def keyframes(clips: list[dict]) -> dict[str, tuple[np.ndarray, float] | None]:
         wanted[record["shard"]][record["key"]] = MediaSpec(num_frames=count)
     found = {}
     for shard, specs in wanted.items():
-        plan = ShardPlan({shard: {"report": set()}})
+        where = current_location(shard, folders or {})
+        plan = ShardPlan({where: {"report": set()}})
         try:
-            for item in read_members([{"url": shard}], plan, max_member_bytes=4 << 30):
+            for item in read_members([{"url": where}], plan, max_member_bytes=4 << 30):
                 if isinstance(item, ClipItem) and item.key in specs and item.data is not None:
                     try:
                         media = decode_media(bytes(item.data), specs.pop(item.key))
@@ -321,7 +322,7 @@ showing <span id="shown">{len(view.clips)}</span> of the first {len(view.clips)}
 def report(output_dir: Path, out: Path | None = None, limit: int = 120) -> dict:
     output_dir = Path(output_dir)
     view = RunView(output_dir, limit)
-    pictures = keyframes(view.clips)
+    pictures = keyframes(view.clips, view.folders)
     out = Path(out) if out else output_dir / "report.html"
     temporary = out.with_name(out.name + ".tmp")
     temporary.write_text(render(view, pictures, f"extract: {output_dir.resolve().name}"), encoding="utf-8")

@@ -59,11 +59,13 @@ def chosen_clips(table: Path, where: str) -> dict[str, dict[str, str]]:
     return chosen
 
 
-def locate(shard: str, input_root: Path | None) -> str:
-    """Where an input shard is now: its name under `input_root`, else where the run read it."""
+def locate(shard: str, input_root: Path | None, folders: dict[str, Path]) -> str:
+    """Where an input shard is now: its name under `input_root`, else where the run read it or last found it."""
+    from extract.export import current_location
+
     if input_root is not None:
         return str(input_root / Path(shard).name)
-    return shard
+    return current_location(shard, folders)
 
 
 def _older_than_the_records(table: Path, folders: dict[str, Path]) -> bool:
@@ -194,7 +196,7 @@ def select(output_dir: Path, where: str, out: Path, shard_size: int = SHARD_SIZE
             print(f"note: {table} is older than the run's records; exporting it again", file=sys.stderr)
         export(output_dir, table, progress=False)
     chosen = chosen_clips(table, where)
-    located = {shard: locate(shard, input_root) for shard in chosen}
+    located = {shard: locate(shard, input_root, folders) for shard in chosen}
     missing = [url for url in located.values() if _missing(url)]
     if missing:
         hint = "" if input_root else "; if the shards moved, give --input-root DIR"

@@ -10,6 +10,7 @@ missing clips are redone. `<stem>.stats.json` beside each tar keeps its counts f
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import io
 import json
@@ -132,6 +133,22 @@ SOURCE_SAMPLE_BYTES = 1 << 20
 
 
 def shard_source(url: str) -> dict:
+    """What identifies an input shard (see _shard_source), computed once per file version."""
+    path = Path(url[len("file:"):] if url.startswith("file:") else url)
+    try:
+        stat = path.stat()
+        version = (stat.st_size, stat.st_mtime_ns)
+    except OSError:
+        version = None
+    return dict(_shard_source(url, version))
+
+
+@functools.lru_cache(maxsize=65536)
+def _shard_source(url: str, version) -> tuple:
+    return tuple(_identify(url).items())
+
+
+def _identify(url: str) -> dict:
     """What identifies an input shard whatever folder it sits in: a local file's size and a hash of its first and last
     MiB; anything else (a `pipe:` command, a URL) by its text, since it cannot be read twice cheaply."""
     path = Path(url[len("file:"):] if url.startswith("file:") else url)
@@ -152,7 +169,7 @@ def shard_source(url: str) -> dict:
 
 def recorded_source(folder: Path, stem: str) -> tuple[dict, str] | None:
     """(source, shard url) of the input an output shard of `folder` was made from, if it was recorded."""
-    for path in (folder / f"{stem}.stats.json", folder / ".sources" / f"{stem}.json"):
+    for path in (folder / ".sources" / f"{stem}.json", folder / f"{stem}.stats.json"):  # .sources: where it was last seen
         try:
             written = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
@@ -277,6 +294,7 @@ class OutputWriter:
             final, partial, _ = self.paths(url)
             if final.exists():
                 complete += 1
+                self._note_where(url)
                 continue
             self._locks[url] = ShardLock(self.folder / ".locks" / f"{shard_stem(url)}.lock")
             if final.exists():  # finished by a run that released its lock a moment ago
@@ -291,6 +309,16 @@ class OutputWriter:
                 self._resume[url] = (keep, tally)
                 done_keys[url] = keys
         return todo, done_keys, complete
+
+    def _note_where(self, url: str) -> None:
+        """A finished shard's input moved (check_sources found it the same): say where it is now, so that select and the
+        report find it there, though its records name where it was read."""
+        recorded = recorded_source(self.folder, shard_stem(url))
+        if recorded is not None and recorded[1] != url and recorded[0] == shard_source(url):
+            path = self.folder / ".sources" / f"{shard_stem(url)}.json"
+            with _writing(path):
+                path.parent.mkdir(exist_ok=True)
+                _replace_bytes(path, encode_record({"shard": url, "source": recorded[0], "read_from": recorded[1]}))
 
     def _record_source(self, url: str) -> None:
         """Name the input this output shard is made from before anything of it is written (check_sources reads it)."""

@@ -208,6 +208,13 @@ def test_help_says_how_to_use_it_heads_options_and_examples():
     assert len(examples) >= 3  # each is a command the checker accepts, as a user types it
     for example in examples:
         normalise_overrides(example[3:])
+    # the way --help gives to see a head's options: each with its default from the head's YAML
+    from omegaconf import OmegaConf
+
+    shown = run_cli("+model=probe", "--cfg", "job")
+    assert shown.returncode == 0, shown.stderr
+    composed = OmegaConf.create(shown.stdout)
+    assert composed.model.probe == OmegaConf.load(CONF / "model" / "probe.yaml")
 
 
 def test_the_launchers_help_exits_zero_and_a_bad_call_says_where_help_is():
@@ -236,3 +243,8 @@ def test_export_and_report_pointed_at_an_input_folder_say_so(tmp_path):
             done = subprocess.run([sys.executable, "-m", tool, str(folder)], capture_output=True, text=True, cwd=REPO, timeout=120)
             assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
             assert "looks like an input folder" in done.stderr and "unknown head" not in done.stderr
+    # one head's folder of a run: the run is the folder above it
+    run_cli("+model=probe", f"tar_folder={tmp_path / 'shards'}", f"output_dir={tmp_path / 'out'}", "num_workers=0")
+    done = subprocess.run([sys.executable, "-m", "extract.export", str(tmp_path / "out" / "probe")], capture_output=True,
+                          text=True, cwd=REPO, timeout=120)
+    assert done.returncode == 2 and f"the folder above it: {tmp_path / 'out'}" in done.stderr, done.stderr

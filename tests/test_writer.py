@@ -132,6 +132,12 @@ def test_a_different_shard_under_a_finished_shards_name_is_refused_and_the_same_
     assert again.returncode == 0, again.stderr
     summary = json.loads((out / "probe" / "summary.json").read_text())
     assert summary["this_run"]["records"] == 0 and summary["output_totals"]["records"] == 2
+    # where the shard is now is known to the tools that read it again, without --input-root
+    from extract.report import report
+    from extract.select import select
+
+    assert select(out, "true", tmp_path / "chosen", progress=False)["clips_written"] == 2
+    assert report(out)["pictures"] == 2
 
 
 def test_a_partial_shard_of_another_input_is_not_resumed_with_this_ones_clips(tmp_path):
