@@ -26,16 +26,28 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Pipe
 from typing import Callable
 
-import av
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-# imported here, not lazily in the decode child: an import there would run hooks (W&B's) forked from the parent
-from torchcodec import _core as codec_core
-from torchcodec.decoders import AudioDecoder, VideoDecoder
-
 SNIFF_BYTES = 64 << 10  # what is read of a member before deciding to read the rest
+
+
+class _Codecs:
+    """torchcodec and PyAV (FFmpeg's libraries), imported on first use: what only describes or times models (a GPU
+    benchmark on a machine without FFmpeg) never loads them. The watchdog loads them before it forks its decode child,
+    since an import there would run hooks (W&B's) forked from the parent."""
+
+    def __getattr__(self, name: str):
+        import av
+        from torchcodec import _core as core
+        from torchcodec.decoders import AudioDecoder, VideoDecoder
+
+        self.__dict__.update(av=av, core=core, AudioDecoder=AudioDecoder, VideoDecoder=VideoDecoder)
+        return self.__dict__[name]
+
+
+codecs = _Codecs()
 
 
 @dataclass(frozen=True)
@@ -207,9 +219,9 @@ def _video_decoder(data: bytes, stream_index: int | None = None):
     """torchcodec's decoder of a video stream, frames in [H, W, 3]. Without a duration in its headers (a piped
     Matroska) the approximate mode refuses a file that the exact mode (one scan of the packets) opens."""
     try:
-        return VideoDecoder(data, seek_mode="approximate", dimension_order="NHWC", stream_index=stream_index)._decoder
+        return codecs.VideoDecoder(data, seek_mode="approximate", dimension_order="NHWC", stream_index=stream_index)._decoder
     except ValueError:
-        return VideoDecoder(data, seek_mode="exact", dimension_order="NHWC", stream_index=stream_index)._decoder
+        return codecs.VideoDecoder(data, seek_mode="exact", dimension_order="NHWC", stream_index=stream_index)._decoder
 
 
 def average_rates(data: bytes) -> dict[int, float | None]:
@@ -218,7 +230,7 @@ def average_rates(data: bytes) -> dict[int, float | None]:
     reports av_guess_frame_rate instead, mostly r_frame_rate: 30 for a variable-rate phone clip averaging 10.7. For mp4
     FFmpeg takes it from the sample table, before the edit list, so a stream-copied cut keeps its source's rate."""
     try:
-        with av.open(io.BytesIO(data)) as container:
+        with codecs.av.open(io.BytesIO(data)) as container:
             return {stream.index: float(stream.average_rate) if stream.average_rate else None for stream in container.streams.video}
     except Exception:  # PyAV's FFmpeg refuses what torchcodec's opened: no declared rate
         return {}
@@ -232,17 +244,17 @@ def _container_info(data: bytes) -> dict:
         except Exception as exc:
             if "no valid stream" not in str(exc).lower() and "best video stream is unknown" not in str(exc).lower():
                 raise
-            decoder = AudioDecoder(data)._decoder  # no video stream: the container's metadata comes through its audio
-        container = codec_core.get_container_metadata(decoder)
+            decoder = codecs.AudioDecoder(data)._decoder  # no video stream: the container's metadata comes through its audio
+        container = codecs.core.get_container_metadata(decoder)
     except Exception as exc:  # torchcodec raises RuntimeError/ValueError for unreadable input
         container = sniff_container(data)
         if container != "unknown":  # a known container that does not open: cut short or corrupt
             raise DecodeFailure("decode_error", f"the {container} file cannot be read, truncated or corrupt ({_reason(exc)})") from exc
         raise DecodeFailure("not_media", _looks_like_text(data) or f"ffmpeg cannot read it as media ({_reason(exc)})") from exc
     video, audio, subtitles = [], [], []
-    rates = average_rates(data) if any(isinstance(s, codec_core.VideoStreamMetadata) for s in container.streams) else {}
+    rates = average_rates(data) if any(isinstance(s, codecs.core.VideoStreamMetadata) for s in container.streams) else {}
     for stream in container.streams:
-        if isinstance(stream, codec_core.VideoStreamMetadata):
+        if isinstance(stream, codecs.core.VideoStreamMetadata):
             # fps, num_frames, duration_s and first_frame_s are measured when the stream is decoded (null for the others)
             video.append({"index": stream.stream_index, "codec": stream.codec, "width": stream.width, "height": stream.height,
                           "fps": None, "fps_header": rates.get(stream.stream_index), "num_frames": None,
@@ -250,7 +262,7 @@ def _container_info(data: bytes) -> dict:
                           "duration_s_header": _seconds(stream.duration_seconds_from_header),
                           "start_s": _seconds(stream.begin_stream_seconds_from_header), "first_frame_s": None,
                           "color_space": stream.color_space})
-        elif isinstance(stream, codec_core.AudioStreamMetadata):
+        elif isinstance(stream, codecs.core.AudioStreamMetadata):
             audio.append({"index": stream.stream_index, "codec": stream.codec, "sample_rate": stream.sample_rate,
                           "channels": stream.num_channels, "start_s": _seconds(stream.begin_stream_seconds_from_header),
                           "duration_s_header": _seconds(stream.duration_seconds_from_header)})
@@ -286,7 +298,7 @@ class _Timeline:
     @classmethod
     def of(cls, data: bytes, stream: dict, container_duration: float | None) -> "_Timeline":
         try:  # the exact mode reads every packet's timestamp (no decoding)
-            meta = VideoDecoder(data, seek_mode="exact", stream_index=stream["index"]).metadata
+            meta = codecs.VideoDecoder(data, seek_mode="exact", stream_index=stream["index"]).metadata
             begin, end = meta.begin_stream_seconds_from_content, meta.end_stream_seconds_from_content
             scanned = int(meta.num_frames_from_content) if meta.num_frames_from_content else None
             if begin is not None and end is not None and end > begin > _NO_PTS and scanned:
@@ -468,7 +480,7 @@ def _decode_video(data: bytes, info: dict, specs: list[MediaSpec], max_decoded_b
     reached_end = False
     while not all(view.satisfied for view in views.values()):
         try:
-            frame, pts, _ = codec_core.get_next_frame(decoder)
+            frame, pts, _ = codecs.core.get_next_frame(decoder)
         except (IndexError, StopIteration):
             reached_end = True
             break
@@ -538,9 +550,9 @@ def _all_samples(decoder):
 def _decode_audio(data: bytes, info: dict, sample_rate: int, resampler: str = "ffmpeg") -> tuple[np.ndarray, float]:
     """(mean of the channels at `sample_rate`, time of the first sample)."""
     if resampler == "ffmpeg":
-        samples = _all_samples(AudioDecoder(data, stream_index=info["audio_stream_index"], sample_rate=sample_rate))
+        samples = _all_samples(codecs.AudioDecoder(data, stream_index=info["audio_stream_index"], sample_rate=sample_rate))
         return samples.data.mean(dim=0).numpy().astype(np.float32), float(samples.pts_seconds)
-    samples = _all_samples(AudioDecoder(data, stream_index=info["audio_stream_index"]))  # at the file's own rate
+    samples = _all_samples(codecs.AudioDecoder(data, stream_index=info["audio_stream_index"]))  # at the file's own rate
     sound = samples.data.numpy().astype(np.float32)
     if info.get("container") not in SOUNDFILE_CONTAINERS:  # audioread's ffmpeg output: 16-bit, as ffmpeg rounds to it
         sound = np.clip(np.rint(sound * 32768.0), -32768, 32767).astype(np.float32) / 32768.0
@@ -667,6 +679,7 @@ class DecodeWatchdog:
         return payload
 
     def _start(self) -> None:
+        codecs.core  # loaded here, before the fork (see _Codecs)
         parent_end, child_end = Pipe(duplex=True)
         pid = os.fork()
         if pid == 0:  # child: serve decodes until the parent goes away

@@ -1,33 +1,84 @@
 #!/usr/bin/env bash
-# Every full-size benchmark on a lent GPU machine, in under 8 minutes, printing the tables for the README.
-# That machine has torch, transformers and triton but no package registry: the pure-Python packages it lacks
-# (webdataset, hydra, ...) come as wheels carried in .whl/ (bash launch/gpu_wheels.sh makes them here), and the
-# end-to-end run reads the shards carried in .bench-shards/ (made here too: that machine has no ffmpeg command).
-# Each step has its own time limit, so one slow step cannot take the others' time.
+# Every GPU benchmark in one command, sized for one 15-minute loan: about 7 minutes of steps, so that the machine's
+# start and a second command still fit. Run it through the device tool with carry [".whl", ".bench-shards"]
+# (bash launch/gpu_wheels.sh makes both here). Everything it prints is also in $OUT/bench.log, line by line as it
+# comes (unbuffered), so a step stopped by its time limit still leaves what it printed.
+#
+# That machine has Python 3.12, torch, transformers and triton but no package registry: the pure-Python packages it
+# lacks come as pinned wheels in .whl/. It may have no FFmpeg libraries: no step imports torchcodec unless it decodes
+# (extract.decode loads its codecs on first use), and the end-to-end step runs only where torchcodec loads.
+#
+# SMALL=1 shrinks every step (one layer, few tokens) to rehearse the whole script on a CPU in a venv with the GPU
+# image's versions; its timings mean nothing.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+LOG="${OUT:-/tmp}/bench.log"
+mkdir -p "$(dirname "$LOG")"
+exec > >(tee -a "$LOG") 2>&1
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" TQDM_DISABLE=1 WANDB_MODE=disabled
+PYTHON=${PYTHON:-python}
+started=$(date +%s)
+
 if compgen -G ".whl/*.whl" >/dev/null; then
-  python -m pip install --quiet --no-index --no-deps .whl/*.whl 2>&1 | tail -3
+  "$PYTHON" -m pip install --quiet --no-index --no-deps .whl/*.whl 2>&1 | tail -3
 fi
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" TQDM_DISABLE=1 WANDB_MODE=disabled
-python - <<'PY'
-import platform, time, torch, transformers
-print(f"# {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no CUDA device'}, {platform.machine()}, "
-      f"torch {torch.__version__}, transformers {transformers.__version__}, {time.strftime('%Y-%m-%d %H:%M')}")
+
+# first: versions, kernels and every import the steps need, so a missing piece is one line, not an empty table
+"$PYTHON" - <<'PY'
+import importlib, platform, sys, time
+import torch, transformers
+cuda = torch.cuda.is_available()
+print(f"# {torch.cuda.get_device_name(0) if cuda else 'no CUDA device'}, Python {platform.python_version()}, torch {torch.__version__} "
+      f"(CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}), transformers {transformers.__version__}, "
+      f"{time.strftime('%Y-%m-%d %H:%M')}")
+if cuda:
+    free, total = torch.cuda.mem_get_info()
+    b = torch.backends.cuda
+    print(f"# GPU memory {total / 2**30:.0f} GiB ({free / 2**30:.0f} free); SDPA backends enabled: flash {b.flash_sdp_enabled()}, "
+          f"memory-efficient {b.mem_efficient_sdp_enabled()}, cuDNN {b.cudnn_sdp_enabled()}, math {b.math_sdp_enabled()}")
+missing = []
+for name in ("extract.bench.__main__", "extract.bench.generation", "extract.bench.llava_video", "extract.bench.internvl",
+             "extract.models.generation", "extract.models.random_models", "extract.heads.llava_video", "extract.heads.internvl"):
+    try:
+        importlib.import_module(name)
+    except Exception as exc:
+        missing.append(f"{name}: {type(exc).__name__}: {exc}")
+print("# imports: " + ("all there" if not missing else "MISSING " + "; ".join(missing)))
+try:
+    from extract.decode import codecs
+    codecs.core
+    print("# decoding: torchcodec loads (the end-to-end step runs)")
+except Exception as exc:
+    print(f"# decoding: torchcodec does not load here ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); end-to-end step skipped")
+    open("/tmp/extract-no-decode", "w").close()
+sys.exit(1 if missing else 0)
 PY
+[ $? = 0 ] || { echo "## preflight failed: see the MISSING line above"; exit 1; }
+
 step() {  # step SECONDS ARGS...: one benchmark under its own limit
   local limit=$1; shift
-  echo; echo "## python -m extract.bench $*"
-  timeout "$limit" python -m extract.bench "$@" 2>&1 | grep -v -e '^Loading weights' -e 'it/s]$'
+  echo; echo "## python -m extract.bench $* (limit ${limit} s, $(( $(date +%s) - started )) s in)"
+  timeout "$limit" "$PYTHON" -m extract.bench "$@" 2>&1 | grep --line-buffered -v -e '^Loading weights' -e 'it/s]$'
   local status=${PIPESTATUS[0]}
   [ "$status" = 0 ] || echo "## (stopped: exit $status after at most ${limit} s)"
 }
-step 60  generation --requests 32 --slots 8                      # the small model: decode steps and wall time
-step 150 llava_video --size full --batches 1,8,32 --generate-batches 1,8 --new-tokens 256
-step 120 generation --size full --requests 8 --slots 8 --cap 1024 # long-tailed captions, LLaVA-Video-7B's shape
-step 90  internvl --size full --batches 1,4 --new-tokens 256
-if [ -d .bench-shards ]; then
-  step 60 run --input .bench-shards --new-tokens 256 --workers 8
+
+if [ "${SMALL:-0}" = 1 ]; then
+  full=(--size full --layers 1); tokens=4; llava_batches=(--batches 2 --generate-batches 2); requests=(--requests 4 --slots 2 --cap 8)
+  run_size=(--layers 1 --clips 4 --workers 2)
 else
-  echo "## run: skipped (no .bench-shards/; make them with bash launch/gpu_wheels.sh)"
+  full=(--size full); tokens=256; llava_batches=(--batches 8,32 --generate-batches 8); requests=(--requests 16 --slots 8 --cap 512)
+  run_size=(--workers 8)
 fi
+step 45  generation --requests 32 --slots 8 --cap 256                      # the small model: decode steps and wall time
+step 150 llava_video "${full[@]}" "${llava_batches[@]}" --new-tokens "$tokens"   # the part that matters: clips/hour vs floor
+step 90  generation "${full[@]}" "${requests[@]}"                          # long-tailed captions: refills at full size
+step 60  internvl "${full[@]}" --batches 4 --new-tokens "$(( tokens / 2 ))"
+if [ -f /tmp/extract-no-decode ]; then
+  echo; echo "## run: skipped (torchcodec does not load on this machine)"
+elif [ -d .bench-shards ]; then
+  step 60 run --input .bench-shards --new-tokens "$tokens" "${run_size[@]}"
+else
+  echo; echo "## run: skipped (no .bench-shards/; make them with bash launch/gpu_wheels.sh)"
+fi
+echo; echo "## done in $(( $(date +%s) - started )) s; log: $LOG"

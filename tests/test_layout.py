@@ -121,3 +121,13 @@ def test_the_mutation_plan_follows_the_tree():
             path, _, name = test.partition("::")
             assert (REPO / path).is_file(), (room, test)
             assert not name or f"def {name.split('[')[0]}(" in (REPO / path).read_text(), (room, test)
+
+
+def test_what_does_not_decode_loads_no_ffmpeg():
+    """A GPU machine may have no FFmpeg libraries: the benchmarks, the models and the heads import without torchcodec
+    or PyAV, which load on the first decode."""
+    code = ("import sys; import extract.bench.__main__, extract.runner, extract.heads.llava_video, extract.heads.internvl, "
+            "extract.models.generation, extract.models.random_models; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torchcodec', 'av')))")
+    loaded = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert loaded.returncode == 0 and loaded.stdout.strip() == "[]", loaded.stdout + loaded.stderr[-2000:]

@@ -61,8 +61,11 @@ def bench_generation(args) -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     lengths = long_tailed_lengths(args.requests, args.cap, args.median, args.share_at_cap)
     model, prompts, what = _generation_model(args, device)
+    # both paths stop at the checkpoint's own end tokens (generate's default), so "same tokens" compares like with like
+    configured = model.generation_config.eos_token_id
+    eos = [] if configured is None else list(configured) if isinstance(configured, (list, tuple)) else [configured]
     engine = GenerationEngine(model.model.language_model if hasattr(model.model, "language_model") else model.model,
-                              model.lm_head, [], max_slots=args.slots)
+                              model.lm_head, eos, max_slots=args.slots)
     ordered = sorted(lengths)
     print(f"# extract.bench generation: {what} on {device_name(device)}, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}")
     print(f"# {args.requests} requests of {min(len(p) for p in prompts)}-{max(len(p) for p in prompts)} prompt tokens; caption lengths "
@@ -83,6 +86,8 @@ def bench_generation(args) -> None:
         sync(device)
         started = time.perf_counter()
         reference, static_steps = _generate_static(model, prompts, lengths, args.slots, static_cache=device.type == "cuda")
+        # generate pads a row after its end token; the engine stops at it
+        reference = [row[: next((k + 1 for k, t in enumerate(row) if t in eos), len(row))] for row in reference]
         sync(device)
         static_s = time.perf_counter() - started
     same = sum(g.tokens == r for g, r in zip(generations, reference))
