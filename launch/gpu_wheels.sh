@@ -9,7 +9,7 @@ rm -rf .whl && mkdir -p .whl
 # built against torch 2.11 (that machine's), and decodes with that machine's FFmpeg libraries where it has them
 .venv/bin/python -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 \
   --platform manylinux2014_x86_64 --platform any -d .whl webdataset==1.0.2 braceexpand==0.1.7 hydra-core==1.3.8 \
-  omegaconf==2.3.1 tqdm==4.70.1 'torchcodec==0.11.*'
+  omegaconf==2.3.1 tqdm==4.70.1 'torchcodec==0.11.*' av==18.1.0
 # hydra's parser runtime is published as source only: a pure-Python wheel of it, built here
 .venv/bin/python -m pip wheel --quiet --no-deps -w .whl antlr4-python3-runtime==4.9.3
 du -sh .whl
