@@ -273,3 +273,20 @@ def test_a_step_that_cannot_be_captured_runs_eagerly_and_says_why(monkeypatch, c
     assert engine.stats.capture_error == "RuntimeError: operation not permitted when stream is capturing"
     assert not engine.stats.graphs and "not captured as a CUDA graph" in caplog.text and "stream is capturing" in caplog.text
     assert "CUDA graphs no (RuntimeError: operation not permitted" in engine.stats.describe()
+
+
+def test_out_of_memory_with_one_slot_is_raised_not_retried_forever(monkeypatch):
+    """Halving ends at one slot: there the error reaches the head (which splits its batch, then fails that clip alone)."""
+    model = _tiny_lm("qwen2")
+    prompts = _prompts(3, seed=4)
+    engine = _engine(model, [], 4)
+    slot_counts = []
+
+    def run_out(tokens, positions):
+        slot_counts.append(tokens.shape[0])
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(engine, "_decode", run_out)
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        engine.generate([Request(p, len(p), 6) for p in prompts])
+    assert slot_counts == [3, 1]  # 3 requests: 3 slots, then 1 (halved, rounded down), then raised
