@@ -20,7 +20,10 @@ PYTHON=${PYTHON:-python}
 started=$(date +%s)
 
 if compgen -G ".whl/*.whl" >/dev/null; then
-  "$PYTHON" -m pip install --quiet --no-index --no-deps .whl/*.whl 2>&1 | tail -3
+  # torchvision only where the machine lacks it: its own build matches its own torch
+  wheels=(.whl/*.whl)
+  "$PYTHON" -c "import torchvision" 2>/dev/null && wheels=($(ls .whl/*.whl | grep -v torchvision))
+  "$PYTHON" -m pip install --quiet --no-index --no-deps "${wheels[@]}" 2>&1 | tail -3
 fi
 
 # first: versions, kernels and every import the steps need, so a missing piece is one line, not an empty table
@@ -28,8 +31,15 @@ fi
 import importlib, platform, sys, time
 import torch, transformers
 cuda = torch.cuda.is_available()
+try:
+    import torchvision
+    from transformers import LlavaOnevisionVideoProcessor
+    LlavaOnevisionVideoProcessor()  # transformers' video processors need torchvision, and one that matches torch
+    vision = f"torchvision {torchvision.__version__}"
+except Exception as exc:
+    vision = f"torchvision MISSING or broken ({type(exc).__name__}: {str(exc).strip().splitlines()[0][:100]})"
 print(f"# {torch.cuda.get_device_name(0) if cuda else 'no CUDA device'}, Python {platform.python_version()}, torch {torch.__version__} "
-      f"(CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}), transformers {transformers.__version__}, "
+      f"(CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}), {vision}, transformers {transformers.__version__}, "
       f"{time.strftime('%Y-%m-%d %H:%M')}")
 if cuda:
     free, total = torch.cuda.mem_get_info()
@@ -43,6 +53,8 @@ for name in ("extract.bench.__main__", "extract.bench.generation", "extract.benc
         importlib.import_module(name)
     except Exception as exc:
         missing.append(f"{name}: {type(exc).__name__}: {exc}")
+if "MISSING" in vision:
+    missing.append(vision)
 print("# imports: " + ("all there" if not missing else "MISSING " + "; ".join(missing)))
 try:
     from extract.decode import codecs
@@ -55,8 +67,8 @@ sys.exit(1 if missing else 0)
 PY
 [ $? = 0 ] || { echo "## preflight failed: see the MISSING line above"; exit 1; }
 
-step() {  # step SECONDS ARGS...: one benchmark under its own limit
-  local limit=$1; shift
+step() {  # step SECONDS ARGS...: one benchmark under its own limit (times 4 in a SMALL rehearsal on a CPU)
+  local limit=$(( $1 * ${LIMIT_SCALE:-1} )); shift
   echo; echo "## python -m extract.bench $* (limit ${limit} s, $(( $(date +%s) - started )) s in)"
   timeout "$limit" "$PYTHON" -m extract.bench "$@" 2>&1 | grep --line-buffered -v -e '^Loading weights' -e 'it/s]$'
   local status=${PIPESTATUS[0]}
@@ -64,13 +76,14 @@ step() {  # step SECONDS ARGS...: one benchmark under its own limit
 }
 
 if [ "${SMALL:-0}" = 1 ]; then
+  LIMIT_SCALE=${LIMIT_SCALE:-4}
   full=(--size full --layers 1); tokens=4; llava_batches=(--batches 2 --generate-batches 2); requests=(--requests 4 --slots 2 --cap 8)
-  run_size=(--layers 1 --clips 4 --workers 2)
+  run_size=(--layers 1 --clips 4 --workers 2); small_requests=(--requests 8 --slots 4 --cap 16)
 else
   full=(--size full); tokens=256; llava_batches=(--batches 8,32 --generate-batches 8); requests=(--requests 16 --slots 8 --cap 512)
-  run_size=(--workers 8)
+  run_size=(--workers 8); small_requests=(--requests 32 --slots 8 --cap 256)
 fi
-step 45  generation --requests 32 --slots 8 --cap 256                      # the small model: decode steps and wall time
+step 45  generation "${small_requests[@]}"                                # the small model: decode steps and wall time
 step 150 llava_video "${full[@]}" "${llava_batches[@]}" --new-tokens "$tokens"   # the part that matters: clips/hour vs floor
 step 90  generation "${full[@]}" "${requests[@]}"                          # long-tailed captions: refills at full size
 step 60  internvl "${full[@]}" --batches 4 --new-tokens "$(( tokens / 2 ))"

@@ -187,3 +187,24 @@ def test_engine_and_slot_options_are_checked(checkpoint):
         build("llava_video", {"checkpoint": str(checkpoint), "engine": "vllm"})
     with pytest.raises(ConfigError, match="max_slots=0 must be at least 1"):
         build("llava_video", {"checkpoint": str(checkpoint), "max_slots": 0})
+
+
+def test_a_hub_id_in_the_hugging_face_cache_runs_from_there_without_the_network(checkpoint, tmp_path, monkeypatch):
+    """What `hf download org/name` leaves (HF_HOME/hub/models--org--name/snapshots/<revision>/ and refs/main) is what a
+    hub id reads, with the network unreachable; the records name the hub id."""
+    import shutil
+
+    repo = tmp_path / "hf" / "hub" / "models--someone--tiny-llava"
+    shutil.copytree(checkpoint, repo / "snapshots" / ("a" * 40))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing there
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    (tmp_path / "in").mkdir()
+    write_shard(tmp_path / "in" / "a.tar", [("v (0-1).mp4", make_clip(seconds=1))])
+    result = run_cli("+model=llava_video", "model.checkpoint=someone/tiny-llava", "model.num_frames=4", "model.max_new_tokens=2",
+                     f"tar_folder={tmp_path / 'in'}", f"output_dir={tmp_path / 'out'}", "num_workers=0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    [record] = read_records(tmp_path / "out" / "llava_video")
+    assert record["status"] == "ok" and record["model"] == "someone/tiny-llava"
