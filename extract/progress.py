@@ -218,11 +218,12 @@ def totals_line(summaries: dict[str, dict]) -> str:
     parts, faults, nothing = [], set(), True
     for head, summary in summaries.items():
         this_run = summary["this_run"]
+        finished = any(rank["shards_finished"].get(head) for rank in summary.get("ranks", []))
         statuses = ", ".join(f"{status} {count}" for status, count in sorted(this_run["by_status"].items()))
         parts.append(f"{head} {this_run['records']} records" + (f" ({statuses})" if statuses else "")
                      + (f", {this_run['clips_resumed']} resumed" if this_run["clips_resumed"] else ""))
         faults |= set(summary["output_totals"]["shard_faults"])
-        nothing &= this_run["records"] == 0
+        nothing &= this_run["records"] == 0 and not finished  # finishing a resumed shard is work too
     first = next(iter(summaries.values()))
     where = str(Path(first["output"]).parent / "<head>" / "summary.json") if len(summaries) > 1 else str(Path(first["output"]) / "summary.json")
     if nothing:

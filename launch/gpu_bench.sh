@@ -12,6 +12,7 @@
 # image's versions; its timings mean nothing.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+rm -f /tmp/extract-no-decode  # the preflight's word for this run only
 LOG="${OUT:-/tmp}/bench.log"
 mkdir -p "$(dirname "$LOG")"
 exec > >(tee -a "$LOG") 2>&1
@@ -77,20 +78,23 @@ step() {  # step SECONDS ARGS...: one benchmark under its own limit (times 4 in 
 
 if [ "${SMALL:-0}" = 1 ]; then
   LIMIT_SCALE=${LIMIT_SCALE:-4}
-  full=(--size full --layers 1); tokens=4; llava_batches=(--batches 2 --generate-batches 2); requests=(--requests 4 --slots 2 --cap 8)
-  run_size=(--layers 1 --clips 4 --workers 2); small_requests=(--requests 8 --slots 4 --cap 16)
+  full=(--size full --layers 1); tokens=4; llava_batches=(--batches 2 --generate-batches 2 --frames 4)
+  requests=(--requests 4 --slots 2 --cap 8 --frames 4)
+  run_input=(--clips 2 --shards 1 --seconds 1); run_size=(--layers 1 --frames 4 --workers 1); small_requests=(--requests 8 --slots 4 --cap 16)
+  internvl_batches=(--batches 1 --preset fast)
 else
   full=(--size full); tokens=256; llava_batches=(--batches 8,32 --generate-batches 8); requests=(--requests 16 --slots 8 --cap 512)
-  run_size=(--workers 8); small_requests=(--requests 32 --slots 8 --cap 256)
+  run_input=(--input .bench-shards); run_size=(--workers 8); small_requests=(--requests 32 --slots 8 --cap 256)
+  internvl_batches=(--batches 4)
 fi
 step 45  generation "${small_requests[@]}"                                # the small model: decode steps and wall time
 step 150 llava_video "${full[@]}" "${llava_batches[@]}" --new-tokens "$tokens"   # the part that matters: clips/hour vs floor
 step 90  generation "${full[@]}" "${requests[@]}"                          # long-tailed captions: refills at full size
-step 60  internvl "${full[@]}" --batches 4 --new-tokens "$(( tokens / 2 ))"
+step 60  internvl "${full[@]}" "${internvl_batches[@]}" --new-tokens "$(( tokens / 2 ))"
 if [ -f /tmp/extract-no-decode ]; then
   echo; echo "## run: skipped (torchcodec does not load on this machine)"
-elif [ -d .bench-shards ]; then
-  step 60 run --input .bench-shards --new-tokens "$tokens" "${run_size[@]}"
+elif [ -d .bench-shards ] || [ "${SMALL:-0}" = 1 ]; then
+  step 60 run "${run_input[@]}" --new-tokens "$tokens" "${run_size[@]}"
 else
   echo; echo "## run: skipped (no .bench-shards/; make them with bash launch/gpu_wheels.sh)"
 fi

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from conftest import compose_cfg, read_records, run_cli, write_shard
 from extract.runner import run
 
@@ -238,8 +240,10 @@ def test_export_and_report_pointed_at_an_input_folder_say_so(tmp_path):
     write_shard(tmp_path / "part-00000.tar.gz", [("a (0-1).mp4", make_clip(seconds=1))])
     (tmp_path / "shards").mkdir()
     write_shard(tmp_path / "shards" / "s.tar", [("a (0-1).mp4", make_clip(seconds=1))])
+    (tmp_path / "nested" / "part1").mkdir(parents=True)  # a folder of shard folders
+    write_shard(tmp_path / "nested" / "part1" / "s.tar", [("a (0-1).mp4", make_clip(seconds=1))])
     for tool in ("extract.export", "extract.report"):
-        for folder in (tmp_path, tmp_path / "shards"):
+        for folder in (tmp_path, tmp_path / "shards", tmp_path / "nested"):
             done = subprocess.run([sys.executable, "-m", tool, str(folder)], capture_output=True, text=True, cwd=REPO, timeout=120)
             assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
             assert "looks like an input folder" in done.stderr and "unknown head" not in done.stderr
@@ -248,3 +252,32 @@ def test_export_and_report_pointed_at_an_input_folder_say_so(tmp_path):
     done = subprocess.run([sys.executable, "-m", "extract.export", str(tmp_path / "out" / "probe")], capture_output=True,
                           text=True, cwd=REPO, timeout=120)
     assert done.returncode == 2 and f"the folder above it: {tmp_path / 'out'}" in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("pattern, fixed", [("out/fps_${model.probe.fps}", "out"), ("out/${model.probe.fps}", "out"),
+                                            ("/data/runs/${model.probe.fps}/x", "/data/runs"), ("${model.probe.fps}", ".")])
+def test_a_sweeps_record_goes_to_the_fixed_part_of_its_output(pattern, fixed):
+    """README: the sweep's own record goes to the output's fixed part (`out/.hydra/multirun-<time>/`), whether the
+    pattern's interpolation starts a folder name or follows a prefix."""
+    from pathlib import Path
+
+    from extract.cli import sweep_record
+
+    [record] = sweep_record(["--multirun"], ["+model=probe", "model.probe.fps=2,8", f"output_dir={pattern}"])
+    assert record == f"hydra.sweep.dir={Path(fixed) / '.hydra' / 'multirun-${now:%Y-%m-%d_%H-%M-%S}'}"
+
+
+def test_the_launcher_example_in_help_is_a_command_the_launcher_takes():
+    import shlex
+
+    from torch.distributed.run import get_args_parser
+
+    from extract.cli import normalise_overrides
+
+    text = run_cli("--help").stdout
+    [line] = [line.strip() for line in text.splitlines() if line.strip().startswith("python -m extract.launch")]
+    words = shlex.split(line)[3:]
+    assert "--" in words, line  # the launcher needs its separator
+    split = words.index("--")
+    get_args_parser().parse_args([*words[:split], "extract"])  # torchrun's options as torchrun reads them
+    normalise_overrides(words[split + 1:])

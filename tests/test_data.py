@@ -150,7 +150,7 @@ def test_pictures_named_as_videos_are_described_by_probe_and_skipped_by_heads_th
         return out.read_bytes()
 
     pictures = {"jpeg": picture([], "jpg"), "png": picture([], "png"), "gif": picture([], "gif"),
-                "webp": picture(["-c:v", "libwebp"], "webp")}
+                "webp": picture(["-c:v", "libwebp"], "webp"), "bmp": picture([], "bmp")}
     members = [(f"{kind} still (0-1).mp4", data) for kind, data in pictures.items()] + [("a video (0-1).mp4", make_clip(seconds=1))]
     (tmp_path / "in").mkdir()
     write_shard(tmp_path / "in" / "s.tar", members, gz=False)

@@ -202,38 +202,56 @@ def test_rank_zeros_bar_counts_every_ranks_clips_errors_and_shards():
 
 
 def test_every_run_ends_with_its_totals_and_the_bar_counts_the_whole_job(tmp_path):
-    """Two ranks over 5 shards: the bar ends on every rank's clips and all 5 shards, then one totals line; a complete
-    rerun says there was nothing to do; a rerun with one shard missing ends on 5/5 too."""
+    """Two ranks over 5 shards: the bar counts every rank's clips, errors (rejected members too) and shards, never more
+    shards than the job has, and ends on all 5; then one totals line. A complete rerun says there was nothing to do; a
+    rerun that finishes a killed shard counts what it resumed; a rerun where only another head had work is not
+    'nothing to do'."""
     import json
     import re
 
     from conftest import make_clip, run_cli, write_shard
+    from extract.writer import complete_records
 
     (tmp_path / "in").mkdir()
     clip = make_clip(seconds=1, tone=None)
     for shard in range(5):
-        write_shard(tmp_path / "in" / f"s-{shard}.tar", [(f"v{shard}_{i} (0-1).mp4", clip) for i in range(2 + shard)], gz=False)
+        members = [(f"v{shard}_{i} (0-1).mp4", clip) for i in range(2 + shard)]
+        if shard == 0:
+            members += [("README.txt", b"notes"), ("empty (0-1).mp4", b"")]  # rejected, error
+        write_shard(tmp_path / "in" / f"s-{shard}.tar", members, gz=False)
     args = ["+model=probe", f"tar_folder={tmp_path / 'in'}", f"output_dir={tmp_path / 'out'}", "num_workers=1"]
+    summary_path = tmp_path / "out" / "probe" / "summary.json"
 
-    def final_bar(stderr: str) -> str:
-        return [part for part in re.split(r"[\r\n]", stderr) if part.startswith("done")][-1]
+    def bars(stderr: str) -> list[str]:
+        states = [part for part in re.split(r"[\r\n]", stderr) if part.startswith("done")]
+        for state in states:  # never more shards done than the job has
+            shards = re.search(r"shards (\d+)/(\d+)", state)
+            assert shards is None or int(shards[1]) <= int(shards[2]), state
+        return states
 
     first = run_cli(*args, torchrun=2)
     assert first.returncode == 0, first.stderr[-2000:]
-    assert re.match(r"done on 2 ranks: 20 clips \[.*shards 5/5, errors: none\]", final_bar(first.stderr)), first.stderr[-1500:]
+    assert re.match(r"done on 2 ranks: 22 clips \[.*shards 5/5, errors: probe 2\]", bars(first.stderr)[-1]), first.stderr[-1500:]
     totals = [line for line in first.stderr.splitlines() if line.startswith("this run:")]
-    assert totals == [f"this run: probe 20 records (ok 20); shard faults: 0; summary: {tmp_path / 'out' / 'probe' / 'summary.json'}"]
+    assert totals == [f"this run: probe 22 records (error 1, ok 20, rejected 1); shard faults: 0; summary: {summary_path}"]
 
     again = run_cli(*args)
     assert again.returncode == 0 and "0clip" not in again.stderr
-    assert re.match(r"done: 0 clips \[.*shards 5/5", final_bar(again.stderr))
+    assert re.match(r"done: 0 clips \[.*shards 5/5", bars(again.stderr)[-1])
     assert [line for line in again.stderr.splitlines() if line.startswith("nothing to do")] == [
-        f"nothing to do: every shard is complete (20 records already in {tmp_path / 'out'}); "
-        f"summary: {tmp_path / 'out' / 'probe' / 'summary.json'}"]
+        f"nothing to do: every shard is complete (22 records already in {tmp_path / 'out'}); summary: {summary_path}"]
 
-    for leftover in (tmp_path / "out" / "probe").glob("s-4.*"):
-        leftover.unlink()
+    # s-4 killed after 3 of its 6 clips: a .partial with 3 complete records
+    probe = tmp_path / "out" / "probe"
+    kept = list(complete_records(probe / "s-4.tar"))
+    (probe / "s-4.tar.partial").write_bytes((probe / "s-4.tar").read_bytes()[: kept[2][1]])
+    for finished in (probe / "s-4.tar", probe / "s-4.stats.json"):
+        finished.unlink()
     resumed = run_cli(*args, torchrun=2)
-    assert re.match(r"done on 2 ranks: 6 clips \[.*shards 5/5", final_bar(resumed.stderr)), resumed.stderr[-1500:]
-    assert "this run: probe 6 records (ok 6); shard faults: 0" in resumed.stderr
-    assert json.loads((tmp_path / "out" / "probe" / "summary.json").read_text())["output_totals"]["records"] == 20
+    assert re.match(r"done on 2 ranks: 3 clips \[.*shards 5/5", bars(resumed.stderr)[-1]), resumed.stderr[-1500:]
+    assert "this run: probe 3 records (ok 3), 3 resumed; shard faults: 0" in resumed.stderr
+    assert json.loads(summary_path.read_text())["output_totals"]["records"] == 22
+
+    other = run_cli("+model=[probe,av_sync]", "model.av_sync.method=onset_xcorr", *args[1:])
+    assert other.returncode == 0, other.stderr[-2000:]
+    assert "nothing to do" not in other.stderr and "this run: probe 0 records; av_sync 22 records (" in other.stderr

@@ -204,6 +204,24 @@ def test_which_caption_goes_to_the_txt():
     assert caption_of(llava, None, "sample", heads) == (None, None)
     assert caption_of({"probe": {}}, None, None, {"probe": None}) == (None, None)
     assert caption_of({"llava_video": {"status": "error", "caption": None}}, None, None, heads) == (None, None)
+    assert caption_of(llava, {"caption": ""}, None, heads) == ("A dog runs.", "llava_video")  # an empty .txt is no caption
+    # where both ran, the default is the picture's captioner, llava_video, not the sound's
+    both = {"audio_caption": {"caption": "a dog barks"}, "llava_video": {"caption": "A dog runs."}}
+    assert caption_of(both, None, None, {"audio_caption": None, "llava_video": None}) == ("A dog runs.", "llava_video")
+    assert caption_of(both, None, "audio_caption", {"audio_caption": None, "llava_video": None}) == ("a dog barks", "audio_caption")
+
+
+def test_shard_bytes_on_the_command_line_lifts_the_clip_count_limit(finished, tmp_path, monkeypatch):
+    """--shard-bytes alone limits by bytes: the default clip count (1,000, made 2 here) no longer cuts the shards."""
+    from extract import select as module
+
+    root, _ = finished
+    monkeypatch.setattr(module, "SHARD_SIZE", 2)
+    module.main([str(root / "out"), "--where", '"probe.status" = \'ok\'', "--out", str(tmp_path / "b"), "--shard-bytes", str(10**9)])
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert [s["clips"] for s in manifest["output_shards"]] == [7]
+    module.main([str(root / "out"), "--where", '"probe.status" = \'ok\'', "--out", str(tmp_path / "c")])
+    assert [s["clips"] for s in json.loads((tmp_path / "c" / "manifest.json").read_text())["output_shards"]] == [2, 2, 2, 1]
 
 
 @pytest.mark.parametrize("where", ["probe.status = 'ok'", "probe.duration_s > 1"])

@@ -156,3 +156,32 @@ def test_a_partial_shard_of_another_input_is_not_resumed_with_this_ones_clips(tm
     check_sources(tmp_path / "out", [str(first)])  # the same input resumes
     with pytest.raises(ConfigError, match="holds the records of another shard"):
         check_sources(tmp_path / "out", [str(second)])
+
+
+def test_a_shard_is_known_by_its_ends_by_where_it_is_named_and_old_outputs_resume(tmp_path):
+    """The identity reads both ends (a gzip stream ends with the CRC of all it holds); `file:` names the same file; an
+    output written before sources were recorded resumes as it always did."""
+    from extract.writer import check_sources, shard_source
+
+    body = bytes(range(256)) * (3 * 4096)  # 3 MiB
+    first, second = tmp_path / "A" / "s.tar", tmp_path / "B" / "s.tar"
+    first.parent.mkdir()
+    second.parent.mkdir()
+    first.write_bytes(body + b"one")
+    second.write_bytes(body + b"two")  # same size, same first MiB and more: only the end differs
+    assert shard_source(str(first)) != shard_source(str(second))
+    assert shard_source(f"file:{first}") == shard_source(str(first)) == shard_source(f"pipe:cat {first}")
+    writer = OutputWriter(tmp_path / "out")
+    writer.plan([str(first)])
+    writer.write(str(first), {"key": "k", "status": "ok"}, {})
+    writer.finish(str(first), None, [], "probe")
+    writer.close()
+    with pytest.raises(ConfigError, match="another shard"):
+        check_sources(tmp_path / "out", [str(second)])
+    check_sources(tmp_path / "out", [f"file:{first}"])
+    # an output from before sources were recorded: no .sources, no source in its stats
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "s.tar").write_bytes(b"")
+    (old / "s.stats.json").write_text(json.dumps({"shard": "/elsewhere/s.tar", "output": "s.tar"}))
+    check_sources(old, [str(second)])

@@ -107,12 +107,13 @@ def _generation_model(args, device: torch.device):
         from extract.heads import Clip, build, resolve_dtype
         from extract.models import random_models
 
-        head = build("llava_video", {"checkpoint": "random weights"})
+        head = build("llava_video", {"checkpoint": "random weights", **({"num_frames": args.frames} if args.frames else {})})
         head.attach(*random_models.llava_video(device, resolve_dtype("auto", device), "sdpa", args.layers), device)
         prepared = head.prepare(Clip("k", "v", 0.0, 4.0, moving_pattern(head.media_spec, seconds=4.0)))
         with torch.inference_mode():
             prompt = head.prompt_embeddings(prepared)
-        return head.model, [prompt] * args.requests, "LLaVA-Video-7B architecture, RANDOM weights, its 64-frame prompt" + cut_note(args.layers)
+        return head.model, [prompt] * args.requests, (f"LLaVA-Video-7B architecture, RANDOM weights, its {head.num_frames}-frame prompt"
+                                                      + cut_note(args.layers))
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(0)
@@ -128,6 +129,7 @@ def _generation_model(args, device: torch.device):
 def add_arguments(parser) -> None:
     parser.add_argument("--size", choices=("tiny", "full"), default="tiny", help="full: LLaVA-Video-7B's architecture (a GPU)")
     parser.add_argument("--layers", type=int, help="with --size full: cut the depth, for a quick check on a small machine")
+    parser.add_argument("--frames", type=int, help="with --size full: frames per clip (default: the head's 64)")
     parser.add_argument("--requests", type=int, default=32)
     parser.add_argument("--slots", type=int, default=8, help="requests at once: the engine's slots, generate's batch")
     parser.add_argument("--cap", type=int, default=1024, help="max_new_tokens (the authors' 1,024)")

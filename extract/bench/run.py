@@ -38,7 +38,8 @@ def bench_run(args) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp)
         urls = resolve_shards(args.input, None) if args.input else make_shards(scratch, args.clips, args.shards, args.seconds)
-        options = {"checkpoint": "random weights", "max_new_tokens": args.new_tokens, **({"batch_size": args.batch_size} if args.batch_size else {})}
+        options = {"checkpoint": "random weights", "max_new_tokens": args.new_tokens, **({"batch_size": args.batch_size} if args.batch_size else {}),
+                   **({"num_frames": args.frames} if args.frames else {})}
         wall, summary = run_heads({"probe": {}, head.name: options}, urls, scratch / "out", args.workers, 4)
     [rank] = summary["ranks"]
     timing, clips = rank["timing"], rank["clips_read"]
@@ -60,3 +61,4 @@ def add_arguments(parser) -> None:
     parser.add_argument("--batch-size", type=int, help="llava_video's batch (default: 64 on a GPU)")
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--layers", type=int, help="cut the depth, for a quick check on a small machine")
+    parser.add_argument("--frames", type=int, help="llava_video's frames per clip (default: its 64)")

@@ -354,3 +354,26 @@ def test_the_readme_example_head_runs_as_written(tmp_path):
                                                        f"output_dir={tmp_path / 'out2'}", "wandb.mode=disabled"])
     with pytest.raises(ConfigError, match=r"model.num_frames=8 is not a head's options: .* '# @package model.<head>'"):
         run(cfg)
+
+
+def test_a_checkpoint_is_read_where_the_user_points_a_revision_and_a_home_folder_included(tmp_path, monkeypatch):
+    """A hub id's pinned `revision` is the snapshot that revision names in the cache, not main's; `~/ckpt` is the home
+    folder's (Hydra passes `model.checkpoint=~/ckpt` on as it is: no shell expands it)."""
+    from extract.errors import ConfigError
+    from extract.heads import local_checkpoint
+
+    repo = tmp_path / "hf" / "hub" / "models--org--m"
+    for revision, sha in (("main", "a" * 40), ("v1", "b" * 40)):
+        (repo / "snapshots" / sha).mkdir(parents=True)
+        (repo / "snapshots" / sha / "config.json").write_text("{}")
+        (repo / "refs").mkdir(exist_ok=True)
+        (repo / "refs" / revision).write_text(sha)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    assert local_checkpoint("org/m").endswith("a" * 40)
+    assert local_checkpoint("org/m", revision="v1").endswith("b" * 40)
+    with pytest.raises(ConfigError, match="hf download org/m"):
+        local_checkpoint("org/m", revision="v2")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "ckpt").mkdir()
+    assert local_checkpoint("~/ckpt") == str(tmp_path / "ckpt")
