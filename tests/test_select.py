@@ -289,3 +289,40 @@ def test_an_output_shard_is_never_larger_than_shard_bytes_unless_one_clip_alone_
                     assert len(tar.getmembers()) == 3 * written["clips"]
 
     check()
+
+
+def test_arrays_of_several_heads_travel_with_their_clips(tmp_path):
+    """--arrays: each head's arrays of a chosen clip as {key}.<head>.<name>.npy, the bytes the run wrote; a clip whose
+    head wrote none has none."""
+    import io
+
+    import numpy as np
+
+    from extract.writer import OutputWriter
+
+    (tmp_path / "in").mkdir()
+    write_shard(tmp_path / "in" / "a.tar", [("x (0-1).mp4", make_clip(seconds=1)), ("y (0-1).mp4", make_clip(seconds=1))])
+    run(compose_cfg("+model=probe", f"tar_folder={tmp_path / 'in'}", f"output_dir={tmp_path / 'out'}", "num_workers=0",
+                    "wandb.mode=disabled"))
+    probe = {r["video_id"]: r for r in read_records(tmp_path / "out" / "probe")}
+    url = probe["x"]["shard"]
+    written = {}
+    for head, shape in (("internvl", (3, 4)), ("audio_caption", (8,))):
+        writer = OutputWriter(tmp_path / "out" / head)
+        writer.plan([url])
+        for video_id, record in probe.items():
+            arrays = {"features": np.random.default_rng(len(head) + len(video_id)).random(shape).astype(np.float16)} \
+                if video_id == "x" else {}
+            written[head, video_id] = arrays
+            base = {name: record[name] for name in ("key", "video_id", "start", "end", "shard", "member")}
+            writer.write(url, {**base, "head": head, "status": "ok" if arrays else "error", "arrays": sorted(arrays)}, arrays)
+        writer.finish(url, None, [], head)
+        writer.close()
+    select(tmp_path / "out", "true", tmp_path / "chosen", arrays=True, progress=False)
+    samples = {json.loads(s["json"])["video_id"]: s for s in _samples(tmp_path / "chosen")}
+    for head in ("internvl", "audio_caption"):
+        got = np.load(io.BytesIO(samples["x"][f"{head}.features.npy"]))
+        assert got.dtype == np.float16 and np.array_equal(got, written[head, "x"]["features"])
+        assert f"{head}.features.npy" not in samples["y"]
+    plain = select(tmp_path / "out", "true", tmp_path / "plain", progress=False)  # without --arrays: none
+    assert plain["clips_written"] == 2 and not any(".npy" in name for s in _samples(tmp_path / "plain") for name in s)
