@@ -229,8 +229,9 @@ def average_rates(data: bytes) -> dict[int, float | None]:
     get_avg_fps() returns it (FFmpeg's AVStream.avg_frame_rate, unrounded; None where FFmpeg has none). torchcodec
     reports av_guess_frame_rate instead, mostly r_frame_rate: 30 for a variable-rate phone clip averaging 10.7. For mp4
     FFmpeg takes it from the sample table, before the edit list, so a stream-copied cut keeps its source's rate."""
+    av = codecs.av  # outside the try: PyAV missing is an installation to fix, not a file without a rate
     try:
-        with codecs.av.open(io.BytesIO(data)) as container:
+        with av.open(io.BytesIO(data)) as container:
             return {stream.index: float(stream.average_rate) if stream.average_rate else None for stream in container.streams.video}
     except Exception:  # PyAV's FFmpeg refuses what torchcodec's opened: no declared rate
         return {}

@@ -176,8 +176,8 @@ def caption_of(records: dict[str, dict], sample: dict | None, caption: str | Non
 def select(output_dir: Path, where: str, out: Path, shard_size: int = SHARD_SIZE, shard_bytes: int | None = None,
            caption: str | None = None, arrays: bool = False, input_root: Path | None = None, progress: bool = True,
            media_ext: str = "mp4") -> dict:
-    from extract.clips import parse_member_name
     from extract.data import ClipItem, ShardPlan, read_members, shard_stem
+    from extract.decode import sniff_container
     from extract.export import export, head_folders, shard_records
     from extract.schema import BASE_FIELDS
 
@@ -219,9 +219,9 @@ def select(output_dir: Path, where: str, out: Path, shard_size: int = SHARD_SIZE
                 continue
             found.add(item.key)
             by_head = {head: recs[item.key] for head, recs in records.items() if item.key in recs}
-            suffix = parse_member_name(item.member).ext if item.sample is None else item.member.partition(".")[2]
             text, source = caption_of(by_head, item.sample, caption, folders)
-            about = _sample_json(by_head, BASE_FIELDS) | {"media": {"member": item.member, "format": suffix.lower()},
+            # the format from the bytes, as probe's `container` names it: a JPEG saved as .mp4 says jpeg
+            about = _sample_json(by_head, BASE_FIELDS) | {"media": {"member": item.member, "format": sniff_container(bytes(item.data[:64]))},
                                                          "caption_source": source}
             # one media suffix for every sample (the bytes are as they were; decoders read the container from them), and
             # a .txt for every sample, empty when there is no caption: a loader's to_tuple("mp4", "txt") reads them all

@@ -240,7 +240,6 @@ def local_checkpoint(checkpoint: str, revision: str | None = None, option: str |
     if _looks_like_a_path(checkpoint):
         raise checkpoint_error(checkpoint, FileNotFoundError(checkpoint), fetch=fetch, option=option)
     from huggingface_hub import snapshot_download
-
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     try:

@@ -64,7 +64,6 @@ class EngineStats:
     capture_error: str | None = None  # why a decode step could not be captured (it then ran eagerly)
     attention: str = "slot_decode_attention (SDPA, key-head groups folded into the query length)"  # the decode kernel
 
-
     def describe(self) -> str:
         """One line for a benchmark table: did graphs run, with how many slots, how many steps, through which kernel."""
         graphs = "yes" if self.graphs else f"no ({self.capture_error})" if self.capture_error else "no (eager: no CUDA)"
