@@ -368,8 +368,10 @@ def test_a_checkpoint_is_read_where_the_user_points_a_revision_and_a_home_folder
         (repo / "snapshots" / sha / "config.json").write_text("{}")
         (repo / "refs").mkdir(exist_ok=True)
         (repo / "refs" / revision).write_text(sha)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    import huggingface_hub.constants
+
+    # what HF_HOME=tmp/hf would give a fresh process (huggingface_hub reads it once, at import)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
     assert local_checkpoint("org/m").endswith("a" * 40)
     assert local_checkpoint("org/m", revision="v1").endswith("b" * 40)
     with pytest.raises(ConfigError, match="hf download org/m"):
