@@ -498,6 +498,14 @@ def test_a_missing_synchformer_checkpoint_is_one_line_before_any_work(tmp_path):
                                "+model=av_sync", f"tar_folder={tmp_path / 'in'}", f"output_dir={tmp_path / 'out2'}"],
                               capture_output=True, text=True, timeout=300, cwd=REPO)
     assert launched.returncode == 2 and launched.stderr.count("error:") == 1 and synchformer.CHECKPOINT_URL in launched.stderr
+    # a file that is there but is no checkpoint: found when the weights load, still one line
+    (tmp_path / "broken.pth").write_bytes(b"not a checkpoint")
+    broken = run_cli("+model=av_sync", f"model.checkpoint={tmp_path / 'broken.pth'}", f"tar_folder={tmp_path / 'in'}",
+                     f"output_dir={tmp_path / 'out3'}", "wandb.mode=disabled", "num_workers=0")
+    lines = [line for line in broken.stderr.strip().splitlines() if line.strip()]
+    assert broken.returncode == 2 and lines[-1].startswith("error: ") and f"{tmp_path / 'broken.pth'} " in lines[-1] \
+        and synchformer.CHECKPOINT_URL in lines[-1], broken.stderr[-2000:]
+    assert "Traceback" not in broken.stderr
 
 
 def test_options_the_method_would_ignore_and_bad_checkpoints_are_one_line_errors(tmp_path):
