@@ -441,6 +441,7 @@ def test_under_the_launcher_a_bad_command_is_one_line_once_and_ctrl_c_is_one_lin
     assert "Traceback" not in text and "ChildFailedError" not in text and "BrokenPipeError" not in text, text[-3000:]
     assert text.rstrip().endswith("error: interrupted; run the same command again to resume")
     assert text.count("error: interrupted") == 1, text[-3000:]  # once, from the launcher, not once per rank
+    assert "death signal" not in text and "OMP_NUM_THREADS" not in text, text[-3000:]  # torchrun's notes stay quiet
     rerun = subprocess.run([*launcher, *args], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     _check_every_clip_once(out, names)
