@@ -24,7 +24,7 @@ import signal
 import sys
 from dataclasses import dataclass, field
 from multiprocessing.connection import Pipe
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -62,8 +62,10 @@ class MediaSpec:
     # linspace: frame indices int(linspace(0, total - 1, N)) over the decoded frames (LLaVA's rule, both ends included);
     # segments: the middle frame of each of N equal index segments (InternVL's get_index);
     # rate: frames at exactly `fps` from the first frame, the ones ffmpeg's fps filter keeps (the frame shown at
-    # the middle of each 1/fps slot), at most max_frames
+    # the middle of each 1/fps slot), at most max_frames;
+    # rule: the indices `index_rule(frame count, declared frame rate)` returns (a checkpoint's own video processor's)
     sampling: str = "centres"
+    index_rule: Callable[[int, float | None], Sequence[int]] | None = None
     size: tuple[int, int] | None = None  # (height, width)
     short_side: int | None = None  # or resize so the short side is this, keeping the aspect (never up)...
     # ...unless exact: then always to this short side, the long side as ffmpeg's `scale=iw*S/min(iw,ih):...` then
@@ -83,8 +85,10 @@ class MediaSpec:
             value = getattr(self, name)
             if value is not None and value < (1 if name in ("max_frames", "short_side", "crop", "sample_rate") else 0):
                 raise ValueError(f"{name} must be {'at least 1' if name in ('max_frames', 'short_side', 'crop', 'sample_rate') else 'positive or 0'}, not {value}")
-        if self.sampling not in ("centres", "linspace", "segments", "rate"):
-            raise ValueError(f"sampling must be 'centres', 'linspace', 'segments' or 'rate', not {self.sampling!r}")
+        if self.sampling not in ("centres", "linspace", "segments", "rate", "rule"):
+            raise ValueError(f"sampling must be 'centres', 'linspace', 'segments', 'rate' or 'rule', not {self.sampling!r}")
+        if (self.sampling == "rule") != (self.index_rule is not None):
+            raise ValueError("sampling 'rule' and index_rule go together")
         if self.sampling == "rate" and self.fps <= 0:
             raise ValueError("sampling 'rate' needs fps")
         if self.crop and not (self.exact_short_side and self.short_side and self.crop <= self.short_side):
@@ -96,7 +100,7 @@ class MediaSpec:
 
     @property
     def wants_video(self) -> bool:
-        return self.num_frames > 0 or self.fps > 0 or self.every_frame
+        return self.num_frames > 0 or self.fps > 0 or self.every_frame or self.index_rule is not None
 
 
 @dataclass
@@ -321,7 +325,7 @@ class _ViewFrames:
     """The frames one view selects during the sequential pass, resized as they arrive."""
 
     def __init__(self, spec: MediaSpec, timeline: _Timeline, height: int, width: int, max_decoded_bytes: int,
-                 origin: float = 0.0):
+                 origin: float = 0.0, declared_fps: float | None = None):
         self.spec = spec
         self.height, self.width = _target_size(spec, height, width)
         self.crop = (spec.crop, spec.crop) if spec.crop else None
@@ -334,6 +338,14 @@ class _ViewFrames:
             if not timeline.count:
                 raise DecodeFailure("decode_error", "the video stream's frame count is unknown")
             self.indices = sample_indices(spec.sampling, timeline.count, spec.num_frames)
+        elif spec.sampling == "rule":
+            if not timeline.count:
+                raise DecodeFailure("decode_error", "the video stream's frame count is unknown")
+            try:
+                self.indices = sorted(int(i) for i in spec.index_rule(timeline.count, declared_fps))
+            except Exception as exc:  # the rule is a checkpoint's code: a clip it refuses is that clip's error
+                raise DecodeFailure("decode_error", f"no frames to sample from {timeline.count} at {declared_fps} fps: "
+                                    f"{_reason(exc)}") from exc
         elif spec.sampling == "rate":
             # ffmpeg's fps filter: a frame at pts p fills slot round(p * fps) (halves up) and each slot shows the
             # last frame of a slot at or before it, i.e. the last frame with p < (slot + 0.5) / fps
@@ -466,7 +478,8 @@ def _decode_video(data: bytes, info: dict, specs: list[MediaSpec], max_decoded_b
     views, outcome = {}, {}
     for spec in specs:
         try:
-            views[spec] = _ViewFrames(spec, timeline, stream["height"], stream["width"], max_decoded_bytes, time_origin(info))
+            views[spec] = _ViewFrames(spec, timeline, stream["height"], stream["width"], max_decoded_bytes, time_origin(info),
+                                      stream.get("fps_header") or stream.get("fps"))
         except DecodeFailure as exc:
             outcome[spec] = exc
     try:

@@ -49,7 +49,8 @@ if cuda:
           f"memory-efficient {b.mem_efficient_sdp_enabled()}, cuDNN {b.cudnn_sdp_enabled()}, math {b.math_sdp_enabled()}")
 missing = []
 for name in ("extract.bench.__main__", "extract.bench.generation", "extract.bench.llava_video", "extract.bench.internvl",
-             "extract.models.generation", "extract.models.random_models", "extract.heads.llava_video", "extract.heads.internvl"):
+             "extract.bench.vlm_caption", "extract.models.generation", "extract.models.random_models", "extract.heads.llava_video",
+             "extract.heads.internvl", "extract.heads.vlm_caption"):
     try:
         importlib.import_module(name)
     except Exception as exc:
@@ -81,16 +82,17 @@ if [ "${SMALL:-0}" = 1 ]; then
   full=(--size full --layers 1); tokens=4; llava_batches=(--batches 2 --generate-batches 2 --frames 4)
   requests=(--requests 4 --slots 2 --cap 8 --frames 4)
   run_input=(--clips 2 --shards 1 --seconds 1); run_size=(--layers 1 --frames 4 --workers 1); small_requests=(--requests 8 --slots 4 --cap 16)
-  internvl_batches=(--batches 1 --preset fast)
+  internvl_batches=(--batches 1 --preset fast); vlm_batches=(--batches 2 --seconds 2)
 else
   full=(--size full); tokens=256; llava_batches=(--batches 8,32 --generate-batches 8); requests=(--requests 16 --slots 8 --cap 512)
   run_input=(--input .bench-shards); run_size=(--workers 8); small_requests=(--requests 32 --slots 8 --cap 256)
-  internvl_batches=(--batches 4)
+  internvl_batches=(--batches 4); vlm_batches=(--batches 8)
 fi
 step 45  generation "${small_requests[@]}"                                # the small model: decode steps and wall time
 step 150 llava_video "${full[@]}" "${llava_batches[@]}" --new-tokens "$tokens"   # the part that matters: clips/hour vs floor
-step 90  generation "${full[@]}" "${requests[@]}"                          # long-tailed captions: refills at full size
+step 60  generation "${full[@]}" "${requests[@]}"                          # long-tailed captions: refills at full size
 step 60  internvl "${full[@]}" "${internvl_batches[@]}" --new-tokens "$(( tokens / 2 ))"
+step 60  vlm_caption "${full[@]}" "${vlm_batches[@]}" --new-tokens "$(( tokens / 4 ))"  # Qwen3-VL-8B's shape through the engine
 if [ -f /tmp/extract-no-decode ]; then
   echo; echo "## run: skipped (torchcodec does not load on this machine)"
 elif [ -d .bench-shards ] || [ "${SMALL:-0}" = 1 ]; then

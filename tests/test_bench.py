@@ -1,5 +1,7 @@
 """The benchmarks: the analytic floor counts the same weights the real modules hold, and the benchmarks run."""
 
+import re
+
 import pytest
 import torch
 
@@ -52,9 +54,10 @@ def test_the_pipeline_benchmarks_stand_in_heads_caption_every_clip(tmp_path):
         assert all(r["num_tokens"] == 8 for r in records)  # StandInModel's 8 tokens, none of them an end token
 
 
-@pytest.mark.parametrize("benchmark", ["internvl", "llava_video"])
+@pytest.mark.parametrize("benchmark", ["internvl", "llava_video", "vlm_caption"])
 def test_a_captioning_benchmark_runs_with_its_defaults_on_a_tiny_model(benchmark, monkeypatch, capsys):
-    """`python -m extract.bench internvl` (as `llava_video`) with its default --size tiny, on a tiny random model."""
+    """`python -m extract.bench internvl` (as `llava_video`, `vlm_caption`) with its default --size tiny, on a tiny
+    random model."""
     import runpy
     import sys
 
@@ -64,8 +67,10 @@ def test_a_captioning_benchmark_runs_with_its_defaults_on_a_tiny_model(benchmark
     printed = capsys.readouterr().out
     assert "TINY random model" in printed
     assert ("keyframes/s, engine against generate: 1 clips" if benchmark == "internvl" else "best clips/hour: engine") in printed
+    if benchmark == "llava_video":  # where one clip's prefill goes, part by part
+        for part in ("vision tower + projector + pooling", "splice into the prompt", "language model (engine prefill)"):
+            assert re.search(rf"  {re.escape(part)} +\d+\.\d{{3}} s", printed), printed[-1500:]
     # the engine's rows say whether graphs ran, its slots, its decode steps and its attention kernel
-    import re
 
     assert re.search(r"engine: CUDA graphs no \(eager: no CUDA\), slots \d+, decode steps \d+, prefills \d+, attention "
                      r"slot_decode_attention", printed), printed[-1500:]

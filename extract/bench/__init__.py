@@ -10,6 +10,7 @@
     python -m extract.bench llava_video [--size full] [--checkpoint DIR] [--frames 64] [--new-tokens 32] [--batches 1,2,4,8,16]
     python -m extract.bench grounding_sam [--size full] [--detector DIR --segmenter DIR] [--batches 1,2,4]
     python -m extract.bench internvl [--size full] [--checkpoint DIR] [--new-tokens 32] [--batches 1,2,4]
+    python -m extract.bench vlm_caption [--size full] [--checkpoint DIR] [--new-tokens 32] [--seconds 4] [--batches 1,2,4]
     python -m extract.bench audio_caption [--size full|tiny] [--seconds 10] [--caption-tokens 20] [--batches 1,4,16]
     python -m extract.bench synchformer [--seconds 4.8] [--batches 1,2]
 

@@ -7,7 +7,7 @@ import os
 
 from extract import bench
 from extract.bench import (audio_caption, av_sync, data, export, generation, grounding_sam, internvl, llava_video, pipeline,
-                           run, select, synchformer)
+                           run, select, synchformer, vlm_caption)
 
 BENCHMARKS = {  # name: (its module's options, its measurement, what it measures)
     "data": (data.add_arguments, data.bench_data, "streaming decode vs in-memory floor vs extract-to-disk"),
@@ -24,6 +24,8 @@ BENCHMARKS = {  # name: (its module's options, its measurement, what it measures
                     "llava_video generation speed and its floor per batch size and attention kernel"),
     "grounding_sam": (grounding_sam.add_arguments, grounding_sam.bench_grounding_sam, "grounding_sam keyframes/s per batch"),
     "internvl": (internvl.add_arguments, internvl.bench_internvl, "internvl keyframes/s per batch"),
+    "vlm_caption": (vlm_caption.add_arguments, vlm_caption.bench_vlm_caption,
+                    "vlm_caption clips/hour, engine against generate (Qwen3-VL-8B's shape, random weights, with --size full)"),
     "audio_caption": (audio_caption.add_arguments, audio_caption.bench_audio_caption,
                       "audio_caption clips/s per batch (released size, random weights)"),
     "synchformer": (synchformer.add_arguments, synchformer.bench_synchformer,

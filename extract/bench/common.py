@@ -88,6 +88,8 @@ def moving_pattern(spec: MediaSpec, seconds: float, height: int = 360, width: in
         indices = []
     elif spec.every_frame:
         indices = list(range(min(spec.max_frames, total)))
+    elif spec.sampling == "rule":
+        indices = [int(i) for i in spec.index_rule(total, fps)]
     elif spec.sampling != "centres" and spec.num_frames:
         indices = sample_indices(spec.sampling, total, spec.num_frames)
     else:

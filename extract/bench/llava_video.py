@@ -31,6 +31,7 @@ def bench_llava_video(args) -> None:
             print(f"# extract.bench llava_video: {what} on {device_name(device)}, {head.num_frames} frames ({args.preset} preset), "
                   f"{args.new_tokens} new tokens per clip, {head.model.dtype}, attention {head.model.config._attn_implementation}")
             _time_llava(head, device, args, peaks)
+            _prefill_breakdown(head, device, peaks)
             del head
             if device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -83,6 +84,49 @@ def _time_llava(head, device: torch.device, args, peaks) -> None:
     if all(best.values()):
         print(f"best clips/hour: engine {best['continuous']:.0f} against generate {best['generate']:.0f} "
               f"({best['continuous'] / best['generate']:.2f} times)")
+
+
+def _prefill_breakdown(head, device: torch.device, peaks) -> None:
+    """Where one clip's prefill goes: the vision tower with the projector and pooling, the splice of the visual tokens
+    into the prompt's embeddings, and the language model over the whole prompt (the engine's prefill), each against
+    its floor (FLOPs at peak throughput or weights at peak bandwidth, whichever is longer) where the device is known."""
+    from extract.bench.floors import decoder_sizes, encoder_flops
+    from extract.heads import Clip, generation_engine
+    from extract.models.generation import Prompt
+
+    clip = Clip("k0", "v", 0.0, 4.0, moving_pattern(head.media_spec, seconds=4.0))
+    prepared = head.prepare(clip)
+    ids = prepared["input_ids"].to(device)
+    pixels = prepared["pixel_values"].to(device) if "pixel_values" in prepared else head.pixel_values(prepared["frames"].to(device))
+    engine = generation_engine(head)
+    with torch.inference_mode():
+        visual = head.visual_tokens(pixels)  # warm-up
+        engine._ensure_cache(1, len(ids) + 256)
+
+        def splice():
+            embeddings = head.model.get_input_embeddings()(ids)
+            embeddings[ids == head.video_token] = visual.to(embeddings.dtype)
+            return embeddings
+
+        embeddings = splice()
+        parts = {"vision tower + projector + pooling": timed(head.visual_tokens, device, pixel_values=pixels),
+                 "splice into the prompt": timed(splice, device),
+                 "language model (engine prefill)": timed(engine._prefill, device, prompt=Prompt(embeddings), slot=0)}
+    config, text = head.model.config, decoder_sizes(head.model.config.text_config)
+    vision = config.vision_config
+    patches = (vision.image_size // vision.patch_size) ** 2
+    tokens = len(ids)
+    floors = {}
+    if peaks:
+        flops, bandwidth = peaks
+        vision_flops = len(pixels) * (encoder_flops(vision, patches) + 2 * patches * (vision.hidden_size + text["q_dim"]) * text["q_dim"])
+        lm_flops = 2 * tokens * text["layer_params"] + 2 * text["layers"] * tokens ** 2 * text["q_dim"] + 2 * text["head_params"]
+        floors = {"vision tower + projector + pooling": vision_flops / flops,
+                  "language model (engine prefill)": max(lm_flops / flops, 2 * text["layer_params"] / bandwidth)}
+    print(f"prefill of one clip ({len(pixels)} frames, {tokens} prompt tokens), measured:")
+    for part, seconds in parts.items():
+        floor = f"  floor {floors[part]:.3f} s (on paper), {floors[part] / seconds:.2f} of it" if part in floors else ""
+        print(f"  {part:<36} {seconds:>8.3f} s{floor}")
 
 
 def add_arguments(parser) -> None:

@@ -7,13 +7,19 @@ The engine runs the model's own modules (its decoder layers, final norm and lm_h
 1. each request is prefilled alone, unpadded, with causal attention (SDPA's flash kernel on CUDA),
    into its slot of a preallocated KV cache;
 2. one decode step advances every slot at once, each at its own position (a per-slot mask over the
-   cache); on CUDA that step is captured once as a CUDA graph per slot count and replayed;
+   cache), reading the cache only up to the longest busy slot's length (rounded up to 256); on CUDA
+   that step is captured once as a CUDA graph per slot count and length and replayed;
 3. a slot whose request ends (an end-of-sequence token, or max_new_tokens) is refilled at once
    with the next request;
-4. each step keeps only the chosen token and its log-probability, computed on the device;
+4. each step keeps only the chosen token and its log-probability, computed on the device: one
+   transfer to the device (every slot's token, position and rotary offset) and one back per step;
 5. the slot count follows free memory and the KV size of a request, capped by `max_slots`; on
    out-of-memory the engine halves it and runs the unfinished requests again (greedy decoding is
    deterministic), so no request is lost.
+
+Positions: a request may bring its own rotary positions for the prompt (Qwen-VL's multimodal rotary positions,
+[3, length]) and the offset its decode positions keep from their cache positions (Qwen's rope delta), and features
+its model adds to the hidden states after the first layers at the visual positions (Qwen3-VL's DeepStack).
 
 The tokens are those of transformers' greedy `generate` run on one request at a time (tested).
 """
@@ -39,11 +45,22 @@ CAPACITY_STEP = 256  # cache lengths are rounded up to this, so one captured ste
 
 
 @dataclass
-class Request:
-    """A prompt as input embeddings [length, hidden], or a function that makes them when its slot is free (so only
-    the requests in flight hold their embeddings)."""
+class Prompt:
+    """What a model feeds its language model for one prompt, beyond the embeddings of its tokens."""
 
-    embeddings: torch.Tensor | Callable[[], torch.Tensor]
+    embeddings: torch.Tensor  # [length, hidden]
+    positions: torch.Tensor | None = None  # rotary positions [axes, length] when they are not 0..length-1 (Qwen-VL)
+    position_offset: int = 0  # rotary position minus cache position for the generated tokens (Qwen-VL's rope delta)
+    deepstack: list[torch.Tensor] | None = None  # added after layer i to the hidden states at `deepstack_mask` (Qwen3-VL)
+    deepstack_mask: torch.Tensor | None = None  # [length] bool
+
+
+@dataclass
+class Request:
+    """A prompt as input embeddings [length, hidden] or a `Prompt`, or a function that makes either when its slot is
+    free (so only the requests in flight hold their embeddings)."""
+
+    embeddings: torch.Tensor | Prompt | Callable[[], torch.Tensor | Prompt]
     length: int  # prompt tokens
     max_new_tokens: int
 
@@ -63,12 +80,16 @@ class EngineStats:
     graphs: bool = False  # whether decode steps replayed a CUDA graph
     capture_error: str | None = None  # why a decode step could not be captured (it then ran eagerly)
     attention: str = "slot_decode_attention (SDPA, key-head groups folded into the query length)"  # the decode kernel
+    positions_read: int = 0  # cache positions decode steps read, summed over slots and steps
+    positions_needed: int = 0  # of those, the ones within a busy slot's own length (what an ideal kernel reads)
 
     def describe(self) -> str:
-        """One line for a benchmark table: did graphs run, with how many slots, how many steps, through which kernel."""
+        """One line for a benchmark table: did graphs run, with how many slots, how many steps, through which kernel,
+        and how much of the cache it read beyond each busy slot's own length."""
         graphs = "yes" if self.graphs else f"no ({self.capture_error})" if self.capture_error else "no (eager: no CUDA)"
+        read = f", KV read {self.positions_read / self.positions_needed:.2f}x the busy slots' own lengths" if self.positions_needed else ""
         return (f"engine: CUDA graphs {graphs}, slots {self.slots}, decode steps {self.decode_steps}, prefills {self.prefills}, "
-                f"attention {self.attention}")
+                f"attention {self.attention}{read}")
 
 
 SLOT_ATTENTION = "extract_slot_decode"  # the name decode steps register their attention under (transformers' interface)
@@ -99,7 +120,8 @@ class SlotCache:
     """K and V of every layer for `slots` requests, [slots, kv_heads, capacity, head_dim]; what the model's attention
     layers call `update` on. In prefill it stores one request's keys in its slot and hands them back as they came (the
     attention is causal over the prompt alone); in decode it stores each slot's new key at that slot's position and
-    hands back the whole cache, which the slot mask limits to each slot's past."""
+    hands back the cache up to `span` positions (the longest busy slot's length, rounded up), which the slot mask
+    limits to each slot's past."""
 
     def __init__(self, layers: int, slots: int, kv_heads: int, head_dim: int, capacity: int, dtype, device):
         shape = (slots, kv_heads, capacity, head_dim)
@@ -109,6 +131,7 @@ class SlotCache:
         self.active_slots = slots  # decode runs over the first `active_slots` slots
         self.prefill_slot: int | None = None
         self.positions: torch.Tensor | None = None  # [active_slots] long, during a decode step
+        self.span = capacity  # the positions a decode step reads
 
     def update(self, key: torch.Tensor, value: torch.Tensor, layer: int, *args, **kwargs):
         if self.prefill_slot is not None:
@@ -120,7 +143,7 @@ class SlotCache:
         keys, values = self.keys[layer][: self.active_slots], self.values[layer][: self.active_slots]
         keys[rows, :, self.positions] = key[:, :, 0]
         values[rows, :, self.positions] = value[:, :, 0]
-        return keys, values
+        return keys[:, :, : self.span], values[:, :, : self.span]
 
 
 class GenerationEngine:
@@ -145,8 +168,11 @@ class GenerationEngine:
         # transformers renamed the layers' cache argument (past_key_values -> cache); call them by the name they take
         parameters = inspect.signature(self.layers[0].forward).parameters
         self.cache_argument = "cache" if "cache" in parameters else "past_key_values"
+        # Qwen-VL's multimodal rotary embedding takes positions on 3 axes (time, height, width)
+        rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+        self.rope_axes = 3 if "mrope_section" in rope else 1
         self.cache: SlotCache | None = None
-        self.graphs: dict[int, tuple] = {}  # active slot count -> (graph, its static buffers)
+        self.graphs: dict[tuple[int, int], tuple] = {}  # (active slots, span) -> (graph, its static buffers)
         self.graph_pool = None
         self.stats = EngineStats()
         _register_slot_attention()
@@ -220,65 +246,85 @@ class GenerationEngine:
                 log.warning("out of GPU memory in generation; running the unfinished requests again with %d slots", slots)
 
     def _run(self, requests: list[Request], indexes: list[int], results: list, slots: int) -> None:
+        """Fill the slots, step them all, refill each as its request ends. Per step the host sends one [3, slots] tensor
+        (each slot's last token, its cache position, its rotary offset) and gets one [2, slots] back (the next token and
+        its log-probability); a request's tokens are read out of those when it ends."""
         self.stats.slots = slots
-        step = self._decode_step_for(slots)
         queue = deque(zip(indexes, requests))
-        in_flight: list[tuple[int, Request, Generation, int] | None] = [None] * slots  # (index, request, so far, position)
-        tokens = torch.zeros(slots, dtype=torch.long)
-        positions = torch.zeros(slots, dtype=torch.long)
+        state = torch.zeros(3, slots, dtype=torch.long)
+        if self.device.type == "cuda":
+            state = state.pin_memory()
+        left = torch.zeros(slots, dtype=torch.long)  # tokens each busy slot may still make
+        busy = torch.zeros(slots, dtype=torch.bool)
+        holder: list[tuple[int, Generation, int] | None] = [None] * slots  # (index, generation, first step of its decode)
+        steps: list[torch.Tensor] = []  # every decode step's [2, slots] output, on the host
+        end_ids = torch.tensor(sorted(self.eos_ids), dtype=torch.long)
         while True:
             for slot in range(slots):
-                while in_flight[slot] is None and queue:
+                while holder[slot] is None and queue:
                     index, request = queue.popleft()
-                    generation = Generation()
-                    token, logprob = self._prefill(request, slot)
-                    generation.tokens.append(token)
-                    generation.logprobs.append(logprob)
-                    if self._finished(generation, request):
+                    prompt = request.embeddings() if callable(request.embeddings) else request.embeddings
+                    prompt = prompt if isinstance(prompt, Prompt) else Prompt(prompt)
+                    token, logprob = self._prefill(prompt, slot)
+                    generation = Generation([token], [logprob])
+                    if token in self.eos_ids or request.max_new_tokens <= 1:
                         results[index] = generation
-                    else:
-                        in_flight[slot] = (index, request, generation, request.length)
-            busy = [slot for slot in range(slots) if in_flight[slot] is not None]
-            if not busy:
+                        continue
+                    holder[slot] = (index, generation, len(steps))
+                    state[:, slot] = torch.tensor([token, request.length, prompt.position_offset])
+                    left[slot], busy[slot] = request.max_new_tokens - 1, True
+            if not busy.any():
                 return
-            for slot in busy:
-                tokens[slot] = in_flight[slot][2].tokens[-1]
-                positions[slot] = in_flight[slot][3]
-            next_tokens, next_logprobs = step(tokens, positions)
+            longest = int(state[1][busy].max()) + 1
+            span = min(math.ceil(longest / CAPACITY_STEP) * CAPACITY_STEP, self.cache.capacity)
+            out = self._decode_step_for(slots, span)(state)
+            steps.append(out)
             self.stats.decode_steps += 1
-            self.stats.slot_steps += len(busy)
-            for slot in busy:
-                index, request, generation, position = in_flight[slot]
-                generation.tokens.append(int(next_tokens[slot]))
-                generation.logprobs.append(float(next_logprobs[slot]))
-                if self._finished(generation, request):
-                    results[index] = generation
-                    in_flight[slot] = None
-                else:
-                    in_flight[slot] = (index, request, generation, position + 1)
+            self.stats.slot_steps += int(busy.sum())
+            self.stats.positions_read += span * slots
+            self.stats.positions_needed += int((state[1][busy] + 1).sum())
+            tokens = out[0].long()
+            left -= busy.long()
+            ended = busy & (torch.isin(tokens, end_ids) | (left <= 0))
+            state[0] = tokens  # an idle slot's token is never read: a refill sets it
+            state[1] += busy.long()
+            for slot in ended.nonzero()[:, 0].tolist():
+                index, generation, first = holder[slot]
+                made = torch.stack([step[:, slot] for step in steps[first:]])  # [its decode steps, 2]
+                generation.tokens += made[:, 0].long().tolist()
+                generation.logprobs += made[:, 1].tolist()
+                results[index], holder[slot], busy[slot] = generation, None, False
 
-    def _finished(self, generation: Generation, request: Request) -> bool:
-        return generation.tokens[-1] in self.eos_ids or len(generation.tokens) >= request.max_new_tokens
-
-    def _prefill(self, request: Request, slot: int) -> tuple[int, float]:
-        embeddings = request.embeddings() if callable(request.embeddings) else request.embeddings
-        hidden = embeddings.to(self.device, self.dtype)[None]
-        positions = torch.arange(hidden.shape[1], device=self.device)[None]
+    def _prefill(self, prompt: Prompt, slot: int) -> tuple[int, float]:
+        hidden = prompt.embeddings.to(self.device, self.dtype)[None]
+        length = hidden.shape[1]
+        if prompt.positions is not None:
+            rope = prompt.positions.to(self.device)[:, None, :]  # [axes, 1, length]
+        else:
+            rope = torch.arange(length, device=self.device)[None]
+            rope = rope[None].expand(self.rope_axes, 1, length) if self.rope_axes > 1 else rope
         self.cache.prefill_slot = slot
         try:
-            last = self._forward(hidden, positions, attention_mask=None)[:, -1]
+            last = self._forward(hidden, rope, attention_mask=None, deepstack=prompt.deepstack,
+                                 deepstack_mask=prompt.deepstack_mask)[:, -1]
         finally:
             self.cache.prefill_slot = None
         self.stats.prefills += 1
         token, logprob = self._choose(last)
         return int(token[0]), float(logprob[0])
 
-    def _forward(self, hidden: torch.Tensor, positions: torch.Tensor, attention_mask) -> torch.Tensor:
-        """The decoder layers and the final norm, as the text model's own forward runs them, on our cache and mask."""
-        position_embeddings = self.model.rotary_emb(hidden, positions)
-        for layer in self.layers:
-            hidden = layer(hidden, attention_mask=attention_mask, position_ids=positions, use_cache=True,
+    def _forward(self, hidden: torch.Tensor, rope_positions: torch.Tensor, attention_mask, deepstack=None,
+                 deepstack_mask=None) -> torch.Tensor:
+        """The decoder layers and the final norm, as the text model's own forward runs them, on our cache and mask;
+        DeepStack features are added after the first layers as Qwen3-VL's text model adds them."""
+        position_embeddings = self.model.rotary_emb(hidden, rope_positions)
+        for number, layer in enumerate(self.layers):
+            hidden = layer(hidden, attention_mask=attention_mask, position_ids=None, use_cache=True,
                            position_embeddings=position_embeddings, **{self.cache_argument: self.cache})
+            if deepstack is not None and number < len(deepstack):
+                hidden = hidden.clone()
+                mask = deepstack_mask.to(hidden.device)
+                hidden[0, mask] = hidden[0, mask] + deepstack[number].to(hidden.device, hidden.dtype)
         return self.model.norm(hidden)
 
     def _choose(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -290,18 +336,25 @@ class GenerationEngine:
         logprob = logits.log_softmax(dim=-1).gather(-1, token[:, None])[:, 0]
         return token, logprob
 
-    def _decode(self, tokens: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One decode step over the first len(tokens) slots: each slot's last token at its own position."""
+    def _decode(self, state: torch.Tensor, span: int) -> torch.Tensor:
+        """One decode step over the first state.shape[1] slots, reading the cache's first `span` positions. `state`:
+        each slot's last token, its cache position and its rotary offset. Returns [2, slots] float64: each slot's next
+        token (exact: ids are far below 2**53) and its log-probability."""
+        tokens, positions, offsets = state
         slots = tokens.shape[0]
-        self.cache.active_slots, self.cache.positions = slots, positions
+        self.cache.active_slots, self.cache.positions, self.cache.span = slots, positions, span
         hidden = self.model.embed_tokens(tokens[:, None])
+        rope = (positions + offsets)[:, None]
+        if self.rope_axes > 1:
+            rope = rope[None].expand(self.rope_axes, slots, 1)
         # slot s sees its cache up to its own position (its prompt, its tokens so far, the one written now)
-        visible = torch.arange(self.cache.capacity, device=tokens.device)[None, :] <= positions[:, None]
-        with self._sdpa():
-            return self._choose(self._forward(hidden, positions[:, None], visible[:, None, None, :])[:, -1])
+        visible = torch.arange(span, device=tokens.device)[None, :] <= positions[:, None]
+        with self._slot_attention():
+            token, logprob = self._choose(self._forward(hidden, rope, visible[:, None, None, :])[:, -1])
+        return torch.stack([token.double(), logprob.double()])
 
     @contextmanager
-    def _sdpa(self):
+    def _slot_attention(self):
         """Decode steps attend through `slot_decode_attention` with the slot mask, whatever the model's prefill uses."""
         before = self.config._attn_implementation
         self.config._attn_implementation = SLOT_ATTENTION
@@ -310,45 +363,39 @@ class GenerationEngine:
         finally:
             self.config._attn_implementation = before
 
-    def _decode_step_for(self, slots: int) -> Callable:
-        """The decode step for `slots` slots: eager, or a CUDA graph captured once and replayed."""
+    def _decode_step_for(self, slots: int, span: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The decode step for `slots` slots reading `span` positions, host tensors in and out: eager, or a CUDA graph
+        captured once and replayed."""
         if self.device.type != "cuda" or not self.use_graphs:
             self.stats.graphs = False
-
-            def eager(tokens: torch.Tensor, positions: torch.Tensor):
-                token, logprob = self._decode(tokens.to(self.device), positions.to(self.device))
-                return token.cpu(), logprob.cpu()
-
-            return eager
-        if slots not in self.graphs:
+            return lambda state: self._decode(state.to(self.device), span).cpu()
+        if (slots, span) not in self.graphs:
             try:
-                self.graphs[slots] = self._capture(slots)
+                self.graphs[slots, span] = self._capture(slots, span)
             except Exception as exc:  # a model whose step cannot be captured still runs, eagerly, and says so
                 self.stats.capture_error = f"{type(exc).__name__}: {exc}"[:300]
                 log.warning("decode step not captured as a CUDA graph (%s); running it eagerly, slower", self.stats.capture_error)
                 self.use_graphs = False
-                return self._decode_step_for(slots)
-        graph, static_tokens, static_positions, outputs = self.graphs[slots]
+                return self._decode_step_for(slots, span)
+        graph, static_state, output = self.graphs[slots, span]
         self.stats.graphs = True
 
-        def replay(tokens: torch.Tensor, positions: torch.Tensor):
-            static_tokens.copy_(tokens, non_blocking=True)
-            static_positions.copy_(positions, non_blocking=True)
+        def replay(state: torch.Tensor) -> torch.Tensor:
+            static_state.copy_(state, non_blocking=True)
             graph.replay()
-            return outputs[0].cpu(), outputs[1].cpu()
+            return output.cpu()
 
         return replay
 
-    def _capture(self, slots: int) -> tuple:
+    def _capture(self, slots: int, span: int) -> tuple:
         """Capture the decode step while no request holds a slot (warm-up steps write stale keys, which prefill and
         the mask make harmless)."""
-        static_tokens = torch.zeros(slots, dtype=torch.long, device=self.device)
-        static_positions = torch.zeros(slots, dtype=torch.long, device=self.device)
+        static_state = torch.zeros(3, slots, dtype=torch.long, device=self.device)
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
             for _ in range(2):
-                self._decode(static_tokens, static_positions)
+                self._decode(static_state, span)
         torch.cuda.current_stream(self.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         if self.graph_pool is None:
@@ -356,8 +403,8 @@ class GenerationEngine:
         # thread-local capture: the DataLoader's pin-memory thread allocates pinned memory meanwhile, which the default
         # global mode forbids (the capture fails, or that thread is poisoned and the run dies on its next batch)
         with torch.cuda.graph(graph, pool=self.graph_pool, capture_error_mode="thread_local"):
-            outputs = self._decode(static_tokens, static_positions)
-        return graph, static_tokens, static_positions, outputs
+            output = self._decode(static_state, span)
+        return graph, static_state, output
 
 
 # ---------------------------------------------------------------------------- what a caption carries

@@ -107,6 +107,37 @@ def internvl(device: torch.device, dtype: torch.dtype, attn_implementation: str,
     return processor, model
 
 
+# Qwen3-VL-8B-Instruct (config.json and video_preprocessor_config.json of the release)
+QWEN3_VL_8B_TEXT = {"hidden_size": 4096, "intermediate_size": 12288, "num_hidden_layers": 36, "num_attention_heads": 32,
+                    "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 151936, "max_position_embeddings": 262144,
+                    "rope_parameters": {"rope_type": "default", "rope_theta": 5000000.0, "mrope_section": [24, 20, 20],
+                                        "mrope_interleaved": True}}
+QWEN3_VL_8B_VISION = {"depth": 27, "hidden_size": 1152, "intermediate_size": 4304, "num_heads": 16, "out_hidden_size": 4096,
+                      "patch_size": 16, "spatial_merge_size": 2, "temporal_patch_size": 2, "deepstack_visual_indexes": [8, 16, 24],
+                      "num_position_embeddings": 2304}
+QWEN3_VL_VIDEO = {"size": {"shortest_edge": 4096, "longest_edge": 25165824}, "fps": 2.0, "min_frames": 4, "max_frames": 768,
+                  "do_sample_frames": True, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}
+
+
+def qwen3_vl(device: torch.device, dtype: torch.dtype, attn_implementation: str, layers: int | None = None):
+    """(processor, model): Qwen3-VL-8B-Instruct's shape (its ViT with DeepStack, Qwen3-8B-like text), its video
+    processor's settings, a small tokenizer with its special tokens."""
+    from transformers import Qwen2VLImageProcessor, Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLProcessor, Qwen3VLVideoProcessor
+
+    tokenizer = tiny_tokenizer(QWEN_VL_TOKENS, QWEN_VL_CHAT_TEMPLATE)
+    vision = _shallow(QWEN3_VL_8B_VISION, layers, "depth")
+    vision["deepstack_visual_indexes"] = [i for i in vision["deepstack_visual_indexes"] if i < vision["depth"]]
+    config = Qwen3VLConfig(text_config=_shallow(QWEN3_VL_8B_TEXT, layers), vision_config=vision, tie_word_embeddings=False,
+                           **_qwen_vl_ids(tokenizer))
+    model = _build(Qwen3VLForConditionalGeneration, config, device, dtype, attn_implementation)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    processor = Qwen3VLProcessor(image_processor=Qwen2VLImageProcessor(patch_size=16, image_mean=[0.5] * 3, image_std=[0.5] * 3),
+                                 video_processor=Qwen3VLVideoProcessor(**QWEN3_VL_VIDEO), tokenizer=tokenizer,
+                                 chat_template=QWEN_VL_CHAT_TEMPLATE)
+    return processor, model
+
+
 def grounding_sam(device: torch.device, dtype: torch.dtype, layers: int | None = None, sam: str = "huge"):
     """((processor, model), (processor, model)): grounding-dino-tiny (Swin-T, BERT-base) and SAM's ViT-H or ViT-B."""
     from transformers import (GroundingDinoConfig, GroundingDinoForObjectDetection, GroundingDinoImageProcessor,
@@ -219,6 +250,79 @@ def save_tiny_internvl(folder: str | Path, seed: int = 0) -> Path:
                       video_processor=InternVLVideoProcessor(size=size), tokenizer=tokenizer,
                       image_seq_length=4, chat_template=template).save_pretrained(folder)
     return folder
+
+
+# Qwen2-VL's chat template as the Qwen2-VL, Qwen2.5-VL and Qwen3-VL instruct checkpoints ship it (chat_template.json)
+QWEN_VL_CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}"
+    "{% set video_count.value = video_count.value + 1 %}{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}"
+    "<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+QWEN_VL_TOKENS = {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>", "vision_start_token": "<|vision_start|>",
+                  "vision_end_token": "<|vision_end|>"}
+
+
+def _qwen_vl_ids(tokenizer) -> dict:
+    ids = tokenizer.convert_tokens_to_ids(list(QWEN_VL_TOKENS.values()))
+    return dict(zip(["image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id"], ids))
+
+
+def save_tiny_qwen2_5_vl(folder: str | Path, seed: int = 0) -> Path:
+    """Qwen2.5-VL (windowed ViT with 3D patches, multimodal rotary positions) at toy size, with its processor."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
+
+    folder = Path(folder)
+    tokenizer = tiny_tokenizer(QWEN_VL_TOKENS, QWEN_VL_CHAT_TEMPLATE)
+    text = {**tiny_qwen2_text_config(tokenizer), "model_type": "qwen2_5_vl_text",
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}}
+    config = Qwen2_5_VLConfig(
+        text_config=text, **_qwen_vl_ids(tokenizer),
+        vision_config={"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 64,
+                       "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2, "window_size": 56,
+                       "fullatt_block_indexes": [1]})
+    save_generative(Qwen2_5_VLForConditionalGeneration, config, tokenizer, folder, seed)
+    pixels = {"min_pixels": 28 * 28 * 4, "max_pixels": 28 * 28 * 16}  # 2x2 to 4x4 merged patches a frame
+    Qwen2_5_VLProcessor(image_processor=Qwen2VLImageProcessor(**pixels),
+                        video_processor=Qwen2VLVideoProcessor(**pixels, fps=2.0, do_sample_frames=True),
+                        tokenizer=tokenizer, chat_template=QWEN_VL_CHAT_TEMPLATE).save_pretrained(folder)
+    return folder
+
+
+def save_tiny_qwen3_vl(folder: str | Path, seed: int = 0) -> Path:
+    """Qwen3-VL (DeepStack features into the first layers, interleaved multimodal rotary positions, frame times in the
+    prompt) at toy size, with its processor."""
+    from transformers import Qwen2VLImageProcessor, Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLProcessor, Qwen3VLVideoProcessor
+
+    folder = Path(folder)
+    tokenizer = tiny_tokenizer(QWEN_VL_TOKENS, QWEN_VL_CHAT_TEMPLATE)
+    text = {**tiny_qwen2_text_config(tokenizer), "model_type": "qwen3_vl_text", "num_hidden_layers": 3, "head_dim": 16,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3], "mrope_interleaved": True}}
+    config = Qwen3VLConfig(
+        text_config=text, **_qwen_vl_ids(tokenizer),
+        vision_config={"depth": 3, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 64,
+                       "patch_size": 16, "spatial_merge_size": 2, "temporal_patch_size": 2, "deepstack_visual_indexes": [0, 1],
+                       "num_position_embeddings": 64})
+    save_generative(Qwen3VLForConditionalGeneration, config, tokenizer, folder, seed)
+    size = {"shortest_edge": 32 * 32 * 4, "longest_edge": 32 * 32 * 16}
+    Qwen3VLProcessor(image_processor=Qwen2VLImageProcessor(size=size, patch_size=16),
+                     video_processor=Qwen3VLVideoProcessor(size=size, fps=2.0, do_sample_frames=True),
+                     tokenizer=tokenizer, chat_template=QWEN_VL_CHAT_TEMPLATE).save_pretrained(folder)
+    return folder
+
+
+def save_tiny_vlm(family: str, folder: str | Path, seed: int = 0) -> Path:
+    """A tiny random checkpoint of one of the video-language families vlm_caption is proven on, saved in `folder`."""
+    return TINY_VLM_FAMILIES[family](folder, seed)
 
 
 LABEL_WORDS = ["person", "face", "hand", "car", "animal", "dog", "cat", "bird", "building", "tree", "sky", "text",
@@ -362,3 +466,7 @@ def save_random_audio_captioner(folder: str | Path, seed: int = 0) -> Path:
     torch.save(random_released_state(layout, seed, scale=0.02), folder / "pytorch_model.bin")
     word_tokenizer(bart["vocab_size"]).save_pretrained(folder)
     return folder
+
+
+TINY_VLM_FAMILIES = {"qwen3_vl": save_tiny_qwen3_vl, "qwen2_5_vl": save_tiny_qwen2_5_vl,
+                     "llava_onevision": save_tiny_llava_video, "internvl": save_tiny_internvl}

@@ -128,11 +128,11 @@ def test_out_of_memory_halves_the_slots_and_loses_no_request(monkeypatch):
     engine = _engine(model, [], 4)
     real_decode, slot_counts = engine._decode, []
 
-    def decode_or_run_out(tokens, positions):
-        slot_counts.append(tokens.shape[0])
-        if tokens.shape[0] > 1:
+    def decode_or_run_out(state, span):
+        slot_counts.append(state.shape[1])
+        if state.shape[1] > 1:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real_decode(tokens, positions)
+        return real_decode(state, span)
 
     monkeypatch.setattr(engine, "_decode", decode_or_run_out)
     generations = engine.generate([Request(p, len(p), 6) for p in prompts])
@@ -193,7 +193,7 @@ def test_a_decode_step_allocates_nothing_as_large_as_one_layers_key_cache(kind):
 
     stored = {t.untyped_storage().data_ptr() for t in cache.keys + cache.values}  # writes into the cache are views of it
     with torch.inference_mode(), Largest() as watch:
-        engine._decode(torch.zeros(8, dtype=torch.long), torch.full((8,), 30, dtype=torch.long))
+        engine._decode(torch.tensor([[0] * 8, [30] * 8, [0] * 8]), cache.capacity)
     assert watch.largest[0] < key_cache_bytes, watch.largest
 
 
@@ -264,12 +264,12 @@ def test_a_step_that_cannot_be_captured_runs_eagerly_and_says_why(monkeypatch, c
     engine = _engine(model, [], 2)
     monkeypatch.setattr(type(engine), "device", property(lambda self: torch.device("cuda")))
 
-    def refuse(slots):
+    def refuse(slots, span):
         raise RuntimeError("operation not permitted when stream is capturing")
 
     monkeypatch.setattr(engine, "_capture", refuse)
     with caplog.at_level("WARNING"):
-        engine._decode_step_for(2)
+        engine._decode_step_for(2, 256)
     assert engine.stats.capture_error == "RuntimeError: operation not permitted when stream is capturing"
     assert not engine.stats.graphs and "not captured as a CUDA graph" in caplog.text and "stream is capturing" in caplog.text
     assert "CUDA graphs no (RuntimeError: operation not permitted" in engine.stats.describe()
@@ -282,11 +282,45 @@ def test_out_of_memory_with_one_slot_is_raised_not_retried_forever(monkeypatch):
     engine = _engine(model, [], 4)
     slot_counts = []
 
-    def run_out(tokens, positions):
-        slot_counts.append(tokens.shape[0])
+    def run_out(state, span):
+        slot_counts.append(state.shape[1])
         raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
 
     monkeypatch.setattr(engine, "_decode", run_out)
     with pytest.raises(torch.cuda.OutOfMemoryError):
         engine.generate([Request(p, len(p), 6) for p in prompts])
     assert slot_counts == [3, 1]  # 3 requests: 3 slots, then 1 (halved, rounded down), then raised
+
+
+def test_a_decode_step_reads_the_cache_up_to_the_longest_busy_slot_and_tokens_stay_equal_across_the_boundary():
+    """A cache grown to 1024 positions by an earlier long request; now a 250-token prompt generating 20 tokens (its
+    positions cross 256 during decode) beside short ones. Every step's attention sees the keys up to the longest busy
+    slot's position, rounded up to 256, not the whole cache; the tokens stay those of `generate`."""
+    from transformers import AttentionInterface
+
+    from extract.models.generation import SLOT_ATTENTION, slot_decode_attention
+
+    model = _tiny_lm("qwen2")
+    engine = _engine(model, [], 3)
+    engine.generate([Request(torch.randn(900, HIDDEN), 900, 2)] * 3)
+    assert engine.cache.capacity == 1024
+    long = torch.randn(250, HIDDEN, generator=torch.Generator().manual_seed(8))
+    prompts = [long, *_prompts(2, seed=13)]
+    seen = []
+
+    def spy(module, query, key, value, attention_mask, **kwargs):
+        seen.append(key.shape[2])
+        return slot_decode_attention(module, query, key, value, attention_mask, **kwargs)
+
+    AttentionInterface.register(SLOT_ATTENTION, spy)
+    try:
+        generations = engine.generate([Request(p, len(p), n) for p, n in zip(prompts, [20, 4, 6])])
+    finally:
+        AttentionInterface.register(SLOT_ATTENTION, slot_decode_attention)
+    layers = len(engine.layers)
+    # decode step k (k = 0..18) writes the long request's token at position 250 + k: 256 keys while that is below 256
+    expected = [256 if 250 + k < 256 else 512 for k in range(19)]
+    assert seen[::layers] == expected and len(seen) == 19 * layers
+    assert [g.tokens for g in generations] == [_reference(model, p, n, None)[0] for p, n in zip(prompts, [20, 4, 6])]
+    assert engine.cache.capacity == 1024
+    assert engine.stats.positions_needed < engine.stats.positions_read < 19 * 3 * 1024

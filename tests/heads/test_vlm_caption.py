@@ -1,0 +1,239 @@
+"""vlm_caption against each family's own processor and `generate`, on tiny random checkpoints saved and loaded by path.
+
+The expected tokens and log-probabilities come from transformers alone: the checkpoint's processor applies its chat
+template to the clip's frames (sampling them itself where it prescribes a rule, from every frame of the clip), and
+the model's own greedy `generate` runs on that, one clip at a time.
+"""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ffmpeg_output, read_records, ready, run_cli, write_shard
+from extract.decode import MediaSpec, decode_media
+from extract.errors import ConfigError
+from extract.heads import Clip, build
+from extract.models.random_models import save_tiny_vlm
+
+FAMILIES = ["qwen3_vl", "qwen2_5_vl", "llava_onevision", "internvl"]
+SAMPLES_ITSELF = {"qwen3_vl", "qwen2_5_vl"}  # processors with a sampling rule (2 frames a second); the others get 32
+PROMPT = "Describe this video in detail."
+NEW_TOKENS = 10
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("vlm")
+    return {family: save_tiny_vlm(family, root / family) for family in FAMILIES}
+
+
+@pytest.fixture(scope="module")
+def clips():
+    """Three clips of different lengths, rates and sizes: 3 s at 10 fps (30 frames), 2 s at 25 fps, 5 s at 8 fps."""
+    return [ffmpeg_output("-f", "lavfi", "-i", f"testsrc2=size={size}:rate={rate}:duration={seconds}", "-pix_fmt", "yuv420p")
+            for size, rate, seconds in [("96x64", 10, 3), ("128x72", 25, 2), ("80x80", 8, 5)]]
+
+
+def _clip(head, data: bytes, key: str = "k") -> Clip:
+    clip = Clip(key, "v", 0.0, 1.0, decode_media(data, head.media_spec))
+    clip.prepared = head.prepare(clip)  # a worker's share
+    return clip
+
+
+def _spy_on_tokens(monkeypatch) -> list:
+    """Every generation's tokens and log-probabilities as the head hands them to `summarise`."""
+    from extract.heads import vlm_caption
+    from extract.models import generation
+
+    seen = []
+
+    def spy(real):
+        def summarise(tokenizer, tokens, logprobs, eos_ids):
+            seen.append((list(tokens), [float(x) for x in logprobs]))
+            return real(tokenizer, tokens, logprobs, eos_ids)
+        return summarise
+
+    monkeypatch.setattr(vlm_caption, "summarise", spy(vlm_caption.summarise))
+    monkeypatch.setattr(generation, "summarise", spy(generation.summarise))
+    return seen
+
+
+def _reference(folder, data: bytes, rate: float) -> tuple[list[int], list[float], dict]:
+    """transformers alone: every frame of the clip (at its declared `rate`) to the processor, which samples by its own
+    rule where it has one (else 32 frames by transformers' uniform rule, frame i * total // 32, as the README says: by
+    hand here), its chat template, and the
+    model's greedy `generate`. Returns (tokens, log-probabilities, the processor's inputs)."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers.video_utils import VideoMetadata
+
+    processor = AutoProcessor.from_pretrained(folder)
+    model = AutoModelForImageTextToText.from_pretrained(folder).eval()
+    every = decode_media(data, MediaSpec(every_frame=True, max_frames=100_000)).frames
+    total = len(every)
+    rule = getattr(processor.video_processor, "fps", None) is not None
+    count = min(32, total)
+    indices = list(range(total)) if rule else [i * total // count for i in range(count)]
+    metadata = VideoMetadata(total_num_frames=total, fps=rate, duration=total / rate, frames_indices=indices)
+    messages = [{"role": "user", "content": [{"type": "video", "video": every[indices]}, {"type": "text", "text": PROMPT}]}]
+    inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt",
+                                           processor_kwargs={"video_metadata": [metadata], "do_sample_frames": rule})
+    with torch.no_grad():
+        output = model.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False, output_scores=True, return_dict_in_generate=True)
+    logprobs = model.compute_transition_scores(output.sequences, output.scores, normalize_logits=True)[0]
+    return output.sequences[0, inputs["input_ids"].shape[1]:].tolist(), logprobs.tolist(), inputs
+
+
+@pytest.mark.parametrize("engine", ["continuous", "generate"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_tokens_and_logprobs_equal_the_models_own_generate_on_its_chat_template(family, engine, checkpoints, clips, monkeypatch):
+    seen = _spy_on_tokens(monkeypatch)
+    head = ready(build("vlm_caption", {"checkpoint": str(checkpoints[family]), "max_new_tokens": NEW_TOKENS, "engine": engine,
+                                       "prompt": PROMPT}))
+    [result] = head.infer([_clip(head, clips[0])])
+    tokens, logprobs, inputs = _reference(checkpoints[family], clips[0], rate=10.0)
+    [(head_tokens, head_logprobs)] = seen
+    assert head_tokens == tokens
+    assert head_logprobs == pytest.approx(logprobs, abs=1e-4)
+    fields = result.fields
+    assert result.status == "ok" and fields["engine"] == engine and fields["num_tokens"] == NEW_TOKENS  # random weights never end
+    assert fields["mean_logprob"] == pytest.approx(float(np.mean(logprobs)), abs=1e-4)
+    if family == "qwen2_5_vl":  # Qwen2-VL's rule at 2 fps over 30 frames at 10 fps: arange(0, 30, 30 / 6), by hand
+        assert fields["frame_times"] == [0.0, 0.5, 1.0, 1.5, 2.0, 2.5]
+        assert int(inputs["video_grid_thw"][0, 0]) * 2 == fields["num_frames"] == 6  # 2 frames a temporal patch
+    elif family == "qwen3_vl":  # Qwen3-VL's: linspace(0, 29, 6) rounded, by hand
+        assert fields["frame_times"] == [0.0, 0.6, 1.2, 1.7, 2.3, 2.9]
+    else:  # no rule: 32 frames at most, all 30 of this clip
+        assert fields["num_frames"] == 30 and fields["frame_times"] == [round(i / 10, 3) for i in range(30)]
+
+
+@pytest.mark.parametrize("family", ["qwen3_vl", "llava_onevision"])
+def test_a_clips_record_does_not_depend_on_its_batch_mates(family, checkpoints, clips):
+    head = ready(build("vlm_caption", {"checkpoint": str(checkpoints[family]), "max_new_tokens": 6, "max_slots": 2}))
+    batch = [_clip(head, data, f"k{i}") for i, data in enumerate(clips)]
+    together = [r.fields for r in head.infer(batch)]
+    alone = [head.infer([clip])[0].fields for clip in batch]
+    assert len({f["num_frames"] for f in together}) >= 2  # prompts of different lengths
+    for a, b in zip(together, alone):
+        assert {k: v for k, v in a.items() if k not in ("mean_logprob", "confidence")} == \
+            {k: v for k, v in b.items() if k not in ("mean_logprob", "confidence")}
+        assert a["mean_logprob"] == pytest.approx(b["mean_logprob"], abs=1e-5)
+
+
+def test_the_frame_options_ask_the_processors_own_rule(checkpoints, clips):
+    """num_frames through Qwen2-VL's rule: rounded to whole temporal patches, arange(0, 30, 30 / 4); fps through
+    Qwen3-VL's: int(30 / 10 * 1) = 3 frames, at least its min_frames 4: linspace(0, 29, 4) rounded; a processor without
+    a rule takes num_frames by transformers' uniform rule, i * 30 // 5."""
+    def times(family, **options):
+        head = ready(build("vlm_caption", {"checkpoint": str(checkpoints[family]), "max_new_tokens": 1, **options}))
+        return head.infer([_clip(head, clips[0])])[0].fields["frame_times"]
+
+    assert times("qwen2_5_vl", num_frames=4) == [0.0, 0.7, 1.5, 2.2]
+    assert times("qwen3_vl", fps=1.0) == [0.0, 1.0, 1.9, 2.9]
+    assert times("llava_onevision", num_frames=5) == [0.0, 0.6, 1.2, 1.8, 2.4]
+    assert times("internvl", num_frames=100) == [round(i / 10, 3) for i in range(30)]  # at most the clip's frames
+    with pytest.raises(ConfigError, match="num_frames or fps, not both"):
+        build("vlm_caption", {"checkpoint": "x", "num_frames": 4, "fps": 1.0})
+
+
+def test_a_model_the_engine_cannot_run_falls_back_to_generate_and_says_so(tmp_path, clips, monkeypatch, caplog):
+    """Qwen2.5-VL with sliding-window layers: the engine runs full attention only, so transformers' generate makes the
+    caption, the record says `generate`, and the tokens are still the model's own."""
+    from transformers import AutoConfig
+
+    folder = save_tiny_vlm("qwen2_5_vl", tmp_path / "sliding")
+    config = json.loads((folder / "config.json").read_text())
+    config["text_config"].update(use_sliding_window=True, sliding_window=8, max_window_layers=1, layer_types=None)
+    (folder / "config.json").write_text(json.dumps(config))
+    assert "sliding_attention" in AutoConfig.from_pretrained(folder).text_config.layer_types
+    seen = _spy_on_tokens(monkeypatch)
+    with caplog.at_level("WARNING"):
+        head = ready(build("vlm_caption", {"checkpoint": str(folder), "max_new_tokens": NEW_TOKENS}))
+        [result] = head.infer([_clip(head, clips[0])])
+    assert result.fields["engine"] == "generate" and "sliding-window" in caplog.text
+    assert seen[0][0] == _reference(folder, clips[0], rate=10.0)[0]
+
+
+def test_a_missing_or_wrong_checkpoint_is_one_line_naming_the_option(tmp_path, clips):
+    from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor, Qwen2Config, Qwen2ForCausalLM, CLIPImageProcessor
+
+    from extract.models.random_models import tiny_tokenizer
+
+    (tmp_path / "in").mkdir()
+    write_shard(tmp_path / "in" / "a.tar", [("v (0-3).mp4", clips[0])])
+    text_only = tmp_path / "qwen2"
+    tokenizer = tiny_tokenizer()
+    Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                 num_attention_heads=2, num_key_value_heads=1)).save_pretrained(text_only)
+    tokenizer.save_pretrained(text_only)
+    for checkpoint, said in [(tmp_path / "nowhere", "does not exist"), (text_only, "is a qwen2 model, not a video-language model")]:
+        done = run_cli("+model=vlm_caption", f"model.checkpoint={checkpoint}", f"tar_folder={tmp_path / 'in'}",
+                       f"output_dir={tmp_path / 'out'}")
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 2 and len(lines) == 1, done.stderr[-2000:]
+        assert said in lines[0] and "model.vlm_caption.checkpoint" in lines[0]
+        assert not (tmp_path / "out" / "vlm_caption").exists() or not list((tmp_path / "out" / "vlm_caption").glob("*.tar"))
+    # an image-only model: its processor takes no video
+    images_only = tmp_path / "llava"
+    config = LlavaConfig(text_config={"model_type": "qwen2", "vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 64,
+                                      "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1},
+                         vision_config={"model_type": "clip_vision_model", "hidden_size": 32, "intermediate_size": 64,
+                                        "num_hidden_layers": 1, "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
+                         image_token_index=tokenizer.convert_tokens_to_ids("<image>"))
+    LlavaForConditionalGeneration(config).save_pretrained(images_only)
+    LlavaProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size=32), tokenizer=tokenizer,
+                   patch_size=8, chat_template=tokenizer.chat_template).save_pretrained(images_only)
+    with pytest.raises(ConfigError, match="takes no video.*model.vlm_caption.checkpoint"):
+        build("vlm_caption", {"checkpoint": str(images_only)}).open(torch.device("cpu"))
+
+
+def test_the_quickstart_line_gives_one_caption_per_clip_beside_probe(checkpoints, clips, tmp_path):
+    """The README's command: `'+model=[probe,vlm_caption]' model.vlm_caption.checkpoint=<folder>`; a member that is
+    no video gets an error record in both heads."""
+    (tmp_path / "in").mkdir()
+    members = [(f"clip.{i} ({i}-{i + 2}).mp4", data) for i, data in enumerate(clips)] + [("broken (0-1).mp4", b"not a video")]
+    write_shard(tmp_path / "in" / "s-000.tar", members)
+    done = run_cli("+model=[probe,vlm_caption]", f"model.vlm_caption.checkpoint={checkpoints['qwen3_vl']}",
+                   "model.vlm_caption.max_new_tokens=5", f"tar_folder={tmp_path / 'in'}", f"output_dir={tmp_path / 'out'}",
+                   "num_workers=1")
+    assert done.returncode == 0, done.stderr[-3000:]
+    for head in ("probe", "vlm_caption"):
+        records = {r["member"]: r for r in read_records(tmp_path / "out" / head)}
+        assert sorted(records) == sorted(name for name, _ in members)
+        assert records["broken (0-1).mp4"]["status"] == "error"
+    captions = [r for r in read_records(tmp_path / "out" / "vlm_caption") if r["status"] == "ok"]
+    assert len(captions) == 3
+    for record in captions:
+        assert record["model"] == str(checkpoints["qwen3_vl"]) and record["engine"] == "continuous"
+        assert record["num_tokens"] == 5 and record["finish_reason"] == "length" and isinstance(record["caption"], str)
+        assert record["num_frames"] == len(record["frame_times"]) >= 4 and len(record["prompt_sha1"]) == 12
+        assert record["preset"] == "authors"
+
+
+def test_qwens_frames_get_the_per_frame_pixel_budget_of_qwen_vl_utils(checkpoints, clips):
+    """transformers' Qwen video processors share a whole video's pixel budget out among its frames, as Qwen's
+    qwen-vl-utils does, only when asked (`cap_pixels_per_frame=True`); the head asks. With a budget of 16 tokens' worth
+    of pixels (`max_video_tokens`, given through processor_options) each of the 10 frames of 80x80 shrinks when asked,
+    and keeps its size when not: the grids differ, and the head's is the asked one."""
+    from transformers import AutoProcessor
+    from transformers.video_utils import VideoMetadata
+
+    budget = {"max_video_tokens": 16}
+    head = ready(build("vlm_caption", {"checkpoint": str(checkpoints["qwen2_5_vl"]), "max_new_tokens": 1, "processor_options": budget}))
+    clip = _clip(head, clips[2])  # 5 s at 8 fps, 80x80: 10 frames at 2 fps
+    processor = AutoProcessor.from_pretrained(checkpoints["qwen2_5_vl"])
+    metadata = VideoMetadata(total_num_frames=40, fps=8.0, duration=5.0, frames_indices=list(clip.media.frame_indices))
+    text = processor.apply_chat_template([{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": PROMPT}]}],
+                                         add_generation_prompt=True, tokenize=False)
+
+    def grid(cap):
+        inputs = processor(text=[text], videos=[clip.media.frames], video_metadata=[metadata], do_sample_frames=False,
+                           return_tensors="pt", cap_pixels_per_frame=cap, **budget)
+        return inputs["video_grid_thw"].tolist()
+
+    assert len(clip.media.frames) == 10
+    assert clip.prepared["inputs"]["video_grid_thw"].tolist() == grid(True) != grid(False)
+    override = ready(build("vlm_caption", {"checkpoint": str(checkpoints["qwen2_5_vl"]), "max_new_tokens": 1,
+                                           "processor_options": {**budget, "cap_pixels_per_frame": False}}))
+    assert _clip(override, clips[2]).prepared["inputs"]["video_grid_thw"].tolist() == grid(False)
