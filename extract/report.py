@@ -39,6 +39,7 @@ DISTRIBUTIONS = [
     ("Loudness", "dBFS", "probe", lambda r: _get(r, "probe", "stats", "audio_rms_dbfs")),
     ("Audio offset", "s", "av_sync", lambda r: _get(r, "av_sync", "offset_s")),
     ("Caption length (llava_video)", "words", "llava_video", lambda r: _words(_get(r, "llava_video", "caption"))),
+    ("Caption length (vlm_caption)", "words", "vlm_caption", lambda r: _words(_get(r, "vlm_caption", "caption"))),
     ("Caption length (audio_caption)", "words", "audio_caption", lambda r: _words(_get(r, "audio_caption", "caption"))),
     ("Detections per keyframe", "boxes", "grounding_sam", lambda r: _per_keyframe(r)),
 ]
@@ -228,7 +229,7 @@ def _said(head: str, record: dict) -> str:
     if status != "ok":
         return f'<b>{head}</b> <i class="{status}">{status}</i> {html.escape(record.get("error") or "")}'
     text = ""
-    if head in ("llava_video", "audio_caption"):
+    if head in ("llava_video", "vlm_caption", "audio_caption"):
         text = f'“{html.escape(record.get("caption") or "")}” <span class="conf">confidence {record.get("confidence") or 0:.2f}</span>'
     elif head == "internvl":
         text = "<br>".join(f'{k["time"]:.2f}s: “{html.escape(k["description"] or "")}”' for k in record.get("keyframes") or [])

@@ -10,7 +10,7 @@ in the layout video2dataset writes: `{key}.mp4` (its media bytes exactly as they
 shard, no re-encode, whatever the container: `--media-ext` names another suffix, and the json keeps
 the original member name and format), `{key}.json` (its base fields, every head's fields, `media`,
 `caption_source`), `{key}.txt` (empty when there is no caption: by default the input sample's own
-caption where it has one, else llava_video's where that head ran; `--caption HEAD` or `--caption
+caption where it has one, else the first of llava_video, vlm_caption, audio_caption that ran; `--caption HEAD` or `--caption
 sample` chooses), and with `--arrays` each head's arrays as `{key}.<head>.<name>.npy`.
 Keys stay the clips' keys. Output shards are `000000.tar`, `000001.tar`, ...
 
@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> None:
     size.add_argument("--shard-size", type=int, default=SHARD_SIZE, help=f"clips per output shard (default {SHARD_SIZE})")
     size.add_argument("--shard-bytes", type=int, help="bytes per output shard, at most (a clip larger alone gets one)")
     parser.add_argument("--caption", help="what goes to {key}.txt: a head's caption (llava_video, ...) or 'sample', the input "
-                        "sample's own .txt (default: the sample's own where it has one, else llava_video's where it ran; "
+                        "sample's own .txt (default: the sample's own where it has one, else the first of llava_video, vlm_caption, audio_caption that ran; "
                         "an empty .txt when there is none)")
     parser.add_argument("--media-ext", default="mp4", help="the suffix of every sample's media member, whatever its container "
                         "(default mp4, so to_tuple('mp4', 'txt') reads every sample; the json keeps the original name)")

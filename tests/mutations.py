@@ -708,8 +708,6 @@ ROOMS["vlm_caption"] = {
         (VC, "video_metadata=[self.metadata(total, fps or 1.0, indices)], do_sample_frames=False,",
          "video_metadata=[self.metadata(total, fps or 1.0, None)], do_sample_frames=False,",
          "the sampled frames' indices not given to the processor: Qwen3-VL's frame times in the prompt are wrong"),
-        (VC, "            if positions.shape[0] == 4:  # the text row first", "            if False:  # the text row first",
-         "Qwen's packed 4-row positions taken as 3 axes"),
         (VC, "            offset = int(positions.max()) + 1 - length", "            offset = 0",
          "Qwen-VL's rope delta lost: decode positions after a video prompt are wrong"),
         (VC, "        return Prompt(embeddings, positions, offset, deepstack, visual[0] if visual is not None else None)",

@@ -188,10 +188,14 @@ def test_each_chart_plots_its_own_quantity_with_its_unit_count_and_median(tmp_pa
                                  _record("c", "av_sync", offset_s=-0.75)])
     _write(tmp_path, "llava_video", [_record("a", "llava_video", caption="one two three"), _record("b", "llava_video", caption="x"),
                                      _record("c", "llava_video", "error", caption=None)])
+    _write(tmp_path, "vlm_caption", [_record("a", "vlm_caption", caption="a b c d e f g", confidence=0.25),
+                                     _record("b", "vlm_caption", caption="a b c", confidence=0.5), _record("c", "vlm_caption", caption="")])
     page = render(RunView(tmp_path, 10), {}, "t")
+    assert "“a b c d e f g” <span class=\"conf\">confidence 0.25</span>" in page  # vlm_caption's words in the clip's box
     expected = {"Duration": ("s", 3, "2", 1.0, 4.0), "Resolution (height)": ("px", 3, "480", 240, 1080),
                 "Motion energy": ("luma levels", 3, "1.5", 0.5, 9.5), "Loudness": ("dBFS", 2, "-25", -30, -20),
-                "Audio offset": ("s", 2, "-0.25", -0.75, 0.25), "Caption length (llava_video)": ("words", 2, "2", 1, 3)}
+                "Audio offset": ("s", 2, "-0.25", -0.75, 0.25), "Caption length (llava_video)": ("words", 2, "2", 1, 3),
+                "Caption length (vlm_caption)": ("words", 3, "3", 0, 7)}
     for title, (unit, clips, median, low, high) in expected.items():
         chart = _chart(page, title)
         assert f"({unit}; {clips} clips, median {median})" in chart, chart[:200]

@@ -210,6 +210,10 @@ def test_which_caption_goes_to_the_txt():
     both = {"audio_caption": {"caption": "a dog barks"}, "llava_video": {"caption": "A dog runs."}}
     assert caption_of(both, None, None, {"audio_caption": None, "llava_video": None}) == ("A dog runs.", "llava_video")
     assert caption_of(both, None, "audio_caption", {"audio_caption": None, "llava_video": None}) == ("a dog barks", "audio_caption")
+    # vlm_caption is a picture's captioner too: before the sound's, after llava_video (the order the README gives)
+    three = {**both, "vlm_caption": {"caption": "A brown dog runs."}}
+    assert caption_of(three, None, None, {"audio_caption": None, "vlm_caption": None}) == ("A brown dog runs.", "vlm_caption")
+    assert caption_of(three, None, None, {"audio_caption": None, "vlm_caption": None, "llava_video": None}) == ("A dog runs.", "llava_video")
 
 
 def test_shard_bytes_on_the_command_line_lifts_the_clip_count_limit(finished, tmp_path, monkeypatch):

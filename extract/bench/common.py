@@ -159,6 +159,14 @@ def timed(function, device: torch.device, **kwargs) -> float:
     return time.perf_counter() - started
 
 
+def print_best_clips_per_hour(clips_per_hour: dict[tuple[str, int], float]) -> None:
+    """The best clips/hour of each generation path over the batch sizes, and their ratio: {(engine, batch): rate}."""
+    best = {engine: max((v for (e, _), v in clips_per_hour.items() if e == engine), default=None) for engine in ("generate", "continuous")}
+    if all(best.values()):
+        print(f"best clips/hour: engine {best['continuous']:.0f} against generate {best['generate']:.0f} "
+              f"({best['continuous'] / best['generate']:.2f} times)")
+
+
 def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
 

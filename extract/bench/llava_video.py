@@ -7,7 +7,8 @@ import tempfile
 
 import torch
 
-from extract.bench.common import captioning_head, device_name, model_size_arguments, moving_pattern, peak_memory, reset_peak, timed
+from extract.bench.common import (captioning_head, device_name, model_size_arguments, moving_pattern, peak_memory,
+                                  print_best_clips_per_hour, reset_peak, timed)
 from extract.bench.floors import device_peaks, llava_floor
 
 
@@ -80,10 +81,7 @@ def _time_llava(head, device: torch.device, args, peaks) -> None:
             print(row)
             if engine == "continuous" and head.engine is not None:
                 print(f"{'':<10}  {head.engine.stats.describe()}")
-    best = {engine: max((v for (e, _), v in clips_per_hour.items() if e == engine), default=None) for engine in ("generate", "continuous")}
-    if all(best.values()):
-        print(f"best clips/hour: engine {best['continuous']:.0f} against generate {best['generate']:.0f} "
-              f"({best['continuous'] / best['generate']:.2f} times)")
+    print_best_clips_per_hour(clips_per_hour)
 
 
 def _prefill_breakdown(head, device: torch.device, peaks) -> None:

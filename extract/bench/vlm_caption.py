@@ -7,7 +7,8 @@ import tempfile
 
 import torch
 
-from extract.bench.common import captioning_head, device_name, model_size_arguments, moving_pattern, peak_memory, reset_peak, timed
+from extract.bench.common import (captioning_head, device_name, model_size_arguments, moving_pattern, peak_memory,
+                                  print_best_clips_per_hour, reset_peak, timed)
 
 
 def bench_vlm_caption(args) -> None:
@@ -50,10 +51,7 @@ def bench_vlm_caption(args) -> None:
                 print(f"{engine:<10}  {batch:>5}  {rates[engine, batch]:>10.0f}  {peak_memory(device) / 2**30:>9.2f} GiB")
                 if engine == "continuous" and head.engine is not None:
                     print(f"{'':<10}  {head.engine.stats.describe()}")
-        best = {engine: max((r for (e, _), r in rates.items() if e == engine), default=None) for engine in ("generate", "continuous")}
-        if all(best.values()):
-            print(f"best clips/hour: engine {best['continuous']:.0f} against generate {best['generate']:.0f} "
-                  f"({best['continuous'] / best['generate']:.2f} times)")
+        print_best_clips_per_hour(rates)
 
 
 def add_arguments(parser) -> None:

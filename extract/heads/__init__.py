@@ -270,6 +270,9 @@ def load_processor(checkpoint: str, revision: str | None = None, processor_class
         return (processor_class or AutoProcessor).from_pretrained(folder)
     except (OSError, ValueError) as exc:
         raise checkpoint_error(checkpoint, exc, option=option) from exc
+    except ImportError as exc:  # a processor that needs a package of its own (SmolVLM's num2words)
+        raise ConfigError(f"the processor of checkpoint {checkpoint!r} needs a package that is not installed: "
+                          f"{str(exc).strip().splitlines()[0][:300]}") from exc
 
 
 def load_model(model_class, checkpoint: str, device: torch.device, dtype: torch.dtype, revision: str | None = None,

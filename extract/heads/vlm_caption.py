@@ -221,9 +221,7 @@ class VlmCaption(Head):
         positions, offset = caught.get("position_ids"), 0
         if positions is not None and positions.ndim == 3:  # multimodal rotary positions [axes, batch, length]
             positions = positions[:, 0]
-            if positions.shape[0] == 4:  # the text row first (Qwen's packed form), then time, height, width
-                positions = positions[1:]
-            if positions.shape[0] != generation_engine(self).rope_axes:
+            if positions.shape[0] != generation_engine(self).rope_axes:  # Qwen's packed form (a text row first) among them
                 raise EngineCannotRun(f"its rotary positions have {positions.shape[0]} axes")
             offset = int(positions.max()) + 1 - length  # Qwen's rope delta: decode goes on from the highest position
         elif positions is not None:
@@ -239,7 +237,9 @@ class ProcessorFrames:
     """The frames a checkpoint's video processor samples from a clip of `total` frames at `fps`: its own rule
     (`sample_frames`), with `num_frames` or `fps` in place of its own when given, and 32 frames when it prescribes
     neither a count nor a rate (transformers' uniform rule then: frame i * total // 32). A count is at most the clip's
-    frames. It travels to the decoding process; equal rules (same checkpoint and options) compare equal there."""
+    frames. A clip too short for the rule (Qwen2-VL's rounds counts up to whole temporal patches, past a 15-frame
+    clip's end) gets every frame, as the processor takes frames it is handed (padding the last temporal patch).
+    It travels to the decoding process; equal rules (same checkpoint and options) compare equal there."""
 
     checkpoint: str
     num_frames: int | None
@@ -250,10 +250,21 @@ class ProcessorFrames:
         processor = self.video_processor
         prescribed = getattr(processor, "num_frames", None) or getattr(processor, "fps", None)
         count = self.num_frames or (None if prescribed or self.fps else FALLBACK_FRAMES)
+        count = min(count, total) if count else None
+        options = {}
         if count or self.fps:
+            # given as arguments (Qwen3-VL's rule reads only those) and as the copy's own (Qwen2-VL's falls back to
+            # its own rate when given none, and refuses a count with a rate)
             processor = copy.copy(processor)
-            processor.num_frames, processor.fps = (min(count, total) if count else None), self.fps
-        return [int(i) for i in np.asarray(processor.sample_frames(VlmCaption.metadata(total, fps, None)))]
+            processor.num_frames, processor.fps = count, self.fps
+            options = {"num_frames": count, "fps": self.fps}
+        try:
+            indices = processor.sample_frames(VlmCaption.metadata(total, fps, None), **options)
+        except (ValueError, ZeroDivisionError):
+            if total > (count or FALLBACK_FRAMES):  # not a short clip: the rule's refusal is this clip's error
+                raise
+            return list(range(total))
+        return [int(i) for i in np.asarray(indices)]
 
 
 def engine_problem(model) -> str | None:

@@ -121,6 +121,19 @@ def test_a_clips_record_does_not_depend_on_its_batch_mates(family, checkpoints, 
         assert a["mean_logprob"] == pytest.approx(b["mean_logprob"], abs=1e-5)
 
 
+def test_frame_times_are_what_the_prompt_says_index_over_rate_even_when_the_file_starts_later(checkpoints, clips):
+    """A clip whose first frame is shown at 2 s (`-output_ts_offset 2`): the processor's metadata, and Qwen3-VL's prompt,
+    time the frames from 0 by index over rate, so the record does too (the file's own times start at 2)."""
+    shifted = ffmpeg_output("-output_ts_offset", "2", "-c", "copy", source=clips[0])
+    head = ready(build("vlm_caption", {"checkpoint": str(checkpoints["qwen3_vl"]), "max_new_tokens": 1}))
+    clip = _clip(head, shifted)
+    assert clip.media.frame_times[0] == pytest.approx(2.0, abs=0.05)
+    fields = head.infer([clip])[0].fields
+    assert fields["frame_times"] == [0.0, 0.6, 1.2, 1.7, 2.3, 2.9]  # as on the unshifted clip: linspace(0, 29, 6) / 10
+    prompt = head.processor.tokenizer.decode(clip.prepared["inputs"]["input_ids"][0])
+    assert prompt.count("seconds>") == 3 and "<0.3 seconds>" in prompt and "<2.3 seconds>" not in prompt  # each pair of frames timed at its middle, from 0
+
+
 def test_the_frame_options_ask_the_processors_own_rule(checkpoints, clips):
     """num_frames through Qwen2-VL's rule: rounded to whole temporal patches, arange(0, 30, 30 / 4); fps through
     Qwen3-VL's: int(30 / 10 * 1) = 3 frames, at least its min_frames 4: linspace(0, 29, 4) rounded; a processor without
@@ -131,6 +144,7 @@ def test_the_frame_options_ask_the_processors_own_rule(checkpoints, clips):
 
     assert times("qwen2_5_vl", num_frames=4) == [0.0, 0.7, 1.5, 2.2]
     assert times("qwen3_vl", fps=1.0) == [0.0, 1.0, 1.9, 2.9]
+    assert times("qwen3_vl", num_frames=5) == [0.0, 0.7, 1.4, 2.2, 2.9]  # linspace(0, 29, 5) rounded: its rule takes counts too
     assert times("llava_onevision", num_frames=5) == [0.0, 0.6, 1.2, 1.8, 2.4]
     assert times("internvl", num_frames=100) == [round(i / 10, 3) for i in range(30)]  # at most the clip's frames
     with pytest.raises(ConfigError, match="num_frames or fps, not both"):
@@ -237,3 +251,39 @@ def test_qwens_frames_get_the_per_frame_pixel_budget_of_qwen_vl_utils(checkpoint
     override = ready(build("vlm_caption", {"checkpoint": str(checkpoints["qwen2_5_vl"]), "max_new_tokens": 1,
                                            "processor_options": {**budget, "cap_pixels_per_frame": False}}))
     assert _clip(override, clips[2]).prepared["inputs"]["video_grid_thw"].tolist() == grid(False)
+
+
+def test_a_clip_too_short_for_the_processors_rule_gets_every_frame_and_a_still_is_skipped(checkpoints, tmp_path):
+    """Qwen2-VL's rule rounds a count up to whole temporal patches (15 -> 16 frames, past a 15-frame clip's end) and
+    divides by zero on a 1-frame clip; its processor takes every frame it is handed instead, padding the last
+    temporal patch. So does the head: a record, not an error. A JPEG named .mp4 is a still, skipped as for every
+    head that needs a video."""
+    short = ffmpeg_output("-f", "lavfi", "-i", "testsrc2=size=96x64:rate=10:duration=1.5", "-pix_fmt", "yuv420p")
+    single = ffmpeg_output("-f", "lavfi", "-i", "testsrc2=size=96x64:rate=10", "-frames:v", "1", "-pix_fmt", "yuv420p")
+    still = ffmpeg_output("-f", "lavfi", "-i", "testsrc2=size=96x64", "-frames:v", "1", suffix=".jpg")
+    (tmp_path / "in").mkdir()
+    write_shard(tmp_path / "in" / "s.tar", [("short (0-1.5).mp4", short), ("single (0-0.1).mp4", single), ("photo (0-1).mp4", still)])
+    done = run_cli("+model=vlm_caption", f"model.checkpoint={checkpoints['qwen2_5_vl']}", "model.num_frames=100",
+                   "model.max_new_tokens=2", f"tar_folder={tmp_path / 'in'}", f"output_dir={tmp_path / 'out'}", "num_workers=1")
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = {r["member"]: r for r in read_records(tmp_path / "out" / "vlm_caption")}
+    assert (records["short (0-1.5).mp4"]["status"], records["short (0-1.5).mp4"]["num_frames"]) == ("ok", 15)
+    assert (records["single (0-0.1).mp4"]["status"], records["single (0-0.1).mp4"]["num_frames"]) == ("ok", 1)
+    assert (records["photo (0-1).mp4"]["status"], records["photo (0-1).mp4"]["error_type"]) == ("skipped", "still_image")
+
+
+def test_processor_options_are_given_on_the_command_line_as_a_mapping(checkpoints, clips):
+    """`'model.vlm_caption.processor_options={size: {...}}'` (as the YAML's comment writes it) reaches the processor: a
+    budget of 3136 pixels a frame shrinks the 96x64 frames to 28x56 (smart_resize, by hand: 2 x 4 patches of 14)."""
+    from omegaconf import OmegaConf
+
+    from conftest import compose_cfg
+
+    cfg = compose_cfg("+model=[probe,vlm_caption]", f"model.vlm_caption.checkpoint={checkpoints['qwen2_5_vl']}",
+                      "model.vlm_caption.processor_options={size: {shortest_edge: 3136, longest_edge: 3136}}")
+    options = OmegaConf.to_container(cfg.model.vlm_caption)
+    options.pop("batch_size")
+    head = ready(build("vlm_caption", options))
+    small = _clip(head, clips[0]).prepared["inputs"]["video_grid_thw"].tolist()
+    default = ready(build("vlm_caption", {"checkpoint": str(checkpoints["qwen2_5_vl"])}))
+    assert small == [[3, 2, 4]] and _clip(default, clips[0]).prepared["inputs"]["video_grid_thw"].tolist() != small
