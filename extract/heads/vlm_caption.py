@@ -213,11 +213,13 @@ class VlmCaption(Head):
         unknown = sorted(name for name, value in caught.items() if value is not None and name not in ENGINE_KNOWS)
         if unknown:
             raise EngineCannotRun(f"its language model takes {', '.join(unknown)}")
-        mask = caught.get("attention_mask")
-        if mask is not None and not (torch.is_tensor(mask) and mask.dtype != torch.bool and bool((mask == 1).all())):
+        mask = caught.get("attention_mask")  # [1, length], every token attended (1 or True): causal attention alone
+        if mask is not None and not (torch.is_tensor(mask) and mask.ndim == 2 and bool(mask.bool().all())):
             raise EngineCannotRun("its language model takes an attention mask of its own, not causal attention alone")
         embeddings = caught["inputs_embeds"][0]
         length = embeddings.shape[0]
+        if length != inputs["input_ids"].shape[1]:
+            raise EngineCannotRun(f"its language model reads {length} positions for {inputs['input_ids'].shape[1]} tokens")
         positions, offset = caught.get("position_ids"), 0
         if positions is not None and positions.ndim == 3:  # multimodal rotary positions [axes, batch, length]
             positions = positions[:, 0]

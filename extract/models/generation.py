@@ -265,6 +265,8 @@ class GenerationEngine:
                     index, request = queue.popleft()
                     prompt = request.embeddings() if callable(request.embeddings) else request.embeddings
                     prompt = prompt if isinstance(prompt, Prompt) else Prompt(prompt)
+                    if prompt.embeddings.shape[0] != request.length:  # the cache was sized, and decode placed, by the length
+                        raise ValueError(f"a request of {request.length} tokens came with {prompt.embeddings.shape[0]} embeddings")
                     token, logprob = self._prefill(prompt, slot)
                     generation = Generation([token], [logprob])
                     if token in self.eos_ids or request.max_new_tokens <= 1:
@@ -277,7 +279,7 @@ class GenerationEngine:
                 return
             longest = int(state[1][busy].max()) + 1
             span = min(math.ceil(longest / CAPACITY_STEP) * CAPACITY_STEP, self.cache.capacity)
-            out = self._decode_step_for(slots, span)(state)
+            out = self._decode_step_for(slots, span, state)(state)
             steps.append(out)
             self.stats.decode_steps += 1
             self.stats.slot_steps += int(busy.sum())
@@ -353,6 +355,13 @@ class GenerationEngine:
             token, logprob = self._choose(self._forward(hidden, rope, visible[:, None, None, :])[:, -1])
         return torch.stack([token.double(), logprob.double()])
 
+    def _warm_up(self, state: torch.Tensor, span: int) -> None:
+        """Two eager runs of the step before its capture (lazy initialisations, allocator warm-up). They run the step
+        about to run, `state`, and so write each slot's key and value at its own position, the same ones that step then
+        writes: any other state would overwrite keys that busy slots still read (token 0 at position 0, say)."""
+        for _ in range(2):
+            self._decode(state, span)
+
     @contextmanager
     def _slot_attention(self):
         """Decode steps attend through `slot_decode_attention` with the slot mask, whatever the model's prefill uses."""
@@ -363,20 +372,20 @@ class GenerationEngine:
         finally:
             self.config._attn_implementation = before
 
-    def _decode_step_for(self, slots: int, span: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    def _decode_step_for(self, slots: int, span: int, state: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
         """The decode step for `slots` slots reading `span` positions, host tensors in and out: eager, or a CUDA graph
-        captured once and replayed."""
+        captured once and replayed. `state` is the step about to run (a capture's warm-up runs it)."""
         if self.device.type != "cuda" or not self.use_graphs:
             self.stats.graphs = False
             return lambda state: self._decode(state.to(self.device), span).cpu()
         if (slots, span) not in self.graphs:
             try:
-                self.graphs[slots, span] = self._capture(slots, span)
+                self.graphs[slots, span] = self._capture(slots, span, state)
             except Exception as exc:  # a model whose step cannot be captured still runs, eagerly, and says so
                 self.stats.capture_error = f"{type(exc).__name__}: {exc}"[:300]
                 log.warning("decode step not captured as a CUDA graph (%s); running it eagerly, slower", self.stats.capture_error)
                 self.use_graphs = False
-                return self._decode_step_for(slots, span)
+                return self._decode_step_for(slots, span, state)
         graph, static_state, output = self.graphs[slots, span]
         self.stats.graphs = True
 
@@ -387,15 +396,14 @@ class GenerationEngine:
 
         return replay
 
-    def _capture(self, slots: int, span: int) -> tuple:
-        """Capture the decode step while no request holds a slot (warm-up steps write stale keys, which prefill and
-        the mask make harmless)."""
-        static_state = torch.zeros(3, slots, dtype=torch.long, device=self.device)
+    def _capture(self, slots: int, span: int, state: torch.Tensor) -> tuple:
+        """Capture the decode step, mid-run: busy slots hold their requests' keys, so the warm-up runs the very step
+        about to run (`_warm_up`) and writes what that step writes anyway."""
+        static_state = state.to(self.device)
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
-            for _ in range(2):
-                self._decode(static_state, span)
+            self._warm_up(static_state, span)
         torch.cuda.current_stream(self.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         if self.graph_pool is None:

@@ -287,3 +287,45 @@ def test_processor_options_are_given_on_the_command_line_as_a_mapping(checkpoint
     small = _clip(head, clips[0]).prepared["inputs"]["video_grid_thw"].tolist()
     default = ready(build("vlm_caption", {"checkpoint": str(checkpoints["qwen2_5_vl"])}))
     assert small == [[3, 2, 4]] and _clip(default, clips[0]).prepared["inputs"]["video_grid_thw"].tolist() != small
+
+
+def test_a_processor_that_needs_a_missing_package_is_one_line(checkpoints, monkeypatch):
+    """SmolVLM's processor imports num2words when it loads; without it transformers raises ImportError, which the head
+    turns into one line naming the checkpoint and transformers' own words (the runner prints it, exit 2)."""
+    from transformers import AutoProcessor
+
+    def needs_a_package(*args, **kwargs):
+        raise ImportError("Package `num2words` is required to run SmolVLM processor. Install it with `pip install num2words`.\nmore")
+
+    monkeypatch.setattr(AutoProcessor, "from_pretrained", needs_a_package)
+    with pytest.raises(ConfigError) as caught:
+        build("vlm_caption", {"checkpoint": str(checkpoints["qwen3_vl"])}).open(torch.device("cpu"))
+    message = str(caught.value)
+    assert "\n" not in message and "needs a package that is not installed" in message and "pip install num2words" in message
+
+
+def test_what_the_engine_cannot_run_is_caught_at_the_language_models_door(checkpoints, clips):
+    """A prompt padded on the left (a 0 in its attention mask) is no longer causal attention alone: the engine refuses
+    it (the head then runs generate); the same prompt unpadded, with a mask of 1s or of True, is the engine's."""
+    from extract.heads.vlm_caption import EngineCannotRun
+
+    head = ready(build("vlm_caption", {"checkpoint": str(checkpoints["qwen2_5_vl"]), "max_new_tokens": 1}))
+    inputs = dict(_clip(head, clips[0]).prepared["inputs"])
+    assert head.prompt(inputs).embeddings.shape[0] == inputs["input_ids"].shape[1]
+    assert head.prompt({**inputs, "attention_mask": inputs["attention_mask"].bool()}).position_offset < 0  # Qwen's rope delta
+    padded = {**inputs, "input_ids": torch.cat([torch.tensor([[head.processor.tokenizer.pad_token_id]]), inputs["input_ids"]], 1),
+              "attention_mask": torch.cat([torch.tensor([[0]]), inputs["attention_mask"]], 1),
+              "mm_token_type_ids": torch.cat([torch.tensor([[0]]), inputs["mm_token_type_ids"]], 1)}  # a text token
+    with pytest.raises(EngineCannotRun, match="attention mask of its own"):
+        head.prompt(padded)
+
+
+def test_only_the_pixels_take_the_models_dtype_on_the_device(checkpoints, clips):
+    """Qwen2.5-VL's seconds per temporal patch place the visual tokens in time: rounded to bfloat16 (0.5 is exact, 1/3
+    is not) they would move; the pixels run in the model's dtype."""
+    head = ready(build("vlm_caption", {"checkpoint": str(checkpoints["qwen2_5_vl"]), "max_new_tokens": 1}))
+    head.dtype = torch.bfloat16
+    moved = head._on_device({"pixel_values_videos": torch.zeros(2, 3), "second_per_grid_ts": torch.tensor([1 / 3]),
+                             "input_ids": torch.tensor([[1, 2]])})
+    assert moved["pixel_values_videos"].dtype == torch.bfloat16 and moved["input_ids"].dtype == torch.long
+    assert moved["second_per_grid_ts"].dtype == torch.float32 and float(moved["second_per_grid_ts"]) == pytest.approx(1 / 3, abs=1e-7)

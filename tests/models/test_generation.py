@@ -138,6 +138,7 @@ def test_out_of_memory_halves_the_slots_and_loses_no_request(monkeypatch):
     generations = engine.generate([Request(p, len(p), 6) for p in prompts])
     assert [g.tokens for g in generations] == expected
     assert slot_counts[0] == 4 and 2 in slot_counts and slot_counts[-1] == 1
+    assert engine.cache.slots == 1  # the cache of 4 slots given back, not kept for the halved runs
 
 
 def test_the_slot_count_follows_free_memory(monkeypatch):
@@ -264,12 +265,12 @@ def test_a_step_that_cannot_be_captured_runs_eagerly_and_says_why(monkeypatch, c
     engine = _engine(model, [], 2)
     monkeypatch.setattr(type(engine), "device", property(lambda self: torch.device("cuda")))
 
-    def refuse(slots, span):
+    def refuse(slots, span, state):
         raise RuntimeError("operation not permitted when stream is capturing")
 
     monkeypatch.setattr(engine, "_capture", refuse)
     with caplog.at_level("WARNING"):
-        engine._decode_step_for(2, 256)
+        engine._decode_step_for(2, 256, torch.zeros(3, 2, dtype=torch.long))
     assert engine.stats.capture_error == "RuntimeError: operation not permitted when stream is capturing"
     assert not engine.stats.graphs and "not captured as a CUDA graph" in caplog.text and "stream is capturing" in caplog.text
     assert "CUDA graphs no (RuntimeError: operation not permitted" in engine.stats.describe()
@@ -324,3 +325,47 @@ def test_a_decode_step_reads_the_cache_up_to_the_longest_busy_slot_and_tokens_st
     assert [g.tokens for g in generations] == [_reference(model, p, n, None)[0] for p, n in zip(prompts, [20, 4, 6])]
     assert engine.cache.capacity == 1024
     assert engine.stats.positions_needed < engine.stats.positions_read < 19 * 3 * 1024
+
+
+def test_a_captures_warm_up_runs_the_step_about_to_run_and_leaves_busy_slots_as_they_were():
+    """On CUDA a step is captured mid-run, the first time a slot count and read length come up, after two eager warm-up
+    runs. Those runs write keys and values: they run the step about to run, so they write what it writes. Here every
+    new (slots, read length) runs the warm-up first, as a capture would; the tokens stay those of `generate`."""
+    model = _tiny_lm("qwen2")
+    prompts = [torch.randn(250, HIDDEN, generator=torch.Generator().manual_seed(8)), *_prompts(3, seed=17)]
+    limits = [20, 5, 9, 12]
+    engine = _engine(model, [], 3)
+    eager, warmed = engine._decode_step_for, []
+
+    def step_for(slots, span, state):
+        if (slots, span) not in warmed:
+            warmed.append((slots, span))
+            engine._warm_up(state.to(engine.device), span)
+        return eager(slots, span, state)
+
+    engine._decode_step_for = step_for
+    generations = engine.generate([Request(p, len(p), n) for p, n in zip(prompts, limits)])
+    assert warmed == [(3, 256), (3, 512)]  # a second capture mid-run, with every slot busy
+    assert [g.tokens for g in generations] == [_reference(model, p, n, None)[0] for p, n in zip(prompts, limits)]
+
+
+def test_a_steps_own_memory_and_its_float32_scores_by_hand():
+    """What a decode step needs beside the cache, per slot, for 4 query heads over 2 key heads: float32 scores and
+    weights for every query head over the capacity, the bool mask, float32 logits and log-probabilities; and the
+    log-probability of a bfloat16 model's token is taken over float32 logits, as `generate` scores it."""
+    model = _tiny_lm("qwen2")
+    engine = _engine(model, [], 2)
+    assert engine.decode_bytes_per_slot(256) == 2 * 4 * 256 * 4 + 256 + 2 * 97 * 4
+    engine.lm_head = torch.nn.Linear(HIDDEN, 97, bias=False).to(torch.bfloat16)
+    hidden = torch.randn(3, HIDDEN, generator=torch.Generator().manual_seed(2)).to(torch.bfloat16)
+    token, logprob = engine._choose(hidden)
+    logits = (hidden.float() @ engine.lm_head.weight.float().T).to(torch.bfloat16).float()  # bf16 matmul, then float32
+    assert logprob.dtype == torch.float32
+    assert token.tolist() == logits.argmax(-1).tolist()
+    assert logprob.tolist() == pytest.approx(logits.log_softmax(-1).max(-1).values.tolist(), abs=1e-6)
+
+
+def test_a_request_whose_embeddings_are_not_its_length_is_refused():
+    model = _tiny_lm("qwen2")
+    with pytest.raises(ValueError, match="a request of 9 tokens came with 7 embeddings"):
+        _engine(model, [], 1).generate([Request(torch.randn(7, HIDDEN), 9, 3)])
