@@ -147,6 +147,7 @@ def test_the_frame_options_ask_the_processors_own_rule(checkpoints, clips):
     assert times("qwen3_vl", num_frames=5) == [0.0, 0.7, 1.4, 2.2, 2.9]  # linspace(0, 29, 5) rounded: its rule takes counts too
     assert times("llava_onevision", num_frames=5) == [0.0, 0.6, 1.2, 1.8, 2.4]
     assert times("internvl", num_frames=100) == [round(i / 10, 3) for i in range(30)]  # at most the clip's frames
+    assert times("qwen3_vl", num_frames=100) == [round(i / 10, 3) for i in range(30)]  # not linspace's 100 with repeats
     with pytest.raises(ConfigError, match="num_frames or fps, not both"):
         build("vlm_caption", {"checkpoint": "x", "num_frames": 4, "fps": 1.0})
 
