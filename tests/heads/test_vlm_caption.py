@@ -330,3 +330,31 @@ def test_only_the_pixels_take_the_models_dtype_on_the_device(checkpoints, clips)
                              "input_ids": torch.tensor([[1, 2]])})
     assert moved["pixel_values_videos"].dtype == torch.bfloat16 and moved["input_ids"].dtype == torch.long
     assert moved["second_per_grid_ts"].dtype == torch.float32 and float(moved["second_per_grid_ts"]) == pytest.approx(1 / 3, abs=1e-7)
+
+
+def test_frame_times_divide_by_the_declared_rate_the_frames_were_chosen_by(checkpoints, clips):
+    """The frames are chosen at the declared rate (FFmpeg's average rate, `fps_header`), so their times are index over
+    that rate, even where the rate measured from the frames' spacing says otherwise."""
+    head = ready(build("vlm_caption", {"checkpoint": str(checkpoints["qwen2_5_vl"]), "max_new_tokens": 1}))
+    clip = Clip("k", "v", 0.0, 3.0, decode_media(clips[0], head.media_spec))
+    assert clip.media.video["fps_header"] == 10
+    clip.media.video["fps"] = 12.5  # as a measured rate may differ
+    assert head.prepare(clip)["frame_times"] == [0.0, 0.5, 1.0, 1.5, 2.0, 2.5]
+
+
+def test_once_the_engine_cannot_run_a_model_later_batches_go_straight_to_generate(checkpoints, clips, monkeypatch, caplog):
+    from extract.heads.vlm_caption import EngineCannotRun
+
+    head = ready(build("vlm_caption", {"checkpoint": str(checkpoints["llava_onevision"]), "max_new_tokens": 3}))
+    tries = []
+
+    def cannot(inputs):
+        tries.append(1)
+        raise EngineCannotRun("its language model takes something new")
+
+    monkeypatch.setattr(head, "prompt", cannot)
+    with caplog.at_level("WARNING"):
+        first = head.infer([_clip(head, clips[0])])[0].fields
+        second = head.infer([_clip(head, clips[1])])[0].fields
+    assert (first["engine"], second["engine"], len(tries)) == ("generate", "generate", 1)
+    assert caplog.text.count("cannot run") == 1 and "takes something new" in caplog.text
