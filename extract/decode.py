@@ -479,7 +479,7 @@ def _decode_video(data: bytes, info: dict, specs: list[MediaSpec], max_decoded_b
     for spec in specs:
         try:
             views[spec] = _ViewFrames(spec, timeline, stream["height"], stream["width"], max_decoded_bytes, time_origin(info),
-                                      stream.get("fps_header") or stream.get("fps"))
+                                      stream["fps_header"])  # the declared rate: the measured one comes after the pass
         except DecodeFailure as exc:
             outcome[spec] = exc
     try:

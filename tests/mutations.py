@@ -738,7 +738,23 @@ ROOMS["vlm_caption"] = {
          "frame times over the measured rate while the frames were chosen at the declared one"),
         (VC, "                self.engine_problem = str(exc)\n", "",
          "a model the engine cannot run is tried again, vision tower and warning, on every batch"),
+        (VC, '        if getattr(self.processor, "chat_template", None) is None:', "        if False:",
+         "a checkpoint without a chat template fails late in every worker, not in one line"),
         (VC, "        if num_frames is not None and fps is not None:", "        if False:",
          "num_frames and fps both given: one silently wins"),
     ],
 }
+DE = "extract/decode.py"
+ROOMS["decode"]["mutations"] += [
+    (DE, "self.indices = sorted(int(i) for i in spec.index_rule(timeline.count, declared_fps))",
+     "self.indices = [int(i) for i in spec.index_rule(timeline.count, declared_fps)]",
+     "a rule's frames out of order: the frames after a later one are never decoded"),
+    (DE, "            except Exception as exc:  # the rule is a checkpoint's code", "            except ValueError as exc:  # the rule is a checkpoint's code",
+     "a rule that fails with another error takes the decode down instead of failing the clip"),
+    (DE, "or self.every_frame or self.index_rule is not None", "or self.every_frame",
+     "a view sampled by a head's rule decodes no frames"),
+]
+ROOMS["heads-registry"]["tests"].append("tests/heads/test_vlm_caption.py::test_a_processor_that_needs_a_missing_package_is_one_line")
+ROOMS["heads-registry"]["mutations"].append(
+    (HR, "    except ImportError as exc:  # a processor that needs a package of its own", "    except KeyError as exc:  # a processor that needs a package of its own",
+     "a processor that needs a missing package (SmolVLM's num2words) ends in a traceback, not one line"))

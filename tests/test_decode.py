@@ -332,3 +332,34 @@ def test_sound_before_time_zero_is_kept_as_the_ffmpeg_command_line_writes_it(tmp
         media = decode_media(path.read_bytes(), MediaSpec(audio=True, sample_rate=16000, audio_resampler=resampler))
         assert abs(len(media.audio) - len(written)) <= 16, resampler
         assert media.audio_start == pytest.approx(-0.5, abs=0.04)  # where the sound sits against the frames
+
+
+def test_a_heads_own_frame_rule_gets_the_frame_count_and_declared_rate_and_its_frames_are_decoded():
+    """sampling='rule': the decoder asks the head's rule with the stream's frame count and declared rate (ffprobe's
+    nb_frames and avg_frame_rate) and decodes the frames it names, in order; a rule that refuses the clip makes that
+    view a decode_error naming why, not a crash."""
+    import subprocess
+
+    data = ffmpeg_output("-f", "lavfi", "-i", "testsrc=size=64x48:rate=25:duration=2", "-pix_fmt", "yuv420p")
+    frames = int(subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "stream=nb_frames", "-of",
+                                 "default=nw=1:nk=1", "pipe:0"], input=data, capture_output=True, check=True).stdout)
+    asked = []
+
+    def rule(total, fps):
+        asked.append((total, fps))
+        return [30, 3, 17]  # out of order: decoded in order
+
+    media = decode_media(data, MediaSpec(sampling="rule", index_rule=rule))
+    assert asked == [(frames, _ffprobe_rate(data, "avg_frame_rate"))] == [(50, 25.0)]
+    assert media.frame_indices == [3, 17, 30] and media.frame_times == pytest.approx([3 / 25, 17 / 25, 30 / 25], abs=1e-4)
+    every = decode_media(data, MediaSpec(every_frame=True, max_frames=1000)).frames
+    assert np.array_equal(media.frames, every[[3, 17, 30]])
+
+    def refuse(total, fps):
+        raise TypeError("this rule wants metadata")
+
+    with pytest.raises(DecodeFailure) as failed:
+        decode_media(data, MediaSpec(sampling="rule", index_rule=refuse))
+    assert failed.value.error_type == "decode_error" and "this rule wants metadata" in failed.value.message
+    with pytest.raises(ValueError, match="go together"):
+        MediaSpec(sampling="rule")

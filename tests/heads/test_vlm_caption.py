@@ -358,3 +358,36 @@ def test_once_the_engine_cannot_run_a_model_later_batches_go_straight_to_generat
         second = head.infer([_clip(head, clips[1])])[0].fields
     assert (first["engine"], second["engine"], len(tries)) == ("generate", "generate", 1)
     assert caplog.text.count("cannot run") == 1 and "takes something new" in caplog.text
+
+
+def test_a_qwen2_5_vl_folder_without_a_video_config_gets_32_frames_and_fps_2_gives_qwens_rate(checkpoints, clips, tmp_path):
+    """Qwen2.5-VL's releases keep one preprocessor_config.json (the image processor's, as below) and no video config:
+    transformers' video processor then has no rate of its own, so the head takes 32 frames, as the README says; fps=2
+    gives Qwen's 2 frames a second through its rule (40 frames at 8 fps: 10, every 4th, by hand)."""
+    import shutil
+
+    folder = tmp_path / "qwen2_5_vl-release-layout"
+    shutil.copytree(checkpoints["qwen2_5_vl"], folder)
+    (folder / "processor_config.json").unlink()
+    (folder / "preprocessor_config.json").write_text(json.dumps({
+        "min_pixels": 28 * 28 * 4, "max_pixels": 28 * 28 * 16, "patch_size": 14, "temporal_patch_size": 2, "merge_size": 2,
+        "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711],
+        "image_processor_type": "Qwen2VLImageProcessor", "processor_class": "Qwen2_5_VLProcessor"}))
+
+    def times(**options):
+        head = ready(build("vlm_caption", {"checkpoint": str(folder), "max_new_tokens": 1, **options}))
+        return head.infer([_clip(head, clips[2])])[0].fields["frame_times"]
+
+    assert times() == [round(i * 40 // 32 / 8, 3) for i in range(32)]
+    assert times(fps=2.0) == [i / 2 for i in range(10)]
+
+
+def test_a_checkpoint_without_a_chat_template_is_one_line(checkpoints, tmp_path):
+    import shutil
+
+    folder = tmp_path / "no-template"
+    shutil.copytree(checkpoints["llava_onevision"], folder)
+    for path in folder.glob("chat_template*"):
+        path.unlink()
+    with pytest.raises(ConfigError, match="has no chat template.*model.vlm_caption.checkpoint"):
+        build("vlm_caption", {"checkpoint": str(folder)}).open(torch.device("cpu"))
